@@ -1,0 +1,24 @@
+"""The project's root exception and the errors the shared package raises."""
+
+__all__ = [
+    "ConfigurationError",
+    "FreshloopError",
+    "SetupError",
+    "StackError",
+]
+
+
+class FreshloopError(Exception):
+    """Root of every error Freshloop raises on purpose."""
+
+
+class ConfigurationError(FreshloopError):
+    """A setting is missing or wrong; the message says how to fix it."""
+
+
+class SetupError(FreshloopError):
+    """Something the machine needs is not installed; the message gives the command to run."""
+
+
+class StackError(FreshloopError):
+    """A local service could not be started, reached or stopped."""

@@ -1,0 +1,175 @@
+"""One typed, frozen settings object for every stage (environment prefix ``FRESHLOOP_``).
+
+Every default works with the local stack started by ``freshloop stack up``; each one can be
+overridden by an environment variable named after the field, e.g. ``FRESHLOOP_REDIS_URL``.
+Secrets are ``SecretStr`` so they never show up in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from freshloop.exceptions import ConfigurationError
+
+__all__ = ["Settings", "load_settings"]
+
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,48}$")
+
+
+class Settings(BaseSettings):
+    """Where the services are, how the stack runs, and what the pipeline is called."""
+
+    model_config = SettingsConfigDict(env_prefix="FRESHLOOP_", frozen=True, extra="ignore")
+
+    home: Path = Field(
+        default=Path(".freshloop"),
+        description="State folder of the local stack: jars, data, logs, pid files.",
+    )
+    postgres_dsn: str = Field(
+        default="postgresql://freshloop@127.0.0.1:5432/freshloop",
+        description="Operational database, without the password (see postgres_password).",
+    )
+    postgres_password: SecretStr = Field(default=SecretStr("freshloop"))
+    cdc_user: str = Field(default="freshloop_cdc", description="Least-privilege role Debezium uses.")
+    cdc_password: SecretStr = Field(default=SecretStr("freshloop_cdc"))
+    connector_database_host: str | None = Field(
+        default=None,
+        description="Postgres host as Kafka Connect sees it (docker-compose: 'postgres'); "
+        "defaults to the host of postgres_dsn.",
+    )
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092")
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
+    connect_url: str = Field(default="http://127.0.0.1:8083")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0")
+    topic_prefix: str = Field(
+        default="freshloop",
+        description="Debezium topic.prefix: change topics are <prefix>.<schema>.<table>.",
+    )
+    connector_name: str = Field(default="freshloop-postgres")
+    poll_interval_ms: int = Field(
+        default=5, ge=1, le=60_000, description="Debezium poll.interval.ms (sets the latency floor)."
+    )
+    stack_bind: str = Field(
+        default="127.0.0.1", description="Address the local services listen on (loopback)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _TOPIC_PREFIX.match(value):
+            msg = (
+                f"topic_prefix {value!r} is not usable as a topic and slot name: use a letter "
+                "followed by letters, digits or '_' (set FRESHLOOP_TOPIC_PREFIX)"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_dsn(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
+            msg = f"postgres_dsn must look like postgresql://user@host:port/db, got {value!r}"
+            raise ValueError(msg)
+        if parts.password:
+            msg = "postgres_dsn must not carry a password: set FRESHLOOP_POSTGRES_PASSWORD instead"
+            raise ValueError(msg)
+        if not parts.path.strip("/"):
+            msg = f"postgres_dsn {value!r} names no database: add /<dbname> at its end"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("kafka_bootstrap", "connect_url", "redis_url")
+    @classmethod
+    def _check_port(cls, value: str) -> str:
+        text = value if "://" in value else f"kafka://{value.split(',')[0]}"
+        try:
+            port = urlsplit(text).port
+        except ValueError as exc:
+            msg = f"{value!r} has a bad port: {exc}"
+            raise ValueError(msg) from exc
+        if port is None:
+            msg = f"{value!r} names no port: write host:port"
+            raise ValueError(msg)
+        return value
+
+    # Derived views: one source of truth, read in several shapes.
+    @property
+    def _pg(self):  # type: ignore[no-untyped-def]
+        return urlsplit(self.postgres_dsn)
+
+    @property
+    def postgres_host(self) -> str:
+        return str(self._pg.hostname)
+
+    @property
+    def postgres_port(self) -> int:
+        return int(self._pg.port or 5432)
+
+    @property
+    def postgres_db(self) -> str:
+        return str(self._pg.path.strip("/"))
+
+    @property
+    def postgres_user(self) -> str:
+        return str(self._pg.username or "postgres")
+
+    def postgres_conninfo(self, *, user: str | None = None, password: SecretStr | None = None) -> str:
+        """A libpq URL with the password filled in, for psycopg. Never log it."""
+        user = user or self.postgres_user
+        secret = (password or self.postgres_password).get_secret_value()
+        return (
+            f"postgresql://{quote(user, safe='')}:{quote(secret, safe='')}@{self.postgres_host}:"
+            f"{self.postgres_port}/{self.postgres_db}"
+        )
+
+    def sqlalchemy_url(self) -> str:
+        """The same database as a SQLAlchemy URL (psycopg 3 driver). Never log it."""
+        return self.postgres_conninfo().replace("postgresql://", "postgresql+psycopg://", 1)
+
+    @property
+    def redis_port(self) -> int:
+        return int(urlsplit(self.redis_url).port or 6379)
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def connect_port(self) -> int:
+        return int(urlsplit(self.connect_url).port or 8083)
+
+    @property
+    def slot_name(self) -> str:
+        """Replication slot of this pipeline's connector: unique per topic prefix."""
+        return f"{self.topic_prefix.lower()}_slot"
+
+    @property
+    def publication_name(self) -> str:
+        return f"{self.topic_prefix.lower()}_pub"
+
+    def topic(self, table: str, schema: str = "public") -> str:
+        """The Debezium change topic of one table."""
+        return f"{self.topic_prefix}.{schema}.{table}"
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """Load the settings once; a bad value stops here with a sentence that says how to fix it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FRESHLOOP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        msg = f"bad configuration: {problems}"
+        raise ConfigurationError(msg) from exc
