@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         description="Debezium topic.prefix: change topics are <prefix>.<schema>.<table>.",
     )
     connector_name: str = Field(default="freshloop-postgres")
+    topic_partitions: int = Field(
+        default=4, ge=1, le=1024,
+        description="Partitions of every change topic (the same for all: co-partitioned joins).",
+    )
     poll_interval_ms: int = Field(
         default=5, ge=1, le=60_000, description="Debezium poll.interval.ms (sets the latency floor)."
     )
@@ -103,7 +107,7 @@ class Settings(BaseSettings):
 
     # Derived views: one source of truth, read in several shapes.
     @property
-    def _pg(self):  # type: ignore[no-untyped-def]
+    def _pg(self) -> SplitResult:
         return urlsplit(self.postgres_dsn)
 
     @property

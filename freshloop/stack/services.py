@@ -323,11 +323,22 @@ class Connect(_Java):
             "producer.linger.ms": "1",
             "producer.compression.type": "none",
             "topic.creation.enable": "true",
+            # Connector configs refer to secrets as ${env:NAME}: never stored in Kafka.
+            "config.providers": "env",
+            "config.providers.env.class": (
+                "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+            ),
         }
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def command(self) -> list[str]:
         return [*self.java_args(), str(self.properties)]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "FRESHLOOP_CDC_PASSWORD": self.settings.cdc_password.get_secret_value(),
+        }
 
     def ready(self) -> bool:
         try:

@@ -112,7 +112,7 @@ def jar_sets(home: Path) -> tuple[JarSet, JarSet]:
             lib / "plugins" / "debezium-connector-postgres",
             # The worker provides Kafka's own jars and the logging API.
             (
-                "-DexcludeGroupIds=org.apache.kafka,org.slf4j",
+                "-DexcludeGroupIds=org.apache.kafka,org.slf4j,com.fasterxml.jackson.core",
                 "-DexcludeArtifactIds=lz4-java,snappy-java,zstd-jni",
             ),
         ),

@@ -1,0 +1,284 @@
+"""The ``freshloop`` command line: wires the stages together.
+
+Errors Freshloop raises on purpose end the command with one clear line and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from freshloop.exceptions import FreshloopError
+from freshloop.settings import Settings, load_settings
+
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FreshloopError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@click.group()
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+def cli(log_level: str | None) -> None:
+    """Freshloop: CDC-driven fresh features and feedback loops."""
+    level = log_level or "WARNING"
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+
+
+# ---- stack --------------------------------------------------------------------------------
+@cli.group()
+def stack() -> None:
+    """The local stack: Postgres, Redis, Kafka (KRaft) and Kafka Connect with Debezium."""
+
+
+def _stack():  # type: ignore[no-untyped-def]
+    from freshloop.stack import Stack
+
+    return Stack(_settings(), echo=lambda m: click.echo(f"[stack] {m}"))
+
+
+@stack.command("up")
+@click.argument("services", nargs=-1)
+@_friendly
+def stack_up(services: tuple[str, ...]) -> None:
+    """Fetch what is missing, then start the services that are not running, in order."""
+    t0 = time.monotonic()
+    started = _stack().up(services or None)
+    took = time.monotonic() - t0
+    if started:
+        click.echo(f"[stack] up in {took:.1f}s (started {', '.join(started)})")
+    else:
+        click.echo("[stack] already up: nothing to do")
+
+
+@stack.command("down")
+@click.argument("services", nargs=-1)
+@_friendly
+def stack_down(services: tuple[str, ...]) -> None:
+    """Stop the services this stack started (never anything else)."""
+    stopped = _stack().down(services or None)
+    click.echo(f"[stack] stopped {', '.join(stopped) if stopped else 'nothing'}")
+
+
+@stack.command("status")
+@_friendly
+def stack_status() -> None:
+    """Each service with its port, pid and health; exit 1 unless all are healthy."""
+    rows = _stack().status()
+    click.echo(f"{'service':<10}{'port':>7}{'pid':>9}  {'state':<9}health")
+    for row in rows:
+        pid = str(row.pid) if row.pid else "-"
+        health = "ok" if row.healthy else "-"
+        click.echo(f"{row.name:<10}{row.port:>7}{pid:>9}  {row.state:<9}{health}")
+    if not all(r.healthy for r in rows):
+        sys.exit(1)
+
+
+@stack.command("logs")
+@click.argument("service", required=False)
+@click.option("-n", "--lines", default=40, show_default=True)
+@_friendly
+def stack_logs(service: str | None, lines: int) -> None:
+    """The last lines of one service's log, or of each."""
+    st = _stack()
+    for svc in st.select([service] if service else None):
+        click.secho(f"==> {st.log_path(svc.name)} <==", bold=True)
+        click.echo(st.tail(svc.name, lines))
+
+
+@stack.command("setup")
+@_friendly
+def stack_setup() -> None:
+    """Install missing system packages (as root) and fetch the pinned jars, once."""
+    _stack().setup()
+    click.echo("[setup] system packages and jars are in place")
+
+
+# ---- db -----------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """The database side: schema, CDC role, publication, signal and heartbeat tables."""
+
+
+@db.command("init")
+@_friendly
+def db_init() -> None:
+    """Apply sql/*.sql idempotently."""
+    from freshloop.db import init_database
+
+    for name in init_database(_settings()):
+        click.echo(f"[db] applied {name}")
+
+
+# ---- connectors ---------------------------------------------------------------------------
+@cli.group()
+def connectors() -> None:
+    """Manage the Debezium connector over Kafka Connect's REST API."""
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from connectors import ConnectClient
+
+    return ConnectClient(_settings().connect_url)
+
+
+@connectors.command("apply")
+@click.option("--secret-mode", type=click.Choice(["env", "inline"]), default="env",
+              show_default=True, help="env: the worker resolves ${env:FRESHLOOP_CDC_PASSWORD}.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one connector setting (repeatable).")
+@_friendly
+def connectors_apply(secret_mode: str, overrides: tuple[str, ...]) -> None:
+    """Validate, create or update (only if changed), and wait until RUNNING."""
+    from connectors import ConnectorValidationError, apply_connector
+
+    settings = _settings()
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise click.BadParameter(f"expected KEY=VALUE, got {', '.join(bad)}", param_hint="--set")
+    extra = dict(item.split("=", 1) for item in overrides)
+    try:
+        result = apply_connector(settings, secret_mode=secret_mode, overrides=extra)  # type: ignore[arg-type]
+    except ConnectorValidationError as exc:
+        click.secho(f"connector {settings.connector_name} config is invalid:", fg="red", err=True)
+        for field, errors in exc.errors.items():
+            for error in errors:
+                click.echo(f"  {field}: {error}", err=True)
+        sys.exit(2)
+    click.echo(f"[connectors] {result.name}: {result.action}, {result.state}")
+
+
+@connectors.command("validate")
+@_friendly
+def connectors_validate() -> None:
+    """Ask Connect to validate the rendered config; print errors field by field."""
+    from connectors import render_config
+
+    settings = _settings()
+    with _client() as client:
+        errors = client.validate({**render_config(settings), "name": settings.connector_name})
+    if not errors:
+        click.echo("[connectors] config is valid")
+        return
+    for field, errs in errors.items():
+        for error in errs:
+            click.echo(f"  {field}: {error}", err=True)
+    sys.exit(2)
+
+
+@connectors.command("status")
+@_friendly
+def connectors_status() -> None:
+    """Connector and task states (with the trace of a failed task)."""
+    settings = _settings()
+    with _client() as client:
+        status = client.status(settings.connector_name)
+    click.echo(f"{status['name']}: {status['connector']['state']}")
+    for task in status.get("tasks", []):
+        click.echo(f"  task {task['id']}: {task['state']}")
+        if task.get("trace"):
+            click.echo("    " + task["trace"].strip().splitlines()[0])
+
+
+def _lifecycle(verb: str) -> Callable[[], None]:
+    @_friendly
+    def run() -> None:
+        name = _settings().connector_name
+        with _client() as client:
+            if verb == "delete":
+                done = client.delete(name)
+                click.echo(f"[connectors] {name}: {'deleted' if done else 'not there'}")
+                return
+            getattr(client, verb)(name)
+        click.echo(f"[connectors] {name}: {verb} requested")
+
+    run.__doc__ = f"{verb.capitalize()} the connector."
+    return run
+
+
+for _verb in ("pause", "resume", "restart", "delete"):
+    connectors.command(_verb)(_lifecycle(_verb))
+
+
+@connectors.command("snapshot")
+@click.argument("tables", nargs=-1, required=True)
+@_friendly
+def connectors_snapshot(tables: tuple[str, ...]) -> None:
+    """Ask Debezium for an incremental snapshot of TABLES (re-sends their rows as op=r)."""
+    from connectors import snapshot_signal
+    from freshloop.db import connect
+
+    row = snapshot_signal(list(tables))
+    with connect(_settings()) as conn:
+        conn.execute("INSERT INTO freshloop_signal (id, type, data) VALUES (%s, %s, %s)", row)
+    click.echo(f"[connectors] snapshot signal {row[0]} sent for {', '.join(tables)}")
+
+
+# ---- simulate and demo ----------------------------------------------------------------------
+@cli.command()
+@click.option("--rate", default=20.0, show_default=True, help="Payments per second.")
+@click.option("--duration", default=30.0, show_default=True, help="Seconds of new payments.")
+@click.option("--drift-at", default=None, type=float, help="Seconds after start when fraud changes.")
+@click.option("--label-delay", default=5.0, show_default=True, help="Seconds until an outcome.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--customers", default=300, show_default=True)
+@click.option("--merchants", default=60, show_default=True)
+@_friendly
+def simulate(rate: float, duration: float, drift_at: float | None, label_delay: float, seed: int,
+             customers: int, merchants: int) -> None:
+    """Write realistic sample payments, status changes, deletes and outcomes."""
+    from freshloop.simulate import WorkloadConfig, run_simulation
+
+    config = WorkloadConfig(rate=rate, drift_at=drift_at, label_delay_s=label_delay, seed=seed,
+                            customers=customers, merchants=merchants)
+    report = run_simulation(
+        _settings(), config, duration,
+        on_tick=lambda r: click.echo(f"[simulate] {sum(r.writes.values())} writes"),
+    )
+    for (table, op), n in sorted(report.writes.items()):
+        click.echo(f"[simulate] {table:<17} {op}: {n}")
+
+
+@cli.command()
+@click.option("--rate", default=20.0, show_default=True, help="Payments per second.")
+@click.option("--duration", default=30.0, show_default=True, help="Seconds of sample writes.")
+@click.option("--drift-at", default=None, type=float)
+@_friendly
+def demo(rate: float, duration: float, drift_at: float | None) -> None:
+    """Stack up, schema, connector, sample writes, and change events flowing live."""
+    from freshloop.demo import run_demo
+
+    run_demo(_settings(), rate=rate, duration=duration, drift_at=drift_at)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="freshloop")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Apply the database side (``sql/*.sql``) idempotently: ``freshloop db init``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from freshloop.exceptions import ConfigurationError
+from freshloop.settings import Settings
+
+__all__ = ["SQL_DIR", "connect", "init_database"]
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+
+CAPTURED_TABLES = ("customers", "merchants", "payments", "payment_outcomes")
+
+
+def connect(settings: Settings, *, autocommit: bool = True) -> psycopg.Connection:
+    """A psycopg connection as the owner role, with a one-line error if the database is down."""
+    try:
+        return psycopg.connect(settings.postgres_conninfo(), autocommit=autocommit, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = (
+            f"cannot reach Postgres at {settings.postgres_host}:{settings.postgres_port}/"
+            f"{settings.postgres_db}: {first} (start it with 'freshloop stack up' or set "
+            "FRESHLOOP_POSTGRES_DSN)"
+        )
+        raise ConfigurationError(msg) from exc
+
+
+def init_database(settings: Settings) -> list[str]:
+    """Run every ``sql/*.sql`` file in order, in one transaction; returns the files applied."""
+    params = {
+        "cdc_user": sql.Identifier(settings.cdc_user),
+        "cdc_user_text": sql.Literal(settings.cdc_user),
+        "cdc_password": sql.Literal(settings.cdc_password.get_secret_value()),
+        "publication": sql.Identifier(settings.publication_name),
+        "publication_text": sql.Literal(settings.publication_name),
+    }
+    files = sorted(SQL_DIR.glob("*.sql"))
+    with connect(settings, autocommit=False) as conn:
+        # One init at a time: concurrent CREATE ... IF NOT EXISTS can still collide.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('freshloop db init'))")
+        for path in files:
+            statement = sql.SQL(path.read_text()).format(**params)  # type: ignore[arg-type]
+            conn.execute(statement)
+            log.info("applied file=%s", path.name)
+        conn.commit()
+    return [p.name for p in files]

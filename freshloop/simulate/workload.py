@@ -1,0 +1,185 @@
+"""A seeded, reproducible workload of writes to the sample schema (pure: no database).
+
+The workload is a small discrete-event scheduler. Asking it for the operations due at a time gives
+payments at a steady rate, their later status changes (pending -> approved / declined, sometimes
+refunded), occasional amount corrections and deletes, and the outcome (fraud or not) of each
+payment after a label delay.
+
+Fraud is learnable from the data: it comes in bursts — one customer, several payments within
+seconds, at one of a few risky merchants, through one channel, with high amounts. At
+``drift_at`` seconds the world changes: other merchants become risky, fraud moves to another
+channel, and ordinary amounts shift upwards, so a model trained before the change degrades.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+__all__ = ["Op", "Workload", "WorkloadConfig"]
+
+OpKind = Literal[
+    "insert_payment", "update_status", "correct_amount", "delete_payment", "insert_outcome"
+]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One write. ``payment`` is the workload's handle; the writer maps it to the database id."""
+
+    kind: OpKind
+    payment: int
+    customer: int = 0
+    merchant: int = 0
+    amount: Decimal = Decimal("0")
+    channel: str = ""
+    status: str = ""
+    is_fraud: bool = False
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """Shape of the workload; the defaults are what the demo uses."""
+
+    rate: float = 20.0  # payments per second
+    customers: int = 300
+    merchants: int = 60
+    risky_merchants: int = 4
+    burst_share: float = 0.01  # share of payments that start a fraud burst
+    burst_size: tuple[int, int] = (3, 6)
+    base_fraud_rate: float = 0.01
+    label_delay_s: float = 5.0
+    status_delay_s: float = 1.0
+    refund_share: float = 0.02
+    correction_share: float = 0.02
+    delete_share: float = 0.005
+    drift_at: float | None = None  # seconds after start
+    seed: int = 7
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    seq: int
+    op: Op = field(compare=False)
+
+
+class Workload:
+    """Produces the operations due up to a time; same seed and times, same operations."""
+
+    def __init__(self, config: WorkloadConfig) -> None:
+        if config.rate <= 0:
+            msg = f"rate must be positive payments per second, got {config.rate}"
+            raise ValueError(msg)
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._queue: list[_Due] = []
+        self._seq = itertools.count()
+        self._handles = itertools.count(1)
+        self._next_payment_at = 0.0
+        self._burst: list[Op] = []
+        self._live: set[int] = set()
+        self._stopped = False
+        merchants = list(range(1, config.merchants + 1))
+        self._rng.shuffle(merchants)
+        k = config.risky_merchants
+        self._risky_before = merchants[:k]
+        self._risky_after = merchants[k : 2 * k]
+
+    # ---- the regime in force ----------------------------------------------------------
+    def drifted(self, t: float) -> bool:
+        return self.config.drift_at is not None and t >= self.config.drift_at
+
+    def _risky(self, t: float) -> list[int]:
+        return self._risky_after if self.drifted(t) else self._risky_before
+
+    def _fraud_channel(self, t: float) -> str:
+        return "web" if self.drifted(t) else "app"
+
+    def _normal_amount(self, t: float) -> Decimal:
+        mu = 3.6 if self.drifted(t) else 3.2  # lognormal medians: ~25 before, ~37 after
+        value = min(self._rng.lognormvariate(mu, 0.8), 5_000.0)
+        return Decimal(f"{value:.2f}")
+
+    # ---- scheduling --------------------------------------------------------------------
+    def _schedule(self, at: float, op: Op) -> None:
+        heapq.heappush(self._queue, _Due(at, next(self._seq), op))
+
+    def _new_payment(self, t: float) -> Op:
+        rng, cfg = self._rng, self.config
+        if not self._burst and rng.random() < cfg.burst_share:
+            customer = rng.randint(1, cfg.customers)
+            merchant = rng.choice(self._risky(t))
+            for _ in range(rng.randint(*cfg.burst_size)):
+                amount = Decimal(f"{rng.uniform(400, 1500):.2f}")
+                self._burst.append(
+                    Op("insert_payment", 0, customer, merchant, amount,
+                       self._fraud_channel(t), "pending", True)
+                )
+        if self._burst:
+            template = self._burst.pop()
+            return Op(**{**template.__dict__, "payment": next(self._handles)})
+        is_fraud = rng.random() < cfg.base_fraud_rate
+        return Op(
+            "insert_payment", next(self._handles), rng.randint(1, cfg.customers),
+            rng.randint(1, cfg.merchants), self._normal_amount(t),
+            rng.choices(("web", "app", "pos"), weights=(5, 3, 2))[0], "pending", is_fraud,
+        )
+
+    def _follow_ups(self, t: float, op: Op) -> None:
+        rng, cfg = self._rng, self.config
+        handle = op.payment
+        self._live.add(handle)
+        if rng.random() < cfg.delete_share:
+            self._schedule(t + cfg.status_delay_s * rng.random(), Op("delete_payment", handle))
+            return
+        declined = rng.random() < (0.5 if op.is_fraud else 0.08)
+        status_at = t + cfg.status_delay_s * (0.5 + rng.random())
+        self._schedule(
+            status_at, Op("update_status", handle, status="declined" if declined else "approved")
+        )
+        if rng.random() < cfg.correction_share:
+            amount = (op.amount * Decimal(rng.choice(("0.9", "1.1")))).quantize(Decimal("0.01"))
+            self._schedule(status_at + 0.1, Op("correct_amount", handle, amount=amount))
+        if not declined and rng.random() < cfg.refund_share:
+            self._schedule(status_at + cfg.status_delay_s, Op("update_status", handle, status="refunded"))
+        self._schedule(
+            t + cfg.label_delay_s * (0.5 + rng.random()),
+            Op("insert_outcome", handle, is_fraud=op.is_fraud),
+        )
+
+    def due(self, t: float) -> list[Op]:
+        """Every operation due at or before ``t`` seconds after the start, in order."""
+        out: list[Op] = []
+        interval = 1.0 / self.config.rate
+        while True:
+            next_queued = self._queue[0].at if self._queue else float("inf")
+            new_due = not self._stopped and self._next_payment_at <= t
+            if new_due and self._next_payment_at <= next_queued:
+                at = self._next_payment_at
+                op = self._new_payment(at)
+                out.append(op)
+                self._follow_ups(at, op)
+                self._next_payment_at += interval
+            elif self._queue and next_queued <= t:
+                item = heapq.heappop(self._queue)
+                if item.op.payment not in self._live:
+                    continue
+                if item.op.kind == "delete_payment":
+                    self._live.discard(item.op.payment)
+                out.append(item.op)
+            else:
+                return out
+
+    def pending(self) -> int:
+        """Follow-up operations still scheduled (status changes, outcomes)."""
+        return len(self._queue)
+
+    def drain(self) -> list[Op]:
+        """Every follow-up still scheduled, without new payments (to end a run cleanly)."""
+        self._stopped = True
+        return self.due(float("inf"))

@@ -1,0 +1,148 @@
+"""Apply a workload to Postgres at a steady rate: ``freshloop simulate``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from freshloop.db import connect
+from freshloop.settings import Settings
+from freshloop.simulate.workload import Op, Workload, WorkloadConfig
+
+__all__ = ["SimulationReport", "run_simulation", "seed_entities"]
+
+log = logging.getLogger(__name__)
+
+_COUNTRIES = ("DE", "FR", "US", "GB", "NL", "ES", "IT", "PL")
+_CATEGORIES = ("grocery", "electronics", "travel", "fashion", "gaming", "food")
+
+
+@dataclass
+class SimulationReport:
+    """What a run wrote: per table and kind of change, and the ids it touched."""
+
+    writes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    payment_ids: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+    customers: list[int] = field(default_factory=list)
+    merchants: list[int] = field(default_factory=list)
+
+    def count(self, table: str, op: str) -> int:
+        return self.writes[(table, op)]
+
+
+def seed_entities(conn: psycopg.Connection, config: WorkloadConfig) -> tuple[list[int], list[int]]:
+    """Insert the workload's customers and merchants; return their database ids in order."""
+    import random
+
+    rng = random.Random(config.seed)  # noqa: S311 - sample data, not security
+    with conn.cursor() as cur:
+        customers = [
+            cur.execute(
+                "INSERT INTO customers (email, country) VALUES (%s, %s) RETURNING customer_id",
+                (f"user{i}.{config.seed}@example.com", rng.choice(_COUNTRIES)),
+            ).fetchone()[0]  # type: ignore[index]
+            for i in range(config.customers)
+        ]
+        merchants = [
+            cur.execute(
+                "INSERT INTO merchants (name, category, country) VALUES (%s, %s, %s) "
+                "RETURNING merchant_id",
+                (f"merchant {i}", rng.choice(_CATEGORIES), rng.choice(_COUNTRIES)),
+            ).fetchone()[0]  # type: ignore[index]
+            for i in range(config.merchants)
+        ]
+    return customers, merchants
+
+
+class _Writer:
+    """Maps workload handles to database ids and runs each operation as its own commit."""
+
+    def __init__(self, conn: psycopg.Connection, customers: list[int], merchants: list[int]):
+        self.conn = conn
+        self.customers = customers
+        self.merchants = merchants
+        self.ids: dict[int, int] = {}
+        self.report = SimulationReport(customers=customers, merchants=merchants)
+
+    def apply(self, op: Op) -> None:
+        cur = self.conn.cursor()
+        if op.kind == "insert_payment":
+            row = cur.execute(
+                "INSERT INTO payments (customer_id, merchant_id, amount, channel, status) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING payment_id",
+                (self.customers[op.customer - 1], self.merchants[op.merchant - 1], op.amount,
+                 op.channel, op.status),
+            ).fetchone()
+            assert row is not None  # noqa: S101 - RETURNING always gives a row
+            self.ids[op.payment] = row[0]
+            self.report.payment_ids.add(row[0])
+            self.report.writes[("payments", "c")] += 1
+            return
+        payment_id = self.ids.get(op.payment)
+        if payment_id is None:
+            return
+        if op.kind == "update_status":
+            cur.execute(
+                "UPDATE payments SET status = %s, updated_at = now() WHERE payment_id = %s",
+                (op.status, payment_id),
+            )
+            self.report.writes[("payments", "u")] += cur.rowcount
+        elif op.kind == "correct_amount":
+            cur.execute(
+                "UPDATE payments SET amount = %s, updated_at = now() WHERE payment_id = %s",
+                (op.amount, payment_id),
+            )
+            self.report.writes[("payments", "u")] += cur.rowcount
+        elif op.kind == "delete_payment":
+            cur.execute("DELETE FROM payments WHERE payment_id = %s", (payment_id,))
+            self.report.writes[("payments", "d")] += cur.rowcount
+            self.ids.pop(op.payment, None)
+        elif op.kind == "insert_outcome":
+            cur.execute(
+                "INSERT INTO payment_outcomes (payment_id, is_fraud) VALUES (%s, %s) "
+                "ON CONFLICT (payment_id) DO NOTHING",
+                (payment_id, op.is_fraud),
+            )
+            self.report.writes[("payment_outcomes", "c")] += cur.rowcount
+
+
+def run_simulation(
+    settings: Settings,
+    config: WorkloadConfig,
+    duration_s: float,
+    *,
+    drain: bool = True,
+    on_tick: Callable[[SimulationReport], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> SimulationReport:
+    """Write the workload for ``duration_s`` seconds at its rate; then its follow-ups if drain."""
+    workload = Workload(config)
+    with connect(settings, autocommit=True) as conn:
+        customers, merchants = seed_entities(conn, config)
+        writer = _Writer(conn, customers, merchants)
+        writer.report.writes[("customers", "c")] += len(customers)
+        writer.report.writes[("merchants", "c")] += len(merchants)
+        start = time.monotonic()
+        last_tick = start
+        while (elapsed := time.monotonic() - start) < duration_s:
+            if stop is not None and stop():
+                break
+            for op in workload.due(elapsed):
+                writer.apply(op)
+            now = time.monotonic()
+            if on_tick is not None and now - last_tick >= 1.0:
+                last_tick = now
+                on_tick(writer.report)
+            time.sleep(max(0.0, min(0.01, 1.0 / config.rate)))
+        if drain:
+            for op in workload.drain():
+                writer.apply(op)
+        writer.report.seconds = time.monotonic() - start
+    log.info("simulation done writes=%s", dict(writer.report.writes))
+    return writer.report
