@@ -2,8 +2,8 @@
 
 from connectors.client import ApplyResult, ConnectClient, snapshot_signal
 from connectors.config import CAPTURED_TABLES, apply_connector, render_config
-from connectors.topics import ensure_topics
 from connectors.exceptions import ConnectError, ConnectorFailedError, ConnectorValidationError
+from connectors.topics import ensure_topics
 
 __all__ = [
     "CAPTURED_TABLES",

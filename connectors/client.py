@@ -47,7 +47,9 @@ class ConnectClient:
     def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
         try:
             response = self._http.request(
-                method, path, content=None if body is None else orjson.dumps(body),
+                method,
+                path,
+                content=None if body is None else orjson.dumps(body),
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
             )
         except httpx.HTTPError as exc:

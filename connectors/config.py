@@ -24,19 +24,19 @@ TEMPLATE_PATH = Path(__file__).parent / "postgres-connector.json"
 CAPTURED_TABLES = ("customers", "merchants", "payments", "payment_outcomes")
 
 SecretMode = Literal["env", "inline"]
-PASSWORD_ENV = "FRESHLOOP_CDC_PASSWORD"
+PASSWORD_ENV = "FRESHLOOP_CDC_PASSWORD"  # noqa: S105 - a variable name, not a secret
 
 
 def render_config(
     settings: Settings,
     *,
-    secret_mode: SecretMode = "env",
+    secret_mode: SecretMode = "env",  # noqa: S107
     overrides: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The connector config Connect should hold, as a flat ``str -> str`` mapping."""
     password = (
         f"${{env:{PASSWORD_ENV}}}"
-        if secret_mode == "env"
+        if secret_mode == "env"  # noqa: S105
         else settings.cdc_password.get_secret_value()
     )
     values = {
@@ -61,7 +61,7 @@ def render_config(
 def apply_connector(
     settings: Settings,
     *,
-    secret_mode: SecretMode = "env",
+    secret_mode: SecretMode = "env",  # noqa: S107
     overrides: dict[str, str] | None = None,
     wait_s: float = 60.0,
 ) -> ApplyResult:

@@ -55,7 +55,7 @@ def stack() -> None:
     """The local stack: Postgres, Redis, Kafka (KRaft) and Kafka Connect with Debezium."""
 
 
-def _stack():  # type: ignore[no-untyped-def]
+def _stack():
     from freshloop.stack import Stack
 
     return Stack(_settings(), echo=lambda m: click.echo(f"[stack] {m}"))
@@ -140,17 +140,27 @@ def connectors() -> None:
     """Manage the Debezium connector over Kafka Connect's REST API."""
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client():
     from connectors import ConnectClient
 
     return ConnectClient(_settings().connect_url)
 
 
 @connectors.command("apply")
-@click.option("--secret-mode", type=click.Choice(["env", "inline"]), default="env",
-              show_default=True, help="env: the worker resolves ${env:FRESHLOOP_CDC_PASSWORD}.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override one connector setting (repeatable).")
+@click.option(
+    "--secret-mode",
+    type=click.Choice(["env", "inline"]),
+    default="env",
+    show_default=True,
+    help="env: the worker resolves ${env:FRESHLOOP_CDC_PASSWORD}.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one connector setting (repeatable).",
+)
 @_friendly
 def connectors_apply(secret_mode: str, overrides: tuple[str, ...]) -> None:
     """Validate, create or update (only if changed), and wait until RUNNING."""
@@ -159,7 +169,8 @@ def connectors_apply(secret_mode: str, overrides: tuple[str, ...]) -> None:
     settings = _settings()
     bad = [item for item in overrides if "=" not in item]
     if bad:
-        raise click.BadParameter(f"expected KEY=VALUE, got {', '.join(bad)}", param_hint="--set")
+        msg = f"expected KEY=VALUE, got {', '.join(bad)}"
+        raise click.BadParameter(msg, param_hint="--set")
     extra = dict(item.split("=", 1) for item in overrides)
     try:
         result = apply_connector(settings, secret_mode=secret_mode, overrides=extra)  # type: ignore[arg-type]
@@ -242,21 +253,38 @@ def connectors_snapshot(tables: tuple[str, ...]) -> None:
 @cli.command()
 @click.option("--rate", default=20.0, show_default=True, help="Payments per second.")
 @click.option("--duration", default=30.0, show_default=True, help="Seconds of new payments.")
-@click.option("--drift-at", default=None, type=float, help="Seconds after start when fraud changes.")
+@click.option(
+    "--drift-at", default=None, type=float, help="Seconds after start when fraud changes."
+)
 @click.option("--label-delay", default=5.0, show_default=True, help="Seconds until an outcome.")
 @click.option("--seed", default=7, show_default=True)
 @click.option("--customers", default=300, show_default=True)
 @click.option("--merchants", default=60, show_default=True)
 @_friendly
-def simulate(rate: float, duration: float, drift_at: float | None, label_delay: float, seed: int,
-             customers: int, merchants: int) -> None:
+def simulate(
+    rate: float,
+    duration: float,
+    drift_at: float | None,
+    label_delay: float,
+    seed: int,
+    customers: int,
+    merchants: int,
+) -> None:
     """Write realistic sample payments, status changes, deletes and outcomes."""
     from freshloop.simulate import WorkloadConfig, run_simulation
 
-    config = WorkloadConfig(rate=rate, drift_at=drift_at, label_delay_s=label_delay, seed=seed,
-                            customers=customers, merchants=merchants)
+    config = WorkloadConfig(
+        rate=rate,
+        drift_at=drift_at,
+        label_delay_s=label_delay,
+        seed=seed,
+        customers=customers,
+        merchants=merchants,
+    )
     report = run_simulation(
-        _settings(), config, duration,
+        _settings(),
+        config,
+        duration,
         on_tick=lambda r: click.echo(f"[simulate] {sum(r.writes.values())} writes"),
     )
     for (table, op), n in sorted(report.writes.items()):

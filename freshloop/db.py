@@ -23,7 +23,9 @@ CAPTURED_TABLES = ("customers", "merchants", "payments", "payment_outcomes")
 def connect(settings: Settings, *, autocommit: bool = True) -> psycopg.Connection:
     """A psycopg connection as the owner role, with a one-line error if the database is down."""
     try:
-        return psycopg.connect(settings.postgres_conninfo(), autocommit=autocommit, connect_timeout=5)
+        return psycopg.connect(
+            settings.postgres_conninfo(), autocommit=autocommit, connect_timeout=5
+        )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = (
@@ -48,7 +50,7 @@ def init_database(settings: Settings) -> list[str]:
         # One init at a time: concurrent CREATE ... IF NOT EXISTS can still collide.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('freshloop db init'))")
         for path in files:
-            statement = sql.SQL(path.read_text()).format(**params)  # type: ignore[arg-type]
+            statement = sql.SQL(path.read_text()).format(**params)
             conn.execute(statement)
             log.info("applied file=%s", path.name)
         conn.commit()

@@ -78,12 +78,14 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
     console.print(f"  {result.name}: {result.action}, {result.state}")
     console.print(f"[bold]4/4[/] writing sample payments for {duration:.0f}s at {rate:.0f}/s")
 
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": f"freshloop-demo-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "latest",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"freshloop-demo-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+        }
+    )
     start_ms = int(time.time() * 1000)
 
     def from_now(c: Consumer, partitions: list[TopicPartition]) -> None:
@@ -101,10 +103,14 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
         consumer.poll(0.1)
 
     def write() -> None:
-        config = WorkloadConfig(rate=rate, drift_at=drift_at, label_delay_s=3.0,
-                                seed=int(time.time()))
+        config = WorkloadConfig(
+            rate=rate, drift_at=drift_at, label_delay_s=3.0, seed=int(time.time())
+        )
         state["report"] = run_simulation(
-            settings, config, duration, on_tick=lambda r: state.update(report=r),
+            settings,
+            config,
+            duration,
+            on_tick=lambda r: state.update(report=r),
             stop=stop.is_set,
         )
 

@@ -37,8 +37,10 @@ class Settings(BaseSettings):
         description="Operational database, without the password (see postgres_password).",
     )
     postgres_password: SecretStr = Field(default=SecretStr("freshloop"))
-    cdc_user: str = Field(default="freshloop_cdc", description="Least-privilege role Debezium uses.")
-    cdc_password: SecretStr = Field(default=SecretStr("freshloop_cdc"))
+    cdc_user: str = Field(
+        default="freshloop_cdc", description="Least-privilege role Debezium uses."
+    )
+    cdc_password: SecretStr = Field(default=SecretStr("cdc-local-only"))
     connector_database_host: str | None = Field(
         default=None,
         description="Postgres host as Kafka Connect sees it (docker-compose: 'postgres'); "
@@ -53,12 +55,21 @@ class Settings(BaseSettings):
         description="Debezium topic.prefix: change topics are <prefix>.<schema>.<table>.",
     )
     connector_name: str = Field(default="freshloop-postgres")
+    publication_name: str = Field(
+        default="freshloop_pub",
+        description="Postgres publication of the captured tables, created by 'freshloop db init'.",
+    )
     topic_partitions: int = Field(
-        default=4, ge=1, le=1024,
+        default=4,
+        ge=1,
+        le=1024,
         description="Partitions of every change topic (the same for all: co-partitioned joins).",
     )
     poll_interval_ms: int = Field(
-        default=5, ge=1, le=60_000, description="Debezium poll.interval.ms (sets the latency floor)."
+        default=5,
+        ge=1,
+        le=60_000,
+        description="Debezium poll.interval.ms (sets the latency floor).",
     )
     stack_bind: str = Field(
         default="127.0.0.1", description="Address the local services listen on (loopback)."
@@ -126,7 +137,9 @@ class Settings(BaseSettings):
     def postgres_user(self) -> str:
         return str(self._pg.username or "postgres")
 
-    def postgres_conninfo(self, *, user: str | None = None, password: SecretStr | None = None) -> str:
+    def postgres_conninfo(
+        self, *, user: str | None = None, password: SecretStr | None = None
+    ) -> str:
         """A libpq URL with the password filled in, for psycopg. Never log it."""
         user = user or self.postgres_user
         secret = (password or self.postgres_password).get_secret_value()
@@ -155,10 +168,6 @@ class Settings(BaseSettings):
     def slot_name(self) -> str:
         """Replication slot of this pipeline's connector: unique per topic prefix."""
         return f"{self.topic_prefix.lower()}_slot"
-
-    @property
-    def publication_name(self) -> str:
-        return f"{self.topic_prefix.lower()}_pub"
 
     def topic(self, table: str, schema: str = "public") -> str:
         """The Debezium change topic of one table."""

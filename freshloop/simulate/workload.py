@@ -117,17 +117,30 @@ class Workload:
             for _ in range(rng.randint(*cfg.burst_size)):
                 amount = Decimal(f"{rng.uniform(400, 1500):.2f}")
                 self._burst.append(
-                    Op("insert_payment", 0, customer, merchant, amount,
-                       self._fraud_channel(t), "pending", True)
+                    Op(
+                        "insert_payment",
+                        0,
+                        customer,
+                        merchant,
+                        amount,
+                        self._fraud_channel(t),
+                        "pending",
+                        True,
+                    )
                 )
         if self._burst:
             template = self._burst.pop()
             return Op(**{**template.__dict__, "payment": next(self._handles)})
         is_fraud = rng.random() < cfg.base_fraud_rate
         return Op(
-            "insert_payment", next(self._handles), rng.randint(1, cfg.customers),
-            rng.randint(1, cfg.merchants), self._normal_amount(t),
-            rng.choices(("web", "app", "pos"), weights=(5, 3, 2))[0], "pending", is_fraud,
+            "insert_payment",
+            next(self._handles),
+            rng.randint(1, cfg.customers),
+            rng.randint(1, cfg.merchants),
+            self._normal_amount(t),
+            rng.choices(("web", "app", "pos"), weights=(5, 3, 2))[0],
+            "pending",
+            is_fraud,
         )
 
     def _follow_ups(self, t: float, op: Op) -> None:
@@ -146,7 +159,9 @@ class Workload:
             amount = (op.amount * Decimal(rng.choice(("0.9", "1.1")))).quantize(Decimal("0.01"))
             self._schedule(status_at + 0.1, Op("correct_amount", handle, amount=amount))
         if not declined and rng.random() < cfg.refund_share:
-            self._schedule(status_at + cfg.status_delay_s, Op("update_status", handle, status="refunded"))
+            self._schedule(
+                status_at + cfg.status_delay_s, Op("update_status", handle, status="refunded")
+            )
         self._schedule(
             t + cfg.label_delay_s * (0.5 + rng.random()),
             Op("insert_outcome", handle, is_fraud=op.is_fraud),

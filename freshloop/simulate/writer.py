@@ -76,8 +76,13 @@ class _Writer:
             row = cur.execute(
                 "INSERT INTO payments (customer_id, merchant_id, amount, channel, status) "
                 "VALUES (%s, %s, %s, %s, %s) RETURNING payment_id",
-                (self.customers[op.customer - 1], self.merchants[op.merchant - 1], op.amount,
-                 op.channel, op.status),
+                (
+                    self.customers[op.customer - 1],
+                    self.merchants[op.merchant - 1],
+                    op.amount,
+                    op.channel,
+                    op.status,
+                ),
             ).fetchone()
             assert row is not None  # noqa: S101 - RETURNING always gives a row
             self.ids[op.payment] = row[0]

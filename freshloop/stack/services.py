@@ -94,14 +94,14 @@ class Postgres(Service):
 
         return signal.SIGINT  # "fast" shutdown: SIGTERM would wait for every client to leave
 
-    def _as_owner(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, user=self.run_as, capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+    def _as_owner(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, user=self.run_as, capture_output=True, text=True, check=False)
 
     def prepare(self) -> None:
         super().prepare()
         if self.run_as:
             subprocess.run(["chown", f"{self.run_as}:", str(self.root)], check=True)
-            probe = self._as_owner(["test", "-w", str(self.root)], check=False)
+            probe = self._as_owner(["test", "-w", str(self.root)])
             if probe.returncode != 0:
                 msg = (
                     f"the '{self.run_as}' user cannot write {self.root}: give it access to the "
@@ -118,11 +118,18 @@ class Postgres(Service):
         try:
             result = self._as_owner(
                 [
-                    str(self.bindir / "initdb"), "-D", str(self.data), "-U",
-                    self.settings.postgres_user, f"--pwfile={pwfile}", "-E", "UTF8",
-                    "--locale=C", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    self.settings.postgres_user,
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
                 ],
-                check=False,
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -177,9 +184,23 @@ class Redis(Service):
 
     def command(self) -> list[str]:
         return [
-            "redis-server", "--bind", self.host, "--port", str(self.port),
-            "--dir", str(self.root), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "redis-server",
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.root),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
         ]
 
     def ready(self) -> bool:
@@ -218,9 +239,16 @@ class _Java(Service):
     def java_args(self) -> list[str]:
         kafka_jars = jar_sets(self.settings.home)[0].target
         return [
-            "java", f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dkafka.logs.dir={self.root}", f"-Dlog4j2.configurationFile={self.log4j_config()}",
-            "-cp", f"{kafka_jars}/*", self.main_class,
+            "java",
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.root}",
+            f"-Dlog4j2.configurationFile={self.log4j_config()}",
+            "-cp",
+            f"{kafka_jars}/*",
+            self.main_class,
         ]
 
 
@@ -265,10 +293,14 @@ class Kafka(_Java):
         args[-1] = "kafka.tools.StorageTool"
         result = subprocess.run(
             [*args, "format", "-t", cluster_id, "-c", str(self.properties), "-g"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
-            msg = f"formatting the Kafka log folder failed: {(result.stdout + result.stderr)[-2000:]}"
+            msg = (
+                f"formatting the Kafka log folder failed: {(result.stdout + result.stderr)[-2000:]}"
+            )
             raise StackError(msg)
 
     def command(self) -> list[str]:
@@ -372,7 +404,10 @@ def build_services(settings: Settings) -> list[Service]:
         Postgres("postgres", settings.postgres_port, settings, pg_root, run_as=run_as),
         Redis("redis", settings.redis_port, settings, home / "redis"),
         Kafka(
-            "kafka", settings.kafka_port, settings, home / "kafka",
+            "kafka",
+            settings.kafka_port,
+            settings,
+            home / "kafka",
             extra_ports=(settings.kafka_controller_port,),
         ),
         Connect("connect", settings.connect_port, settings, home / "connect"),

@@ -134,12 +134,20 @@ def ensure_jars(home: Path, echo: bool = True) -> tuple[JarSet, JarSet]:
             shutil.rmtree(jars.target)
         jars.target.mkdir(parents=True)
         command = [
-            "mvn", "-q", "-B", "-f", str(jars.pom), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={jars.target}", *jars.maven_args,
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(jars.pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={jars.target}",
+            *jars.maven_args,
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            msg = f"fetching the {jars.name} jars failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+            output = result.stdout[-3000:] + result.stderr[-2000:]
+            msg = f"fetching the {jars.name} jars failed:\n{output}"
             raise SetupError(msg)
         jars.stamp.write_text(jars.digest())
     return sets

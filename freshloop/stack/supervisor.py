@@ -113,9 +113,10 @@ class Stack:
             if pid is not None:
                 healthy = svc.ready()
                 state = "running" if healthy else "starting"
+            elif port_open(svc.host, svc.port):
+                state, healthy = "foreign", svc.ready()  # someone else's server: usable?
             else:
-                foreign = port_open(svc.host, svc.port)
-                state, healthy = ("foreign", False) if foreign else ("down", False)
+                state, healthy = "down", False
             out.append(ServiceStatus(svc.name, svc.port, pid, state, healthy))
         return out
 

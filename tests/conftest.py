@@ -1,0 +1,61 @@
+"""Session fixtures: settings, and the real stack for tests marked ``integration``.
+
+``FRESHLOOP_TEST_STACK`` chooses the backend:
+- ``local`` (default): use the stack if it is already up (ours or servers named by the
+  settings); otherwise start it with ``freshloop stack`` and stop, at the end, only what this
+  session started;
+- ``external``: use the servers named by the ``FRESHLOOP_`` settings, start nothing;
+- ``containers``: start the same services with testcontainers (needs a Docker engine).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from freshloop.settings import Settings
+
+pytest_plugins = ["tests.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings()
+
+
+def _local_backend(settings: Settings) -> Iterator[Settings]:
+    from freshloop.stack import Stack
+
+    stack = Stack(settings, echo=lambda m: print(f"[stack] {m}", flush=True))
+    # Servers already answering at the configured ports (ours or not) are used as they are.
+    started = [] if stack.all_healthy() else stack.up()
+    try:
+        yield settings
+    finally:
+        if started:
+            stack.down(started)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(base_settings: Settings) -> Iterator[Settings]:
+    """Settings of a running stack (Postgres, Redis, Kafka, Connect+Debezium), schema applied."""
+    from freshloop.db import init_database
+
+    backend = os.environ.get("FRESHLOOP_TEST_STACK", "local")
+    if backend == "external":
+        gen: Iterator[Settings] = iter([base_settings])
+    elif backend == "containers":
+        from tests.container_stack import container_backend
+
+        gen = container_backend(base_settings)
+    elif backend == "local":
+        gen = _local_backend(base_settings)
+    else:
+        pytest.fail(f"FRESHLOOP_TEST_STACK={backend!r}: use local, external or containers")
+    settings = next(gen)
+    init_database(settings)
+    yield settings
+    for _ in gen:  # run the backend's teardown
+        pass
