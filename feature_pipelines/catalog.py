@@ -1,0 +1,118 @@
+"""The sample feature set over the demo schema, and the ``FeatureSet`` that groups definitions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from feature_pipelines.exceptions import DefinitionError
+from feature_pipelines.spec import Condition, Entity, Feature, Lookup
+
+__all__ = ["CUSTOMER", "MERCHANT", "SAMPLE_FEATURES", "FeatureSet"]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Feature definitions with unique names, indexed the ways the engine needs them."""
+
+    features: tuple[Feature, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            msg = f"feature names must be unique; repeated: {', '.join(dupes)}"
+            raise DefinitionError(msg)
+        entities: dict[str, Entity] = {}
+        for f in self.features:
+            if entities.setdefault(f.entity.name, f.entity) != f.entity:
+                msg = f"entity {f.entity.name} is declared with two key columns"
+                raise DefinitionError(msg)
+
+    @classmethod
+    def of(cls, features: Iterable[Feature]) -> FeatureSet:
+        return cls(tuple(features))
+
+    def __iter__(self) -> Iterator[Feature]:
+        return iter(self.features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def by_name(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        msg = f"no feature named {name!r}"
+        raise KeyError(msg)
+
+    def entities(self) -> dict[str, Entity]:
+        return {f.entity.name: f.entity for f in self.features}
+
+    def for_entity(self, entity: str) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.entity.name == entity)
+
+    def for_table(self, table: str) -> tuple[Feature, ...]:
+        """Features whose rows come from ``table``."""
+        return tuple(f for f in self.features if f.table == table)
+
+    def lookups_from(self, table: str) -> tuple[Feature, ...]:
+        """Features whose entity key ``table`` provides through a lookup."""
+        return tuple(f for f in self.features if f.lookup and f.lookup.table == table)
+
+    def tables(self) -> set[str]:
+        """Every table the pipeline must read (sources and lookup providers)."""
+        out = {f.table for f in self.features}
+        out |= {f.lookup.table for f in self.features if f.lookup}
+        return out
+
+    def needed_columns(self, table: str) -> set[str]:
+        cols: set[str] = set()
+        for f in self.for_table(table):
+            cols |= f.columns()
+        for f in self.lookups_from(table):
+            assert f.lookup is not None  # noqa: S101 - filtered above
+            cols |= {f.lookup.key, f.lookup.provides}
+        return cols
+
+    def lifetime_entities(self) -> set[str]:
+        """Entities with a lifetime feature: their state never expires as a whole."""
+        return {f.entity.name for f in self.features if f.window is None}
+
+    def max_window_seconds(self, entity: str) -> int:
+        return max((f.window_seconds + f.bucket_seconds for f in self.for_entity(entity)),
+                   default=0)
+
+
+CUSTOMER = Entity("customer", "customer_id")
+MERCHANT = Entity("merchant", "merchant_id")
+_M10, _H1, _H24, _D7 = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24),
+                        timedelta(days=7))
+
+
+def _pay(name: str, entity: Entity, agg: str, window: timedelta | None, value: str | None = None,
+         where: tuple[Condition, ...] = ()) -> Feature:
+    return Feature(name, entity, "payments", "created_at", agg, value, where, window)  # type: ignore[arg-type]
+
+
+SAMPLE_FEATURES = FeatureSet.of([
+    _pay("payment_count_10m", CUSTOMER, "count", _M10),
+    _pay("payment_count_1h", CUSTOMER, "count", _H1),
+    _pay("payment_count_24h", CUSTOMER, "count", _H24),
+    _pay("amount_sum_1h", CUSTOMER, "sum", _H1, "amount"),
+    _pay("amount_sum_24h", CUSTOMER, "sum", _H24, "amount"),
+    _pay("amount_mean_24h", CUSTOMER, "mean", _H24, "amount"),
+    _pay("declined_count_24h", CUSTOMER, "count", _H24, where=(Condition("status", "declined"),)),
+    _pay("distinct_merchants_24h", CUSTOMER, "distinct", _H24, "merchant_id"),
+    _pay("payment_count_lifetime", CUSTOMER, "count", None),
+    _pay("amount_sum_lifetime", CUSTOMER, "sum", None, "amount"),
+    _pay("merchant_payment_count_1h", MERCHANT, "count", _H1),
+    _pay("merchant_amount_sum_24h", MERCHANT, "sum", _H24, "amount"),
+    Feature(
+        "merchant_fraud_count_7d", MERCHANT, "payment_outcomes", "reported_at", "count",
+        where=(Condition("is_fraud", True),), window=_D7,
+        lookup=Lookup(column="payment_id", table="payments", key="payment_id",
+                      provides="merchant_id"),
+    ),
+])

@@ -1,0 +1,58 @@
+"""Dead-lettering: an event that cannot be decoded is data, not a crash.
+
+The original key and value bytes go to ``<prefix>.dead-letter`` unchanged, with headers saying
+why and where they came from, so nothing is lost and the event can be replayed once fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Producer
+
+from feature_pipelines.exceptions import DeadLetterError
+from feature_pipelines.metrics import EVENTS
+
+__all__ = ["DeadLetters"]
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetters:
+    """Produces bad events to the dead-letter topic and counts them."""
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.count = 0
+
+    def send(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        headers = [
+            ("freshloop.reason", reason.encode()[:4096]),
+            ("freshloop.source.topic", source_topic.encode()),
+            ("freshloop.source.partition", str(partition).encode()),
+            ("freshloop.source.offset", str(offset).encode()),
+        ]
+        self.producer.produce(self.topic, key=key, value=value, headers=headers)
+        self.count += 1
+        EVENTS.labels("dead_lettered").inc()
+        log.warning(
+            "dead-lettered topic=%s partition=%d offset=%d reason=%s",
+            source_topic, partition, offset, reason,
+        )
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every dead letter is acknowledged (before committing past them)."""
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            msg = f"{remaining} dead letters not acknowledged by Kafka in {timeout:.0f}s"
+            raise DeadLetterError(msg)

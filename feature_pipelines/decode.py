@@ -1,0 +1,155 @@
+"""Decode Debezium change events (JsonConverter, no schemas) into plain ``ChangeEvent`` values.
+
+Only the columns the feature set needs are kept, so unknown or added columns are ignored; a
+needed column that is missing, or a value of the wrong shape, makes the event undecodable
+(``DecodeError``: the shell dead-letters it with the original bytes). Money never passes
+through a float: ``decimal.handling.mode=string`` sends ``"12.34"``, kept as text here and
+turned into ``Decimal`` where a feature sums it.
+
+The de-duplication position is ``(last_commit_lsn, lsn)`` from ``source.sequence`` (falling back
+to ``source.lsn``). For one row, changes reach the WAL in this order, so a later change of the
+same row always has a larger position; a null last-commit LSN (seen in real events) orders
+first, as -1. The position is compared per row key, never per partition: several rows share one
+LSN in a multi-row statement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.exceptions import DecodeError
+
+__all__ = ["ChangeEvent", "Position", "decode", "format_position", "parse_position"]
+
+Position = tuple[int, int]
+Row = dict[str, Any]
+_OPS = {"c", "u", "d", "r"}
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One row change: images restricted to the needed columns; commit time in ms since epoch."""
+
+    table: str
+    op: str
+    key: str  # the primary-key values joined by ",", e.g. "1001" for {"payment_id":1001}
+    before: Row | None
+    after: Row | None
+    position: Position
+    commit_ms: int
+
+    @property
+    def row_id(self) -> str:
+        return f"{self.table}:{self.key}"
+
+
+def format_position(position: Position) -> str:
+    return f"{position[0]}:{position[1]}"
+
+
+def parse_position(text: str | bytes | None) -> Position | None:
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode()
+    first, second = text.split(":")
+    return (int(first), int(second))
+
+
+def _position(source: dict[str, Any]) -> Position:
+    lsn = source.get("lsn")
+    last_commit: Any = None
+    sequence = source.get("sequence")
+    if sequence:
+        try:
+            parts = orjson.loads(sequence)
+        except orjson.JSONDecodeError as exc:
+            msg = f"source.sequence is not JSON: {sequence!r}"
+            raise DecodeError(msg) from exc
+        if not isinstance(parts, list) or len(parts) != 2:
+            msg = f"source.sequence must be [last_commit_lsn, lsn], got {sequence!r}"
+            raise DecodeError(msg)
+        last_commit, current = parts
+        lsn = current if current is not None else lsn
+    try:
+        return (-1 if last_commit is None else int(last_commit), int(lsn))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        msg = f"source position is not numeric: lsn={lsn!r} sequence={sequence!r}"
+        raise DecodeError(msg) from exc
+
+
+def _image(raw: Any, columns: set[str], where: str) -> Row | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        msg = f"{where} must be an object, got {type(raw).__name__}"
+        raise DecodeError(msg)
+    missing = sorted(c for c in columns if c not in raw)
+    if missing:
+        msg = f"{where} lacks needed column(s) {', '.join(missing)}"
+        raise DecodeError(msg)
+    return {c: raw[c] for c in columns}
+
+
+def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> ChangeEvent | None:
+    """The change event in ``value``; None for a tombstone or a table no feature reads."""
+    if value is None:
+        return None
+    try:
+        envelope = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        msg = f"value is not JSON: {exc}"
+        raise DecodeError(msg) from exc
+    if not isinstance(envelope, dict):
+        msg = f"value must be a Debezium envelope object, got {type(envelope).__name__}"
+        raise DecodeError(msg)
+    source = envelope.get("source")
+    op = envelope.get("op")
+    if not isinstance(source, dict) or not isinstance(source.get("table"), str):
+        msg = "envelope has no source.table"
+        raise DecodeError(msg)
+    table = source["table"]
+    if table not in features.tables():
+        return None
+    if op not in _OPS:
+        msg = f"op {op!r} is not handled (expected one of c, u, d, r)"
+        raise DecodeError(msg)
+    columns = features.needed_columns(table)
+    before = _image(envelope.get("before"), columns, "before")
+    after = _image(envelope.get("after"), columns, "after")
+    if (op in ("c", "r") and after is None) or (op == "d" and before is None) or (
+        op == "u" and (after is None or before is None)
+    ):
+        msg = f"op {op!r} with before={before is not None} after={after is not None}"
+        if op in ("u", "d"):
+            msg += " (is REPLICA IDENTITY FULL set on the table?)"
+        raise DecodeError(msg)
+    commit_ms = source.get("ts_ms")
+    if not isinstance(commit_ms, int):
+        msg = f"source.ts_ms must be an integer, got {commit_ms!r}"
+        raise DecodeError(msg)
+    if key is None:
+        msg = "change event has no key"
+        raise DecodeError(msg)
+    return ChangeEvent(table, op, _key_text(key), before, after, _position(source), commit_ms)
+
+
+def _key_text(key: bytes) -> str:
+    try:
+        parsed = orjson.loads(key)
+    except orjson.JSONDecodeError as exc:
+        msg = f"key is not JSON: {exc}"
+        raise DecodeError(msg) from exc
+    if not isinstance(parsed, dict) or not parsed:
+        msg = f"key must be an object of primary-key columns, got {key[:100]!r}"
+        raise DecodeError(msg)
+    return ",".join(str(parsed[k]) for k in sorted(parsed))
+
+
+def commit_time(event: ChangeEvent) -> datetime:
+    return datetime.fromtimestamp(event.commit_ms / 1000, tz=UTC)
