@@ -22,13 +22,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
 from feature_pipelines.dead_letter import DeadLetters
+from feature_pipelines.decode import ChangeEvent, decode
+from feature_pipelines.exceptions import DecodeError, FeaturePipelineError
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
+from feature_pipelines.planner import Planner, WritePlan
+from feature_pipelines.store import RedisBatchWriter
 from freshloop.settings import Settings
 
-__all__ = ["PipelineStats", "run_pipeline"]
+__all__ = ["FeaturePipeline", "PipelineStats", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +66,156 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "max.poll.interval.ms": 60_000,
         "queued.min.messages": 20_000,
     }
+
+
+class FeaturePipeline:
+    """One consumer process of the feature pipeline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        features: FeatureSet = SAMPLE_FEATURES,
+        *,
+        namespace: str | None = None,
+        group_id: str | None = None,
+        max_batch: int = 5000,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.features = features
+        self.ns = namespace or settings.topic_prefix
+        self.group_id = group_id or f"{settings.topic_prefix}-features"
+        self.topics = [settings.topic(t) for t in sorted(features.tables())]
+        self.max_batch = max_batch
+        self.stop = stop or threading.Event()
+        self.stats = PipelineStats()
+        self.planner = Planner(features, self.ns)
+        self.writer = RedisBatchWriter(
+            redis.Redis.from_url(settings.redis_url), features, self.ns, self.group_id
+        )
+        self.consumer = Consumer(consumer_config(settings, self.group_id))
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+        self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
+        self._sweep_cursor = 0
+        self._next_sweep = time.monotonic() + 30
+
+    # ---- assignment: positions come from Redis --------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self.writer.offsets()
+        for tp in partitions:
+            tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
+        log.info("assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked partitions=%s", [(tp.topic, tp.partition) for tp in partitions])
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self, on_batch: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        try:
+            while not self.stop.is_set():
+                messages = self._next_batch()
+                if messages:
+                    self.process(messages)
+                    if on_batch is not None:
+                        on_batch(self.stats)
+                if time.monotonic() >= self._next_sweep:
+                    self._sweep()
+        finally:
+            self.consumer.close()
+            self.dead_letters.flush()
+        return self.stats
+
+    def _next_batch(self) -> list[Message]:
+        """Whatever is already fetched, at once; else wait briefly for the first message.
+
+        ``consume(n, timeout)`` would wait for n messages or the timeout, adding up to the whole
+        timeout to every event's latency at low rates.
+        """
+        messages = self.consumer.consume(self.max_batch, timeout=0)
+        if messages:
+            return messages
+        first = self.consumer.poll(0.1)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(self.max_batch - 1, timeout=0)]
+
+    def process(self, messages: list[Message]) -> None:
+        """Decode, plan and write one batch; dead-letter what cannot be decoded."""
+        started = time.perf_counter()
+        events: list[ChangeEvent] = []
+        offsets: dict[str, int] = {}
+        dead_before = self.dead_letters.count
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error=%s", error)
+                continue
+            offsets[f"{msg.topic()}:{msg.partition()}"] = msg.offset() + 1
+            try:
+                event = decode(msg.value(), msg.key(), self.features)
+            except DecodeError as exc:
+                self.dead_letters.send(
+                    key=msg.key(), value=msg.value(), reason=str(exc), source_topic=msg.topic(),
+                    partition=msg.partition(), offset=msg.offset(),
+                )
+                continue
+            if event is None:
+                self.stats.tombstones += 1
+                EVENTS.labels("tombstone").inc()
+                continue
+            events.append(event)
+        if self.dead_letters.count != dead_before:
+            self.dead_letters.flush()  # never move past a bad event before it is safe
+            self.stats.dead_lettered = self.dead_letters.count
+        plan = self._write(events, offsets)
+        now_ms = time.time() * 1000
+        for commit_ms in plan.applied_commit_ms:
+            lag = (now_ms - commit_ms) / 1000
+            APPLY_LAG.observe(lag)
+            self.stats.lags_ms.append(lag * 1000)
+        if len(self.stats.lags_ms) > 100_000:
+            del self.stats.lags_ms[:50_000]
+        if plan.applied_commit_ms:
+            LAST_APPLIED_COMMIT.set(max(plan.applied_commit_ms) / 1000)
+        self.stats.applied += plan.applied
+        self.stats.duplicates += plan.duplicates
+        self.stats.batches += 1
+        EVENTS.labels("applied").inc(plan.applied)
+        EVENTS.labels("duplicate").inc(plan.duplicates)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.consumer.commit(
+            offsets=[TopicPartition(*_split(name), offset) for name, offset in offsets.items()],
+            asynchronous=True,
+        )
+
+    def _write(self, events: list[ChangeEvent], offsets: dict[str, int]) -> WritePlan:
+        for attempt in range(50):
+            states = self.writer.read_rows(self.planner.keys_needed(events))
+            plan = self.planner.plan(events, states)
+            if self.writer.apply(plan, offsets):
+                return plan
+            log.info("row state changed under the batch, re-planning attempt=%d", attempt + 1)
+        msg = "a batch could not be written after 50 attempts: another consumer keeps racing"
+        raise FeaturePipelineError(msg)
+
+    def _sweep(self) -> None:
+        self._sweep_cursor, removed = self.writer.sweep(self.features, self._sweep_cursor)
+        if removed:
+            log.info("swept expired bucket fields removed=%d", removed)
+        self._next_sweep = time.monotonic() + (30 if self._sweep_cursor == 0 else 1)
+
+
+def _split(name: str) -> tuple[str, int]:
+    topic, partition = name.rsplit(":", 1)
+    return topic, int(partition)
+
+
+def run_pipeline(settings: Settings, features: FeatureSet = SAMPLE_FEATURES) -> PipelineStats:
+    """``freshloop features run``: consume until SIGINT or SIGTERM."""
+    pipeline = FeaturePipeline(settings, features)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: pipeline.stop.set())
+    return pipeline.run()
