@@ -81,38 +81,59 @@ class FeatureSet:
         return {f.entity.name for f in self.features if f.window is None}
 
     def max_window_seconds(self, entity: str) -> int:
-        return max((f.window_seconds + f.bucket_seconds for f in self.for_entity(entity)),
-                   default=0)
+        return max(
+            (f.window_seconds + f.bucket_seconds for f in self.for_entity(entity)), default=0
+        )
 
 
 CUSTOMER = Entity("customer", "customer_id")
 MERCHANT = Entity("merchant", "merchant_id")
-_M10, _H1, _H24, _D7 = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24),
-                        timedelta(days=7))
+_M10, _H1, _H24, _D7 = (
+    timedelta(minutes=10),
+    timedelta(hours=1),
+    timedelta(hours=24),
+    timedelta(days=7),
+)
 
 
-def _pay(name: str, entity: Entity, agg: str, window: timedelta | None, value: str | None = None,
-         where: tuple[Condition, ...] = ()) -> Feature:
+def _pay(
+    name: str,
+    entity: Entity,
+    agg: str,
+    window: timedelta | None,
+    value: str | None = None,
+    where: tuple[Condition, ...] = (),
+) -> Feature:
     return Feature(name, entity, "payments", "created_at", agg, value, where, window)  # type: ignore[arg-type]
 
 
-SAMPLE_FEATURES = FeatureSet.of([
-    _pay("payment_count_10m", CUSTOMER, "count", _M10),
-    _pay("payment_count_1h", CUSTOMER, "count", _H1),
-    _pay("payment_count_24h", CUSTOMER, "count", _H24),
-    _pay("amount_sum_1h", CUSTOMER, "sum", _H1, "amount"),
-    _pay("amount_sum_24h", CUSTOMER, "sum", _H24, "amount"),
-    _pay("amount_mean_24h", CUSTOMER, "mean", _H24, "amount"),
-    _pay("declined_count_24h", CUSTOMER, "count", _H24, where=(Condition("status", "declined"),)),
-    _pay("distinct_merchants_24h", CUSTOMER, "distinct", _H24, "merchant_id"),
-    _pay("payment_count_lifetime", CUSTOMER, "count", None),
-    _pay("amount_sum_lifetime", CUSTOMER, "sum", None, "amount"),
-    _pay("merchant_payment_count_1h", MERCHANT, "count", _H1),
-    _pay("merchant_amount_sum_24h", MERCHANT, "sum", _H24, "amount"),
-    Feature(
-        "merchant_fraud_count_7d", MERCHANT, "payment_outcomes", "reported_at", "count",
-        where=(Condition("is_fraud", True),), window=_D7,
-        lookup=Lookup(column="payment_id", table="payments", key="payment_id",
-                      provides="merchant_id"),
-    ),
-])
+SAMPLE_FEATURES = FeatureSet.of(
+    [
+        _pay("payment_count_10m", CUSTOMER, "count", _M10),
+        _pay("payment_count_1h", CUSTOMER, "count", _H1),
+        _pay("payment_count_24h", CUSTOMER, "count", _H24),
+        _pay("amount_sum_1h", CUSTOMER, "sum", _H1, "amount"),
+        _pay("amount_sum_24h", CUSTOMER, "sum", _H24, "amount"),
+        _pay("amount_mean_24h", CUSTOMER, "mean", _H24, "amount"),
+        _pay(
+            "declined_count_24h", CUSTOMER, "count", _H24, where=(Condition("status", "declined"),)
+        ),
+        _pay("distinct_merchants_24h", CUSTOMER, "distinct", _H24, "merchant_id"),
+        _pay("payment_count_lifetime", CUSTOMER, "count", None),
+        _pay("amount_sum_lifetime", CUSTOMER, "sum", None, "amount"),
+        _pay("merchant_payment_count_1h", MERCHANT, "count", _H1),
+        _pay("merchant_amount_sum_24h", MERCHANT, "sum", _H24, "amount"),
+        Feature(
+            "merchant_fraud_count_7d",
+            MERCHANT,
+            "payment_outcomes",
+            "reported_at",
+            "count",
+            where=(Condition("is_fraud", True),),
+            window=_D7,
+            lookup=Lookup(
+                column="payment_id", table="payments", key="payment_id", provides="merchant_id"
+            ),
+        ),
+    ]
+)

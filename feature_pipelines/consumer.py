@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
 from feature_pipelines.dead_letter import DeadLetters
@@ -83,8 +90,8 @@ class FeaturePipeline:
     ) -> None:
         self.settings = settings
         self.features = features
-        self.ns = namespace or settings.topic_prefix
-        self.group_id = group_id or f"{settings.topic_prefix}-features"
+        self.ns = namespace or settings.namespace
+        self.group_id = group_id or f"{self.ns}-features"
         self.topics = [settings.topic(t) for t in sorted(features.tables())]
         self.max_batch = max_batch
         self.stop = stop or threading.Event()
@@ -104,7 +111,9 @@ class FeaturePipeline:
         stored = self.writer.offsets()
         for tp in partitions:
             tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
-        log.info("assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        log.info(
+            "assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+        )
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -153,13 +162,18 @@ class FeaturePipeline:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error=%s", error)
                 continue
-            offsets[f"{msg.topic()}:{msg.partition()}"] = msg.offset() + 1
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            offsets[f"{topic}:{partition}"] = offset + 1
             try:
                 event = decode(msg.value(), msg.key(), self.features)
             except DecodeError as exc:
                 self.dead_letters.send(
-                    key=msg.key(), value=msg.value(), reason=str(exc), source_topic=msg.topic(),
-                    partition=msg.partition(), offset=msg.offset(),
+                    key=msg.key(),
+                    value=msg.value(),
+                    reason=str(exc),
+                    source_topic=topic,
+                    partition=partition,
+                    offset=offset,
                 )
                 continue
             if event is None:
@@ -216,6 +230,10 @@ def _split(name: str) -> tuple[str, int]:
 def run_pipeline(settings: Settings, features: FeatureSet = SAMPLE_FEATURES) -> PipelineStats:
     """``freshloop features run``: consume until SIGINT or SIGTERM."""
     pipeline = FeaturePipeline(settings, features)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.stack_bind)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: pipeline.stop.set())
     return pipeline.run()

@@ -36,7 +36,7 @@ class DeadLetters:
         partition: int,
         offset: int,
     ) -> None:
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("freshloop.reason", reason.encode()[:4096]),
             ("freshloop.source.topic", source_topic.encode()),
             ("freshloop.source.partition", str(partition).encode()),
@@ -47,7 +47,10 @@ class DeadLetters:
         EVENTS.labels("dead_lettered").inc()
         log.warning(
             "dead-lettered topic=%s partition=%d offset=%d reason=%s",
-            source_topic, partition, offset, reason,
+            source_topic,
+            partition,
+            offset,
+            reason,
         )
 
     def flush(self, timeout: float = 10.0) -> None:

@@ -122,8 +122,10 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
     columns = features.needed_columns(table)
     before = _image(envelope.get("before"), columns, "before")
     after = _image(envelope.get("after"), columns, "after")
-    if (op in ("c", "r") and after is None) or (op == "d" and before is None) or (
-        op == "u" and (after is None or before is None)
+    if (
+        (op in ("c", "r") and after is None)
+        or (op == "d" and before is None)
+        or (op == "u" and (after is None or before is None))
     ):
         msg = f"op {op!r} with before={before is not None} after={after is not None}"
         if op in ("u", "d"):

@@ -15,8 +15,25 @@ __all__ = [
 APPLY_LAG = Histogram(
     "freshloop_feature_commit_to_visible_seconds",
     "Time from the database commit of a change to its features being readable in Redis.",
-    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2,
-             0.5, 1.0, 2.0, 5.0, 10.0),
+    buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.0075,
+        0.01,
+        0.015,
+        0.02,
+        0.03,
+        0.05,
+        0.075,
+        0.1,
+        0.2,
+        0.5,
+        1.0,
+        2.0,
+        5.0,
+        10.0,
+    ),
 )
 EVENTS = Counter(
     "freshloop_feature_events_total",

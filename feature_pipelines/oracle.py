@@ -46,41 +46,55 @@ def oracle_query(
         p = sql.Identifier("p")
         key_expr = sql.SQL("{}.{}").format(p, sql.Identifier(lk.provides))
         from_clause = sql.SQL("{} AS {} JOIN {} AS {} ON {}.{} = {}.{}").format(
-            src, s, sql.Identifier(lk.table), p, p, sql.Identifier(lk.key), s,
+            src,
+            s,
+            sql.Identifier(lk.table),
+            p,
+            p,
+            sql.Identifier(lk.key),
+            s,
             sql.Identifier(lk.column),
         )
     params: dict[str, Any] = {}
     where = [sql.SQL("{} IS NOT NULL").format(key_expr)]
     for i, cond in enumerate(feature.where):
         params[f"c{i}"] = cond.equals
-        where.append(sql.SQL("{}.{} = {}").format(s, sql.Identifier(cond.column),
-                                                 sql.Placeholder(f"c{i}")))
+        where.append(
+            sql.SQL("{}.{} = {}").format(s, sql.Identifier(cond.column), sql.Placeholder(f"c{i}"))
+        )
     bounds = window_bounds(feature, t_micros)
     if bounds is not None:
         params["lo"], params["hi"] = bounds
         event_time = sql.SQL("{}.{}").format(s, sql.Identifier(feature.event_time))
-        where.append(sql.SQL("{} >= to_timestamp({}) AND {} < to_timestamp({})").format(
-            event_time, sql.Placeholder("lo"), event_time, sql.Placeholder("hi")))
+        where.append(
+            sql.SQL("{} >= to_timestamp({}) AND {} < to_timestamp({})").format(
+                event_time, sql.Placeholder("lo"), event_time, sql.Placeholder("hi")
+            )
+        )
     if keys is not None:
         params["keys"] = [str(k) for k in keys]
         where.append(sql.SQL("{}::text = ANY({})").format(key_expr, sql.Placeholder("keys")))
+    measures: sql.Composable
     if feature.value is None:
         measures = sql.SQL("count(*), NULL::text, NULL::text[]")
     else:
         value = sql.SQL("{}.{}").format(s, sql.Identifier(feature.value))
         if feature.agg == "distinct":
             measures = sql.SQL("count({v}), NULL::text, array_agg(DISTINCT {v}::text)").format(
-                v=value)
+                v=value
+            )
         else:
             measures = sql.SQL("count({v}), sum({v})::text, NULL::text[]").format(v=value)
     query = sql.SQL("SELECT {key}::text, {measures} FROM {src} WHERE {where} GROUP BY 1").format(
-        key=key_expr, measures=measures, src=from_clause, where=sql.SQL(" AND ").join(where),
+        key=key_expr,
+        measures=measures,
+        src=from_clause,
+        where=sql.SQL(" AND ").join(where),
     )
     return query, params
 
 
-def state_from_row(feature: Feature, n: int, total: str | None,
-                   values: list[str] | None) -> State:
+def state_from_row(feature: Feature, n: int, total: str | None, values: list[str] | None) -> State:
     """The oracle's row as the same ``State`` the online read folds its fields into."""
     state = State(count=int(n))
     if total is not None:

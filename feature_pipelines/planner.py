@@ -105,8 +105,9 @@ class _Batch:
     def put(self, key: str, name: str, value: str | None) -> None:
         self.overlay.setdefault(key, {})[name] = value
 
-    def add(self, feature: Feature, row: dict[str, Any] | None, sign: int, key: Any,
-            commit_ms: int) -> None:
+    def add(
+        self, feature: Feature, row: dict[str, Any] | None, sign: int, key: Any, commit_ms: int
+    ) -> None:
         if row is None or key is None:
             return
         pairs = contribution(feature, row)
@@ -143,10 +144,13 @@ class Planner:
     def __init__(self, features: FeatureSet, ns: str) -> None:
         self.features = features
         self.ns = ns
-        self._direct = {t: tuple(f for f in features.for_table(t) if f.lookup is None)
-                        for t in features.tables()}
-        self._consumers = {t: tuple(f for f in features.for_table(t) if f.lookup)
-                           for t in features.tables()}
+        self._direct = {
+            t: tuple(f for f in features.for_table(t) if f.lookup is None)
+            for t in features.tables()
+        }
+        self._consumers = {
+            t: tuple(f for f in features.for_table(t) if f.lookup) for t in features.tables()
+        }
         self._provided = {t: features.lookups_from(t) for t in features.tables()}
 
     def keys_needed(self, events: Iterable[ChangeEvent]) -> list[str]:

@@ -44,18 +44,14 @@ def finalize(feature: Feature, state: State) -> FeatureValue:
     return mean.quantize(_MEAN_PLACES, rounding=ROUND_HALF_EVEN)
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def read_states(
-    features: Iterable[Feature], fields: Mapping[str | bytes, str | bytes | int], t_micros: int
+    features: Iterable[Feature], fields: Mapping[str, str], t_micros: int
 ) -> dict[str, State]:
     """Fold the stored fields of the given features into states, honouring the window rule."""
     wanted = {f.name: f for f in features}
     states: dict[str, State] = defaultdict(State)
     for raw_field, raw_value in fields.items():
-        ref = parse_field(_text(raw_field))
+        ref = parse_field(raw_field)
         if ref is None or ref.name not in wanted:
             continue
         feature = wanted[ref.name]
@@ -65,7 +61,7 @@ def read_states(
             lo, hi = bucket_range(feature, t_micros)
             if not lo < ref.bucket <= hi:
                 continue
-        amount = int(raw_value if isinstance(raw_value, int) else _text(raw_value))
+        amount = int(raw_value)
         state = states[ref.name]
         if ref.value is not None:
             state.values[ref.value] = state.values.get(ref.value, 0) + amount
@@ -77,7 +73,7 @@ def read_states(
 
 
 def read_values(
-    features: Iterable[Feature], fields: Mapping[str | bytes, str | bytes | int], t_micros: int
+    features: Iterable[Feature], fields: Mapping[str, str], t_micros: int
 ) -> dict[str, FeatureValue]:
     """Every given feature's value at ``t`` (an entity with no state reads 0 / None)."""
     features = list(features)
@@ -85,14 +81,11 @@ def read_values(
     return {f.name: finalize(f, states.get(f.name, State())) for f in features}
 
 
-def expired_fields(
-    features: Iterable[Feature], fields: Iterable[str | bytes], t_micros: int
-) -> list[str]:
+def expired_fields(features: Iterable[Feature], fields: Iterable[str], t_micros: int) -> list[str]:
     """Bucket fields no read at or after ``t`` will count again, and zeroed lifetime fields."""
     by_name = {f.name: f for f in features}
     out = []
-    for raw in fields:
-        name = _text(raw)
+    for name in fields:
         ref = parse_field(name)
         if ref is None or ref.name not in by_name or ref.bucket is None:
             continue

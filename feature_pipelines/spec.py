@@ -71,8 +71,12 @@ class Lookup:
     provides: str
 
     def __post_init__(self) -> None:
-        for value, what in ((self.column, "lookup column"), (self.table, "lookup table"),
-                            (self.key, "lookup key"), (self.provides, "lookup provides")):
+        for value, what in (
+            (self.column, "lookup column"),
+            (self.table, "lookup table"),
+            (self.key, "lookup key"),
+            (self.provides, "lookup provides"),
+        ):
             _ident(value, what)
 
 
@@ -161,7 +165,9 @@ def describe(feature: Feature) -> str:
     via = ""
     if feature.lookup:
         lk = feature.lookup
-        via = f" via {lk.table}.{lk.provides} (by {feature.table}.{lk.column} = {lk.table}.{lk.key})"
+        via = (
+            f" via {lk.table}.{lk.provides} (by {feature.table}.{lk.column} = {lk.table}.{lk.key})"
+        )
     text = f"{feature.entity.name}.{feature.name}: {what} in {feature.table}{via}"
     if where:
         text += f" where {where}"

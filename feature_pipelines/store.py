@@ -151,7 +151,8 @@ class RedisBatchWriter:
         removed = 0
         for key in keys:
             name = _s(key).split("{", 1)[1].split(":", 1)[0]
-            stale = expired_fields(features.for_entity(name), self.client.hkeys(key), now)
+            fields = [_s(f) for f in self.client.hkeys(key)]
+            stale = expired_fields(features.for_entity(name), fields, now)
             if stale:
                 removed += int(self.client.hdel(key, *stale))
         return int(cursor), removed
@@ -201,7 +202,7 @@ class FeatureStore:
         """Keys of every entity of this kind that has state in Redis (SCAN: no blocking)."""
         prefix = f"{self.ns}:e:{{{entity}:"
         return [
-            _s(k)[len(prefix):-1] for k in self.client.scan_iter(match=f"{prefix}*", count=1000)
+            _s(k)[len(prefix) : -1] for k in self.client.scan_iter(match=f"{prefix}*", count=1000)
         ]
 
     def get(self, entity: str, key: Any, at: datetime | None = None) -> EntityFeatures:
@@ -224,8 +225,14 @@ class FeatureStore:
             fields = {_s(k): _s(v) for k, v in raw.items()}
             commit = fields.get(COMMIT_FIELD)
             written = fields.get(WRITTEN_FIELD)
-            out.append(EntityFeatures(
-                entity, str(key), read_values(feats, fields, t_us),
-                int(commit) if commit else None, int(written) if written else None, read_ms,
-            ))
+            out.append(
+                EntityFeatures(
+                    entity,
+                    str(key),
+                    read_values(feats, fields, t_us),
+                    int(commit) if commit else None,
+                    int(written) if written else None,
+                    read_ms,
+                )
+            )
         return out

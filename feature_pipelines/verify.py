@@ -38,20 +38,24 @@ class VerifyReport:
         return not self.mismatches
 
 
-def _oracle(conn: psycopg.Connection, features: FeatureSet, entity: str,
-            t_us: int) -> dict[str, dict[str, FeatureValue]]:
+def _oracle(
+    conn: psycopg.Connection, features: FeatureSet, entity: str, t_us: int
+) -> dict[str, dict[str, FeatureValue]]:
     states: dict[str, dict[str, State]] = {}
     feats = features.for_entity(entity)
     for f in feats:
         query, params = oracle_query(f, t_us)
         for key, n, total, values in conn.execute(query, params):
             states.setdefault(key, {})[f.name] = state_from_row(f, n, total, values)
-    return {key: {f.name: finalize(f, by.get(f.name, State())) for f in feats}
-            for key, by in states.items()}
+    return {
+        key: {f.name: finalize(f, by.get(f.name, State())) for f in feats}
+        for key, by in states.items()
+    }
 
 
-def verify(conninfo: str, store: FeatureStore, sample: int | None = None,
-           seed: int = 0) -> VerifyReport:
+def verify(
+    conninfo: str, store: FeatureStore, sample: int | None = None, seed: int = 0
+) -> VerifyReport:
     """Every entity the database has state for (or a random sample), compared at one instant.
 
     Entities that only Redis knows are found by scanning and compared against zeros too.
@@ -79,8 +83,9 @@ def verify(conninfo: str, store: FeatureStore, sample: int | None = None,
     return VerifyReport(t, checked, values, mismatches)
 
 
-def verify_until_clean(conninfo: str, store: FeatureStore, *, wait_s: float = 10.0,
-                       sample: int | None = None) -> VerifyReport:
+def verify_until_clean(
+    conninfo: str, store: FeatureStore, *, wait_s: float = 10.0, sample: int | None = None
+) -> VerifyReport:
     """Verify, retrying for up to ``wait_s`` while the pipeline catches up with the database."""
     deadline = time.monotonic() + wait_s
     while True:

@@ -249,6 +249,79 @@ def connectors_snapshot(tables: tuple[str, ...]) -> None:
     click.echo(f"[connectors] snapshot signal {row[0]} sent for {', '.join(tables)}")
 
 
+# ---- features -------------------------------------------------------------------------------
+@cli.group()
+def features() -> None:
+    """Incremental features from change events, in Redis."""
+
+
+def _store():
+    from feature_pipelines import SAMPLE_FEATURES, FeatureStore
+
+    settings = _settings()
+    return FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
+
+
+@features.command("list")
+def features_list() -> None:
+    """Every feature definition, one line each."""
+    from feature_pipelines import SAMPLE_FEATURES, describe
+
+    for feature in SAMPLE_FEATURES:
+        click.echo(describe(feature))
+
+
+@features.command("get")
+@click.argument("entity")
+@click.argument("key")
+@_friendly
+def features_get(entity: str, key: str) -> None:
+    """Feature values of one entity, with freshness."""
+    store = _store()
+    try:
+        result = store.get(entity, key)
+    except KeyError as exc:
+        click.secho(f"error: {exc.args[0]}", fg="red", err=True)
+        sys.exit(2)
+    for name, value in result.values.items():
+        click.echo(f"{name:<28} {value}")
+    age = "never written" if result.age_ms is None else f"{result.age_ms} ms since commit"
+    click.echo(f"{'(freshness)':<28} {age}")
+
+
+@features.command("verify")
+@click.option("--sample", type=int, default=None, help="Check a random sample of N entities.")
+@click.option("--wait", "wait_s", type=float, default=10.0, show_default=True,
+              help="Seconds to let the pipeline catch up before reporting mismatches.")
+@_friendly
+def features_verify(sample: int | None, wait_s: float) -> None:
+    """Compare online values with the SQL oracle; exit 1 on any mismatch."""
+    from feature_pipelines import verify_until_clean
+
+    settings = _settings()
+    report = verify_until_clean(settings.postgres_conninfo(), _store(), wait_s=wait_s,
+                                sample=sample)
+    for m in report.mismatches[:200]:
+        click.echo(f"MISMATCH {m.entity} {m.key} {m.feature}: online={m.online} sql={m.oracle}")
+    click.echo(
+        f"[verify] {report.entities_checked} entities, {report.values_checked} values at "
+        f"{report.at.isoformat()}: {len(report.mismatches)} mismatches"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@features.command("run")
+@_friendly
+def features_run() -> None:
+    """Run the feature pipeline until Ctrl-C / SIGTERM."""
+    from feature_pipelines import run_pipeline
+
+    stats = run_pipeline(_settings())
+    click.echo(f"[features] stopped: {stats.applied} applied, {stats.duplicates} duplicates, "
+               f"{stats.dead_lettered} dead-lettered")
+
+
 # ---- simulate and demo ----------------------------------------------------------------------
 @cli.command()
 @click.option("--rate", default=20.0, show_default=True, help="Payments per second.")

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         le=1024,
         description="Partitions of every change topic (the same for all: co-partitioned joins).",
     )
+    redis_namespace: str | None = Field(
+        default=None, description="Prefix of every Redis key; defaults to the topic prefix."
+    )
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535,
+        description="Prometheus metrics of 'features run' on stack_bind (0: off).",
+    )
     poll_interval_ms: int = Field(
         default=5,
         ge=1,
@@ -168,6 +175,11 @@ class Settings(BaseSettings):
     def slot_name(self) -> str:
         """Replication slot of this pipeline's connector: unique per topic prefix."""
         return f"{self.topic_prefix.lower()}_slot"
+
+    @property
+    def namespace(self) -> str:
+        """Prefix of Freshloop's Redis keys."""
+        return self.redis_namespace or self.topic_prefix
 
     def topic(self, table: str, schema: str = "public") -> str:
         """The Debezium change topic of one table."""

@@ -21,15 +21,35 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def envelope(table: str, op: str, before: dict | None, after: dict | None, lsn: int,
-             commit_ms: int = 1_795_000_000_000) -> bytes:
-    return orjson.dumps({
-        "before": before, "after": after, "op": op, "ts_ms": commit_ms + 5,
-        "source": {"version": "3.6.1.Final", "connector": "postgresql", "name": "freshloop",
-                   "ts_ms": commit_ms, "snapshot": "false", "db": "freshloop",
-                   "sequence": orjson.dumps([str(lsn - 1), str(lsn)]).decode(),
-                   "schema": "public", "table": table, "txId": 7, "lsn": lsn},
-    })
+def envelope(
+    table: str,
+    op: str,
+    before: dict | None,
+    after: dict | None,
+    lsn: int,
+    commit_ms: int = 1_795_000_000_000,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "before": before,
+            "after": after,
+            "op": op,
+            "ts_ms": commit_ms + 5,
+            "source": {
+                "version": "3.6.1.Final",
+                "connector": "postgresql",
+                "name": "freshloop",
+                "ts_ms": commit_ms,
+                "snapshot": "false",
+                "db": "freshloop",
+                "sequence": orjson.dumps([str(lsn - 1), str(lsn)]).decode(),
+                "schema": "public",
+                "table": table,
+                "txId": 7,
+                "lsn": lsn,
+            },
+        }
+    )
 
 
 @dataclass
@@ -43,15 +63,26 @@ class Db:
 
     def _emit(self, table: str, pk: int, op: str, before: dict | None, after: dict | None) -> None:
         self.lsn += 8
-        self.log.append((table, pk, orjson.dumps({"payment_id": pk}),
-                         envelope(table, op, before, after, self.lsn)))
+        self.log.append(
+            (
+                table,
+                pk,
+                orjson.dumps({"payment_id": pk}),
+                envelope(table, op, before, after, self.lsn),
+            )
+        )
         if op == "d":
             self.log.append((table, pk, orjson.dumps({"payment_id": pk}), None))  # tombstone
 
     def upsert_payment(self, pk: int, **values: Any) -> None:
         before = self.payments.get(pk)
-        after = {**(before or {"payment_id": pk, "currency": "USD", "channel": "web",
-                               "updated_at": iso(T0)}), **values}
+        after = {
+            **(
+                before
+                or {"payment_id": pk, "currency": "USD", "channel": "web", "updated_at": iso(T0)}
+            ),
+            **values,
+        }
         self.payments[pk] = after
         self._emit("payments", pk, "u" if before else "c", before, after)
 
@@ -78,8 +109,14 @@ class Db:
         self.lsn += 8
         for table, rows in (("payments", self.payments), ("payment_outcomes", self.outcomes)):
             for pk, row in rows.items():
-                self.log.append((table, pk, orjson.dumps({"payment_id": pk}),
-                                 envelope(table, "r", None, row, self.lsn)))
+                self.log.append(
+                    (
+                        table,
+                        pk,
+                        orjson.dumps({"payment_id": pk}),
+                        envelope(table, "r", None, row, self.lsn),
+                    )
+                )
 
 
 def random_delivery(log: list, rng: random.Random, dup_rate: float = 0.2) -> list:
@@ -92,7 +129,7 @@ def random_delivery(log: list, rng: random.Random, dup_rate: float = 0.2) -> lis
         for i, item in enumerate(items):
             out.append(item)
             if rng.random() < dup_rate:  # replay an earlier stretch of this key
-                out.extend(items[rng.randint(0, i): i + 1])
+                out.extend(items[rng.randint(0, i) : i + 1])
         streams[key] = out
     merged = []
     cursors = {k: 0 for k in streams}
@@ -105,7 +142,9 @@ def random_delivery(log: list, rng: random.Random, dup_rate: float = 0.2) -> lis
     return merged
 
 
-def oracle(features: FeatureSet, db: Db, t: datetime) -> dict[tuple[str, str], dict[str, FeatureValue]]:
+def oracle(
+    features: FeatureSet, db: Db, t: datetime
+) -> dict[tuple[str, str], dict[str, FeatureValue]]:
     """Each entity's features recomputed from the final rows, written independently of the
     engine: explicit window bounds, Decimal arithmetic, Python sets."""
     t_us = int((t - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000
@@ -150,7 +189,8 @@ def oracle(features: FeatureSet, db: Db, t: datetime) -> dict[tuple[str, str], d
             else:
                 values[f.name] = (
                     (sum(Decimal(v) for v in items) / len(items)).quantize(Decimal("0.000001"))
-                    if items else None
+                    if items
+                    else None
                 )
         out[(entity, key)] = values
     return out

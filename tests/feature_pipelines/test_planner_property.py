@@ -17,17 +17,46 @@ from feature_pipelines.windows import event_micros
 from tests.feature_pipelines.fixtures import T0, Db, amount, iso, moment, oracle, random_delivery
 
 # Offsets (seconds from T0) that hit bucket edges of every window, inside and outside.
-_OFFSETS = [-8 * 86400, -7 * 86400 + 1, -86400 - 1440, -86400, -86399, -3600 - 60, -3600,
-            -3599, -601, -600, -590, -60, -10, -1, 0, 1, 9, 10, 59, 60, 86400]
+_OFFSETS = [
+    -8 * 86400,
+    -7 * 86400 + 1,
+    -86400 - 1440,
+    -86400,
+    -86399,
+    -3600 - 60,
+    -3600,
+    -3599,
+    -601,
+    -600,
+    -590,
+    -60,
+    -10,
+    -1,
+    0,
+    1,
+    9,
+    10,
+    59,
+    60,
+    86400,
+]
 
 _op = st.one_of(
-    st.tuples(st.just("pay"), st.integers(1, 6), st.integers(1, 3), st.integers(1, 3),
-              st.integers(0, 99_999), st.sampled_from(["pending", "approved", "declined"]),
-              st.sampled_from(_OFFSETS)),
+    st.tuples(
+        st.just("pay"),
+        st.integers(1, 6),
+        st.integers(1, 3),
+        st.integers(1, 3),
+        st.integers(0, 99_999),
+        st.sampled_from(["pending", "approved", "declined"]),
+        st.sampled_from(_OFFSETS),
+    ),
     st.tuples(st.just("del"), st.integers(1, 6)),
     st.tuples(st.just("out"), st.integers(1, 6), st.booleans(), st.sampled_from(_OFFSETS)),
     st.tuples(st.just("delout"), st.integers(1, 6)),
-    st.tuples(st.just("snap"),),
+    st.tuples(
+        st.just("snap"),
+    ),
 )
 
 
@@ -35,8 +64,14 @@ def _apply(db: Db, op: tuple) -> None:
     kind = op[0]
     if kind == "pay":
         _, pk, customer, merchant, cents, status, offset = op
-        db.upsert_payment(pk, customer_id=customer, merchant_id=merchant, amount=amount(cents),
-                          status=status, created_at=iso(moment(offset)))
+        db.upsert_payment(
+            pk,
+            customer_id=customer,
+            merchant_id=merchant,
+            amount=amount(cents),
+            status=status,
+            created_at=iso(moment(offset)),
+        )
     elif kind == "del":
         db.delete_payment(op[1])
     elif kind == "out":
@@ -48,8 +83,12 @@ def _apply(db: Db, op: tuple) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(_op, min_size=1, max_size=40), seed=st.integers(0, 2**32),
-       batch=st.integers(1, 12), read_offset=st.sampled_from(_OFFSETS))
+@given(
+    ops=st.lists(_op, min_size=1, max_size=40),
+    seed=st.integers(0, 2**32),
+    batch=st.integers(1, 12),
+    read_offset=st.sampled_from(_OFFSETS),
+)
 def test_incremental_state_equals_recomputation(ops, seed, batch, read_offset) -> None:
     db = Db()
     for op in ops:
@@ -58,10 +97,13 @@ def test_incremental_state_equals_recomputation(ops, seed, batch, read_offset) -
     delivered = random_delivery(db.log, rng)
     planner = Planner(SAMPLE_FEATURES, "t")
     store = MemoryStore()
-    events = [e for _, _, key, value in delivered
-              if (e := decode(value, key, SAMPLE_FEATURES)) is not None]
+    events = [
+        e
+        for _, _, key, value in delivered
+        if (e := decode(value, key, SAMPLE_FEATURES)) is not None
+    ]
     for start in range(0, len(events), batch):
-        chunk = events[start:start + batch]
+        chunk = events[start : start + batch]
         plan = planner.plan(chunk, store.read(planner.keys_needed(chunk)))
         assert store.apply(plan)
 
@@ -79,8 +121,9 @@ def test_incremental_state_equals_recomputation(ops, seed, batch, read_offset) -
 
 def test_a_duplicate_batch_changes_nothing() -> None:
     db = Db()
-    db.upsert_payment(1, customer_id=1, merchant_id=1, amount="10.00", status="pending",
-                      created_at=iso(T0))
+    db.upsert_payment(
+        1, customer_id=1, merchant_id=1, amount="10.00", status="pending", created_at=iso(T0)
+    )
     db.upsert_outcome(1, True, T0)
     events = [e for _, _, k, v in db.log if (e := decode(v, k, SAMPLE_FEATURES))]
     planner, store = Planner(SAMPLE_FEATURES, "t"), MemoryStore()
@@ -95,8 +138,9 @@ def test_a_duplicate_batch_changes_nothing() -> None:
 
 def test_a_stale_read_is_refused() -> None:
     db = Db()
-    db.upsert_payment(1, customer_id=1, merchant_id=1, amount="1.00", status="pending",
-                      created_at=iso(T0))
+    db.upsert_payment(
+        1, customer_id=1, merchant_id=1, amount="1.00", status="pending", created_at=iso(T0)
+    )
     events = [e for _, _, k, v in db.log if (e := decode(v, k, SAMPLE_FEATURES))]
     planner, store = Planner(SAMPLE_FEATURES, "t"), MemoryStore()
     states = store.read(planner.keys_needed(events))

@@ -1,0 +1,194 @@
+"""Through the real stack: the generator's workload, crashes, two consumers, bad records —
+online features always end equal to the SQL oracle."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureStore, verify_until_clean
+from freshloop.settings import Settings
+from freshloop.simulate import WorkloadConfig, run_simulation
+
+pytestmark = pytest.mark.integration
+
+_WORKLOAD = WorkloadConfig(
+    rate=80,
+    customers=60,
+    merchants=12,
+    label_delay_s=1.0,
+    correction_share=0.1,
+    delete_share=0.05,
+    seed=5,
+)
+
+
+@pytest.fixture
+def ns(pipeline: Settings) -> Iterator[Settings]:
+    """A key namespace and consumer group of the test's own."""
+    settings = pipeline.model_copy(
+        update={"redis_namespace": f"t{uuid.uuid4().hex[:10]}", "metrics_port": 0}
+    )
+    yield settings
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    for key in client.scan_iter(match=f"{settings.namespace}:*", count=1000):
+        client.delete(key)
+
+
+def _store(settings: Settings) -> FeatureStore:
+    return FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
+
+
+def _assert_verified(settings: Settings, wait_s: float = 60) -> None:
+    report = verify_until_clean(settings.postgres_conninfo(), _store(settings), wait_s=wait_s)
+    assert report.entities_checked > 0 and report.values_checked > 0
+    assert report.mismatches == []
+
+
+def _spawn(settings: Settings) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "FRESHLOOP_REDIS_NAMESPACE": settings.namespace,
+        "FRESHLOOP_METRICS_PORT": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "freshloop.cli", "features", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_generator_workload_gives_zero_mismatches(ns: Settings) -> None:
+    pipeline = FeaturePipeline(ns, max_batch=500)
+    worker = threading.Thread(target=pipeline.run, daemon=True)
+    worker.start()
+    try:
+        report = run_simulation(ns, _WORKLOAD, duration_s=6)
+        assert report.count("payments", "u") > 0 and report.count("payments", "d") > 0
+        _assert_verified(ns)
+        assert pipeline.stats.applied > 0
+    finally:
+        pipeline.stop.set()
+        worker.join(timeout=30)
+    # A second pass over the same topics (a restart that lost Kafka's offsets) changes nothing.
+    again = FeaturePipeline(ns, group_id=f"{ns.namespace}-replay")
+    again.writer.offsets_key = f"{ns.namespace}:offsets:{{other}}"
+    replay = threading.Thread(target=again.run, daemon=True)
+    replay.start()
+    deadline = time.monotonic() + 60
+    while again.stats.duplicates < pipeline.stats.applied and time.monotonic() < deadline:
+        time.sleep(0.2)
+    again.stop.set()
+    replay.join(timeout=30)
+    assert again.stats.applied == 0 and again.stats.duplicates >= pipeline.stats.applied
+    _assert_verified(ns, wait_s=0)
+
+
+def test_kill_9_mid_stream_then_restart(ns: Settings) -> None:
+    rng = random.Random(1)
+    done = threading.Event()
+
+    def write() -> None:
+        run_simulation(ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 6}), duration_s=8)
+        done.set()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    kills = 0
+    while not done.is_set():
+        proc = _spawn(ns)
+        time.sleep(rng.uniform(0.5, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        kills += 1
+    final = _spawn(ns)
+    try:
+        _assert_verified(ns)
+    finally:
+        final.send_signal(signal.SIGTERM)
+        final.wait(timeout=30)
+    assert kills >= 3
+
+
+def test_two_consumers_in_one_group_agree_with_the_oracle(ns: Settings) -> None:
+    procs = [_spawn(ns), _spawn(ns)]
+    try:
+        run_simulation(ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 8}), duration_s=6)
+        _assert_verified(ns)
+        admin = AdminClient({"bootstrap.servers": ns.kafka_bootstrap})
+        group_id = f"{ns.namespace}-features"
+        group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
+        assigned = [
+            sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+            for m in group.members
+        ]
+        assert len(assigned) == 2 and all(assigned), assigned  # both share the work
+        # range assignment: each member owns the same partition numbers of both topics
+        for parts in assigned:
+            by_topic = {t: {p for tt, p in parts if tt == t} for t, _ in parts}
+            assert len({frozenset(v) for v in by_topic.values()}) == 1
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_malformed_record_is_dead_lettered_and_nothing_else_is_lost(ns: Settings) -> None:
+    dlq = f"{ns.topic_prefix}.dead-letter"
+    producer = Producer({"bootstrap.servers": ns.kafka_bootstrap})
+    marker = uuid.uuid4().hex
+    producer.produce(ns.topic("payments"), key=b'{"payment_id":-1}', value=f"not json {marker}")
+    producer.produce(
+        ns.topic("payments"),
+        key=b'{"payment_id":-2}',
+        value=b'{"op":"c","before":null,"after":{"payment_id":-2},'
+        b'"source":{"table":"payments","lsn":1,"ts_ms":1}}',
+    )
+    producer.flush(10)
+    pipeline = FeaturePipeline(ns)
+    worker = threading.Thread(target=pipeline.run, daemon=True)
+    worker.start()
+    try:
+        run_simulation(ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 9}), duration_s=3)
+        _assert_verified(ns)
+    finally:
+        pipeline.stop.set()
+        worker.join(timeout=30)
+    assert pipeline.stats.dead_lettered >= 2
+
+    reader = Consumer(
+        {
+            "bootstrap.servers": ns.kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    meta = reader.list_topics(dlq, timeout=10).topics[dlq]
+    reader.assign([TopicPartition(dlq, p, 0) for p in meta.partitions])
+    found: dict[bytes, dict[str, bytes]] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(found) < 2:
+        for msg in reader.consume(500, timeout=0.5):
+            if msg.error() is None and msg.key() in (b'{"payment_id":-1}', b'{"payment_id":-2}'):
+                found[msg.key()] = {**dict(msg.headers() or []), "value": msg.value()}
+    reader.close()
+    bad_json = found[b'{"payment_id":-1}']
+    assert bad_json["value"] == f"not json {marker}".encode()  # original bytes kept
+    assert b"not JSON" in bad_json["freshloop.reason"]
+    assert bad_json["freshloop.source.topic"] == ns.topic("payments").encode()
+    assert b"lacks needed column" in found[b'{"payment_id":-2}']["freshloop.reason"]
