@@ -55,7 +55,10 @@ class PipelineStats:
     duplicates: int = 0
     dead_lettered: int = 0
     tombstones: int = 0
+    # commit -> visible lags of changes committed after this process started (a replay of
+    # older history is catch-up, not freshness); the Prometheus histogram keeps them all
     lags_ms: list[float] = field(default_factory=list)
+    started_ms: float = field(default_factory=lambda: time.time() * 1000)
 
 
 def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
@@ -189,7 +192,8 @@ class FeaturePipeline:
         for commit_ms in plan.applied_commit_ms:
             lag = (now_ms - commit_ms) / 1000
             APPLY_LAG.observe(lag)
-            self.stats.lags_ms.append(lag * 1000)
+            if commit_ms >= self.stats.started_ms:
+                self.stats.lags_ms.append(lag * 1000)
         if len(self.stats.lags_ms) > 100_000:
             del self.stats.lags_ms[:50_000]
         if plan.applied_commit_ms:

@@ -15,6 +15,13 @@ from rich.live import Live
 from rich.table import Table
 
 from connectors import CAPTURED_TABLES, apply_connector
+from feature_pipelines import (
+    SAMPLE_FEATURES,
+    FeaturePipeline,
+    FeatureStore,
+    PipelineStats,
+    verify_until_clean,
+)
 from freshloop.db import init_database
 from freshloop.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
@@ -49,7 +56,15 @@ class _EventTally:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _view(tally: _EventTally, report: SimulationReport | None, rate: float, done: bool) -> Table:
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values[-5000:])
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _view(tally: _EventTally, report: SimulationReport | None, rate: float, done: bool,
+          stats: PipelineStats) -> Table:
     table = Table(title="Freshloop: change events flowing" + (" (done)" if done else ""))
     table.add_column("table")
     table.add_column("op")
@@ -59,8 +74,12 @@ def _view(tally: _EventTally, report: SimulationReport | None, rate: float, done
     for (name, op), n in sorted(tally.counts.items()):
         table.add_row(name, op, str(n), str(writes.get((name, op), "")))
     table.caption = (
-        f"{tally.total} events, {rate:.0f}/s now | commit -> Kafka lag p50 "
-        f"{tally.percentile(0.5):.0f} ms, p99 {tally.percentile(0.99):.0f} ms"
+        f"{tally.total} events, {rate:.0f}/s now\n"
+        f"commit -> Kafka p50 {tally.percentile(0.5):.0f} ms, p99 {tally.percentile(0.99):.0f} ms"
+        f"\ncommit -> features in Redis p50 {_pct(stats.lags_ms, 0.5):.0f} ms, "
+        f"p99 {_pct(stats.lags_ms, 0.99):.0f} ms\n"
+        f"features: {stats.applied} applied, {stats.duplicates} duplicates dropped, "
+        f"{stats.dead_lettered} dead-lettered"
     )
     return table
 
@@ -114,11 +133,14 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
             stop=stop.is_set,
         )
 
+    pipeline = FeaturePipeline(settings)
+    features_thread = threading.Thread(target=pipeline.run, name="features", daemon=True)
+    features_thread.start()
     writer = threading.Thread(target=write, name="simulate", daemon=True)
     writer.start()
     window: list[tuple[float, int]] = []
     try:
-        with Live(_view(tally, None, 0, False), console=console, refresh_per_second=4) as live:
+        with Live(_view(tally, None, 0, False, pipeline.stats), console=console, refresh_per_second=4) as live:
             idle_since = None
             while True:
                 for msg in consumer.consume(500, timeout=0.25):
@@ -127,11 +149,11 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
                 now = time.monotonic()
                 window = [(t, n) for t, n in window if now - t <= 2.0] + [(now, tally.total)]
                 rate_now = (window[-1][1] - window[0][1]) / max(1e-3, now - window[0][0])
-                live.update(_view(tally, state["report"], rate_now, False))
+                live.update(_view(tally, state["report"], rate_now, False, pipeline.stats))
                 if not writer.is_alive():
                     idle_since = idle_since or now
                     if now - idle_since > 3.0:
-                        live.update(_view(tally, state["report"], 0, True))
+                        live.update(_view(tally, state["report"], 0, True, pipeline.stats))
                         break
     except KeyboardInterrupt:
         stop.set()
@@ -139,8 +161,24 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
     finally:
         writer.join(timeout=30)
         consumer.close()
+    store = FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
+    check = verify_until_clean(settings.postgres_conninfo(), store, wait_s=15)
+    pipeline.stop.set()
+    features_thread.join(timeout=30)
+    stats = pipeline.stats
     console.print(
-        f"[bold]summary[/]: {tally.total} change events; commit -> Kafka lag p50 "
-        f"{tally.percentile(0.5):.0f} ms, p99 {tally.percentile(0.99):.0f} ms. "
-        "The stack keeps running: 'freshloop stack status', 'freshloop stack down'."
+        f"[bold]summary[/]: {tally.total} change events; commit -> Kafka p50 "
+        f"{tally.percentile(0.5):.0f} ms, p99 {tally.percentile(0.99):.0f} ms; "
+        f"commit -> features p50 {_pct(stats.lags_ms, 0.5):.0f} ms, "
+        f"p99 {_pct(stats.lags_ms, 0.99):.0f} ms; {stats.applied} changes applied, "
+        f"{stats.duplicates} duplicates dropped, {stats.dead_lettered} dead-lettered."
+    )
+    verdict = "[green]0 mismatches[/]" if check.ok else f"[red]{len(check.mismatches)} mismatches[/]"
+    console.print(
+        f"[bold]verify[/]: {check.entities_checked} entities, {check.values_checked} feature "
+        f"values against the SQL oracle: {verdict}"
+    )
+    console.print(
+        "Try: 'freshloop features get customer 1'. The stack keeps running: "
+        "'freshloop stack status', 'freshloop stack down'."
     )
