@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import timedelta
 
 from feature_pipelines.exceptions import DefinitionError
@@ -61,20 +62,32 @@ class FeatureSet:
         """Features whose entity key ``table`` provides through a lookup."""
         return tuple(f for f in self.features if f.lookup and f.lookup.table == table)
 
-    def tables(self) -> set[str]:
+    def tables(self) -> frozenset[str]:
         """Every table the pipeline must read (sources and lookup providers)."""
+        return self._tables
+
+    @cached_property
+    def _tables(self) -> frozenset[str]:
         out = {f.table for f in self.features}
         out |= {f.lookup.table for f in self.features if f.lookup}
-        return out
+        return frozenset(out)
 
-    def needed_columns(self, table: str) -> set[str]:
-        cols: set[str] = set()
-        for f in self.for_table(table):
-            cols |= f.columns()
-        for f in self.lookups_from(table):
-            assert f.lookup is not None  # noqa: S101 - filtered above
-            cols |= {f.lookup.key, f.lookup.provides}
-        return cols
+    def needed_columns(self, table: str) -> frozenset[str]:
+        """Columns of ``table`` that some feature reads (computed once per table)."""
+        return self._needed.get(table, frozenset())
+
+    @cached_property
+    def _needed(self) -> dict[str, frozenset[str]]:
+        out: dict[str, frozenset[str]] = {}
+        for table in self._tables:
+            cols: set[str] = set()
+            for f in self.for_table(table):
+                cols |= f.columns()
+            for f in self.lookups_from(table):
+                assert f.lookup is not None  # noqa: S101 - filtered above
+                cols |= {f.lookup.key, f.lookup.provides}
+            out[table] = frozenset(cols)
+        return out
 
     def lifetime_entities(self) -> set[str]:
         """Entities with a lifetime feature: their state never expires as a whole."""

@@ -60,6 +60,19 @@ class PipelineStats:
     lags_ms: list[float] = field(default_factory=list)
     started_ms: float = field(default_factory=lambda: time.time() * 1000)
 
+    def percentile(self, q: float) -> float | None:
+        if not self.lags_ms:
+            return None
+        ordered = sorted(self.lags_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches, "applied": self.applied, "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered, "live_events": len(self.lags_ms),
+            "lag_ms": {f"p{int(q * 100)}": self.percentile(q) for q in (0.5, 0.95, 0.99)},
+        }
+
 
 def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
     return {

@@ -106,11 +106,17 @@ class _Batch:
         self.overlay.setdefault(key, {})[name] = value
 
     def add(
-        self, feature: Feature, row: dict[str, Any] | None, sign: int, key: Any, commit_ms: int
+        self,
+        feature: Feature,
+        row: dict[str, Any] | None,
+        sign: int,
+        key: Any,
+        commit_ms: int,
+        memo: dict[Any, int] | None = None,
     ) -> None:
         if row is None or key is None:
             return
-        pairs = contribution(feature, row)
+        pairs = contribution(feature, row, memo)
         if not pairs:
             return
         ekey = entity_key(self.ns, feature.entity.name, key)
@@ -145,7 +151,7 @@ class Planner:
         self.features = features
         self.ns = ns
         self._direct = {
-            t: tuple(f for f in features.for_table(t) if f.lookup is None)
+            t: tuple((f, tuple(f.columns())) for f in features.for_table(t) if f.lookup is None)
             for t in features.tables()
         }
         self._consumers = {
@@ -174,9 +180,18 @@ class Planner:
                 batch.plan.duplicates += 1
                 continue
             batch.put(rkey, "pos", format_position(ev.position))
-            for f in self._direct.get(ev.table, ()):
-                batch.add(f, ev.before, -1, ev.before and ev.before[f.entity.key], ev.commit_ms)
-                batch.add(f, ev.after, +1, ev.after and ev.after[f.entity.key], ev.commit_ms)
+            before, after = ev.before, ev.after
+            old_memo: dict[Any, int] = {}
+            new_memo: dict[Any, int] = {}
+            for f, columns in self._direct.get(ev.table, ()):
+                if before is not None and after is not None and all(
+                    before[c] == after[c] for c in columns
+                ):
+                    continue  # this change does not touch the feature
+                if before is not None:
+                    batch.add(f, before, -1, before[f.entity.key], ev.commit_ms, old_memo)
+                if after is not None:
+                    batch.add(f, after, +1, after[f.entity.key], ev.commit_ms, new_memo)
             self._consume(batch, ev)
             self._provide(batch, ev, rkey)
             batch.plan.applied += 1

@@ -30,43 +30,48 @@ from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 __all__ = ["EntityFeatures", "FeatureStore", "RedisBatchWriter"]
 
 _APPLY = """
-local n_rows = tonumber(ARGV[1])
-local n_ent = tonumber(ARGV[2])
-local written = ARGV[3]
-local a = 4
--- 1. check every row state is as the planner read it
-local pos = a
+-- Fields travel as NUL-separated strings (Postgres text cannot hold NUL): far fewer arguments
+-- for the client to encode than one per field.
+local function split(s)
+  local out = {}
+  if s == '' then return out end
+  local start = 1
+  while true do
+    local i = string.find(s, '\\0', start, true)
+    if not i then
+      out[#out + 1] = string.sub(s, start)
+      return out
+    end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + 1
+  end
+end
+local n_rows, n_ent, written = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+-- 1. every row state must still be as the planner read it
 for i = 1, n_rows do
-  local expected = ARGV[pos]
   local current = redis.call('HGET', KEYS[1 + i], 'ver')
-  if (current or '') ~= expected then return -i end
-  pos = pos + 3 + 2 * tonumber(ARGV[pos + 1]) + tonumber(ARGV[pos + 2])
+  if (current or '') ~= ARGV[1 + 3 * i] then return -i end
 end
 -- 2. row states
 for i = 1, n_rows do
   local key = KEYS[1 + i]
-  local n_set, n_del = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
-  for j = 1, n_set do
-    redis.call('HSET', key, ARGV[a], ARGV[a + 1])
-    a = a + 2
-  end
-  for j = 1, n_del do
-    redis.call('HDEL', key, ARGV[a])
-    a = a + 1
-  end
+  local sets = split(ARGV[2 + 3 * i])
+  if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
+  local dels = split(ARGV[3 + 3 * i])
+  if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
   redis.call('HINCRBY', key, 'ver', 1)
 end
 -- 3. entity increments, freshness, expiry
+local a = 4 + 3 * n_rows
 for i = 1, n_ent do
   local key = KEYS[1 + n_rows + i]
-  local n_incr, commit, ttl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local incr = split(ARGV[a])
+  local commit, ttl = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
-  for j = 1, n_incr do
-    if redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1]) == 0 then
-      redis.call('HDEL', key, ARGV[a])
+  for j = 1, #incr, 2 do
+    if redis.call('HINCRBY', key, incr[j], incr[j + 1]) == 0 then
+      redis.call('HDEL', key, incr[j])
     end
-    a = a + 2
   end
   local known = tonumber(redis.call('HGET', key, '_commit_ms') or '0')
   if commit > known then redis.call('HSET', key, '_commit_ms', commit) end
@@ -74,17 +79,20 @@ for i = 1, n_ent do
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 end
 -- 4. the consumer's next offsets, in the same step
-local n_off = tonumber(ARGV[a])
-a = a + 1
-for j = 1, n_off do
-  redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1])
-  a = a + 2
-end
+local offsets = split(ARGV[a])
+if #offsets > 0 then redis.call('HSET', KEYS[1], unpack(offsets)) end
 return 0
 """
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+return out
+"""
 
 
 def _now_ms() -> int:
@@ -99,6 +107,7 @@ class RedisBatchWriter:
         self.ns = ns
         self.offsets_key = f"{ns}:offsets:{{{group}}}"
         self._script = client.register_script(_APPLY)
+        self._read = client.register_script(_READ)
         # Entities whose features are all windowed expire as a whole once everything is old.
         lifetime = features.lifetime_entities()
         self._ttl_ms = {
@@ -107,13 +116,15 @@ class RedisBatchWriter:
         }
 
     def read_rows(self, keys: Sequence[str]) -> dict[str, Mapping[str, str]]:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        return {
-            key: {_s(k): _s(v) for k, v in raw.items()}
-            for key, raw in zip(keys, pipe.execute(), strict=True)
-        }
+        if not keys:
+            return {}
+        out: dict[str, Mapping[str, str]] = {}
+        for start in range(0, len(keys), 4000):  # bounded script calls
+            chunk = list(keys[start:start + 4000])
+            for key, flat in zip(chunk, self._read(keys=chunk), strict=True):
+                it = iter(flat)
+                out[key] = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+        return out
 
     def offsets(self) -> dict[str, int]:
         """``topic:partition`` -> next offset, as last written with a batch."""
@@ -129,18 +140,13 @@ class RedisBatchWriter:
                 entities.append((key, {}))
         args: list[Any] = [len(rows), len(entities), _now_ms()]
         for _key, write in rows:
-            args += [write.expected_ver or "", len(write.updates), len(write.deletes)]
-            for name, value in write.updates.items():
-                args += [name, value]
-            args += list(write.deletes)
+            sets = "\0".join(f"{k}\0{v}" for k, v in write.updates.items())
+            args += [write.expected_ver or "", sets, "\0".join(write.deletes)]
         for key, incr in entities:
             ttl = self._ttl_ms.get(plan.entity_of.get(key, ""), 0)
-            args += [len(incr), plan.commit_ms.get(key, 0), ttl]
-            for name, amount in incr.items():
-                args += [name, amount]
-        args.append(len(offsets))
-        for name, offset in offsets.items():
-            args += [name, offset]
+            blob = "\0".join(f"{name}\0{amount}" for name, amount in incr.items())
+            args += [blob, plan.commit_ms.get(key, 0), ttl]
+        args.append("\0".join(f"{name}\0{offset}" for name, offset in offsets.items()))
         keys = [self.offsets_key, *(k for k, _ in rows), *(k for k, _ in entities)]
         return int(self._script(keys=keys, args=args)) == 0
 

@@ -90,16 +90,26 @@ def bucket_range(feature: Feature, t_micros: int) -> tuple[int, int]:
     return ((t_micros - feature.window_seconds * 1_000_000) // w, t_micros // w)
 
 
-def contribution(feature: Feature, row: dict[str, Any] | None) -> list[tuple[str, int]]:
-    """The (field, increment) pairs one row adds to its entity's hash for this feature."""
+def contribution(
+    feature: Feature, row: dict[str, Any] | None, memo: dict[Any, int] | None = None
+) -> list[tuple[str, int]]:
+    """The (field, increment) pairs one row adds to its entity's hash for this feature.
+
+    ``memo`` caches parsed times and scaled amounts across the features of one row.
+    """
     if row is None:
         return []
+    memo = {} if memo is None else memo
     for cond in feature.where:
         if row[cond.column] != cond.equals:
             return []
     suffix = ""
     if feature.window is not None:
-        micros = event_micros(row[feature.event_time], feature.event_time)
+        micros = memo.get(feature.event_time)
+        if micros is None:
+            micros = memo[feature.event_time] = event_micros(
+                row[feature.event_time], feature.event_time
+            )
         suffix = f"@{micros // (feature.bucket_seconds * 1_000_000)}"
     name = feature.name
     if feature.agg == "count":
@@ -111,7 +121,10 @@ def contribution(feature: Feature, row: dict[str, Any] | None) -> list[tuple[str
         return [(f"{name}{suffix}#{value}", 1)]
     if value is None:
         return []  # SQL sum/avg ignore NULLs too
-    units = scaled(value, feature.scale, feature.value or "")
+    memo_key = (feature.value, feature.scale)
+    units = memo.get(memo_key)
+    if units is None:
+        units = memo[memo_key] = scaled(value, feature.scale, feature.value or "")
     if feature.agg == "sum":
         return [(name + suffix, units)]
     return [(f"{name}:s{suffix}", units), (f"{name}:n{suffix}", 1)]

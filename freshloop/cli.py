@@ -312,12 +312,19 @@ def features_verify(sample: int | None, wait_s: float) -> None:
 
 
 @features.command("run")
+@click.option("--stats-json", type=click.Path(dir_okay=False), default=None,
+              help="Write counts and commit->visible lag percentiles here on exit.")
 @_friendly
-def features_run() -> None:
+def features_run(stats_json: str | None) -> None:
     """Run the feature pipeline until Ctrl-C / SIGTERM."""
     from feature_pipelines import run_pipeline
 
     stats = run_pipeline(_settings())
+    if stats_json:
+        import json
+        from pathlib import Path
+
+        Path(stats_json).write_text(json.dumps(stats.summary()))
     click.echo(f"[features] stopped: {stats.applied} applied, {stats.duplicates} duplicates, "
                f"{stats.dead_lettered} dead-lettered")
 

@@ -1,0 +1,165 @@
+"""Replay throughput: the sample feature set over a pre-filled topic, one process.
+
+Fills a fresh topic prefix with synthetic Debezium envelopes (inserts, updates, deletes and
+outcomes of the sample schema), then measures, on the same topic and in the same run:
+- the raw ceiling: consume + decode JSON (orjson), nothing else;
+- Freshloop's pipeline: decode, plan, atomic Redis batch writes, offsets.
+Reports events/s of each and the ratio. Usage: python -m bench.replay [--events N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+import uuid
+
+import orjson
+import redis
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.common import save
+from feature_pipelines import FeaturePipeline
+from freshloop.settings import Settings
+
+BASE_MS = int(time.time() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}000Z"
+
+
+def _env(table: str, op: str, before, after, lsn: int, ms: int) -> bytes:
+    return orjson.dumps({
+        "before": before, "after": after, "op": op, "ts_ms": ms,
+        "source": {"version": "3.6.1.Final", "connector": "postgresql", "name": "bench",
+                   "ts_ms": ms, "snapshot": "false", "db": "freshloop", "schema": "public",
+                   "table": table, "txId": lsn, "lsn": lsn,
+                   "sequence": f'["{lsn - 1}","{lsn}"]'},
+    })
+
+
+def fill(settings: Settings, events: int, seed: int = 1) -> int:
+    """Produce ``events`` change events; returns how many were produced."""
+    rng = random.Random(seed)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
+         for t in topics]).values():
+        future.result(timeout=30)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20,
+                         "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+    rows: dict[int, dict] = {}
+    lsn, produced, next_id = 1000, 0, 1
+    while produced < events:
+        lsn += 8
+        ms = BASE_MS - rng.randint(0, 3 * 86400_000)
+        roll = rng.random()
+        if roll < 0.6 or not rows:
+            pk = next_id
+            next_id += 1
+            row = {"payment_id": pk, "customer_id": rng.randint(1, 20000),
+                   "merchant_id": rng.randint(1, 500), "amount": f"{rng.uniform(1, 900):.2f}",
+                   "currency": "USD", "channel": "web", "status": "pending",
+                   "created_at": _iso(ms), "updated_at": _iso(ms)}
+            rows[pk] = row
+            value = _env("payments", "c", None, row, lsn, ms)
+            topic = topics[0]
+        elif roll < 0.85:
+            pk = rng.choice(list(rows)) if len(rows) < 1000 else next_id - rng.randint(1, 1000)
+            if pk not in rows:
+                continue
+            before = rows[pk]
+            after = {**before, "status": rng.choice(["approved", "declined"])}
+            rows[pk] = after
+            value = _env("payments", "u", before, after, lsn, ms)
+            topic = topics[0]
+        else:
+            pk = next_id - rng.randint(1, min(1000, next_id - 1))
+            if pk not in rows:
+                continue
+            outcome = {"payment_id": pk, "is_fraud": rng.random() < 0.05,
+                       "reported_at": _iso(ms)}
+            value = _env("payment_outcomes", "c", None, outcome, lsn, ms)
+            topic = topics[1]
+        producer.produce(topic, key=orjson.dumps({"payment_id": pk}), value=value)
+        produced += 1
+        if produced % 50000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    return produced
+
+
+def raw_rate(settings: Settings, total: int) -> float:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": uuid.uuid4().hex, "enable.auto.commit": False})
+    topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
+    meta = consumer.list_topics(timeout=10).topics
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
+    seen, started = 0, time.perf_counter()
+    while seen < total:
+        for msg in consumer.consume(5000, timeout=1.0):
+            if msg.error() is None:
+                orjson.loads(msg.value())
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def pipeline_rate(settings: Settings, total: int) -> float:
+    ns = f"bench{uuid.uuid4().hex[:8]}"
+    run = settings.model_copy(update={"redis_namespace": ns})
+    pipeline = FeaturePipeline(run, max_batch=5000)
+    worker = threading.Thread(target=pipeline.run, daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    while pipeline.stats.applied + pipeline.stats.duplicates < total and worker.is_alive():
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    pipeline.stop.set()
+    worker.join(timeout=60)
+    client = redis.Redis.from_url(settings.redis_url)
+    for key in client.scan_iter(match=f"{ns}:*", count=5000):
+        client.delete(key)
+    return (pipeline.stats.applied + pipeline.stats.duplicates) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    base = Settings()
+    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}",
+                                       "metrics_port": 0})
+    print(f"[bench] filling {args.events} change events ...", flush=True)
+    total = fill(settings, args.events)
+    raws, pipes = [], []
+    for i in range(args.repeat):
+        raws.append(raw_rate(settings, total))
+        pipes.append(pipeline_rate(settings, total))
+        print(f"[bench] run {i + 1}: raw {raws[-1]:,.0f}/s, freshloop {pipes[-1]:,.0f}/s",
+              flush=True)
+    result = {
+        "events": total,
+        "raw_consume_decode_per_s": {"median": statistics.median(raws), "runs": raws},
+        "freshloop_pipeline_per_s": {"median": statistics.median(pipes), "runs": pipes},
+        "ratio_freshloop_to_raw": statistics.median(pipes) / statistics.median(raws),
+    }
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for future in admin.delete_topics(
+        [settings.topic(t) for t in ("payments", "payment_outcomes")]).values():
+        future.result(timeout=30)
+    print(f"[bench] saved {save('replay', result)}")
+    print(f"[bench] replay: freshloop {result['freshloop_pipeline_per_s']['median']:,.0f} "
+          f"events/s = {result['ratio_freshloop_to_raw']:.2f} x raw consume+decode "
+          f"({result['raw_consume_decode_per_s']['median']:,.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()

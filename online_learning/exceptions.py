@@ -1,0 +1,46 @@
+"""Errors of the online-learning stage."""
+
+from freshloop.exceptions import FreshloopError
+
+__all__ = [
+    "BlobKindError",
+    "ModelSpecError",
+    "NaiveDatetimeError",
+    "OnlineLearningError",
+    "SignatureError",
+    "SnapshotError",
+    "VectorError",
+    "VersionMismatchError",
+]
+
+
+class OnlineLearningError(FreshloopError):
+    """Root of the online-learning stage's errors."""
+
+
+class VectorError(OnlineLearningError):
+    """A payment or a served feature cannot be turned into model inputs; the message says which."""
+
+
+class NaiveDatetimeError(OnlineLearningError):
+    """A timestamp without a timezone reached the stage; decode timestamps as aware UTC."""
+
+
+class ModelSpecError(OnlineLearningError):
+    """A model spec names no importable River classifier or has bad parameters."""
+
+
+class SignatureError(OnlineLearningError):
+    """A blob is not signed, was tampered with, or was signed with another key; it is not loaded."""
+
+
+class BlobKindError(OnlineLearningError):
+    """A correctly signed blob holds another kind of object than the one asked for."""
+
+
+class VersionMismatchError(OnlineLearningError):
+    """A blob was written by another River version and the policy is to refuse it."""
+
+
+class SnapshotError(OnlineLearningError):
+    """A learner or join snapshot is malformed or of an unknown format version."""
