@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv demo test test-unit test-integration lint up down status logs clean
+.PHONY: help setup venv demo test test-unit test-integration bench lint up down status logs clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,13 @@ test-unit: $(INSTALLED) ## Fast tests only (no services)
 
 test-integration: setup ## Tests against the real stack only
 	@$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+bench: setup ## Benchmarks: replay throughput vs raw consume+decode, commit->feature lag by rate
+	@$(BIN)/freshloop stack up
+	@$(BIN)/freshloop db init >/dev/null
+	@$(BIN)/freshloop connectors apply
+	@$(BIN)/python -m bench.replay --events $${BENCH_EVENTS:-200000} --repeat $${BENCH_REPEAT:-3}
+	@$(BIN)/python -m bench.freshness --rates $${BENCH_RATES:-200,500,1000} --seconds $${BENCH_SECONDS:-30}
 
 lint: $(INSTALLED) ## ruff and mypy
 	@$(BIN)/ruff check .

@@ -33,13 +33,27 @@ def _iso(ms: int) -> str:
 
 
 def _env(table: str, op: str, before, after, lsn: int, ms: int) -> bytes:
-    return orjson.dumps({
-        "before": before, "after": after, "op": op, "ts_ms": ms,
-        "source": {"version": "3.6.1.Final", "connector": "postgresql", "name": "bench",
-                   "ts_ms": ms, "snapshot": "false", "db": "freshloop", "schema": "public",
-                   "table": table, "txId": lsn, "lsn": lsn,
-                   "sequence": f'["{lsn - 1}","{lsn}"]'},
-    })
+    return orjson.dumps(
+        {
+            "before": before,
+            "after": after,
+            "op": op,
+            "ts_ms": ms,
+            "source": {
+                "version": "3.6.1.Final",
+                "connector": "postgresql",
+                "name": "bench",
+                "ts_ms": ms,
+                "snapshot": "false",
+                "db": "freshloop",
+                "schema": "public",
+                "table": table,
+                "txId": lsn,
+                "lsn": lsn,
+                "sequence": f'["{lsn - 1}","{lsn}"]',
+            },
+        }
+    )
 
 
 def fill(settings: Settings, events: int, seed: int = 1) -> int:
@@ -48,11 +62,20 @@ def fill(settings: Settings, events: int, seed: int = 1) -> int:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
     for future in admin.create_topics(
-        [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
-         for t in topics]).values():
+        [
+            NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
+            for t in topics
+        ]
+    ).values():
         future.result(timeout=30)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20,
-                         "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+        }
+    )
     rows: dict[int, dict] = {}
     lsn, produced, next_id = 1000, 0, 1
     while produced < events:
@@ -62,10 +85,17 @@ def fill(settings: Settings, events: int, seed: int = 1) -> int:
         if roll < 0.6 or not rows:
             pk = next_id
             next_id += 1
-            row = {"payment_id": pk, "customer_id": rng.randint(1, 20000),
-                   "merchant_id": rng.randint(1, 500), "amount": f"{rng.uniform(1, 900):.2f}",
-                   "currency": "USD", "channel": "web", "status": "pending",
-                   "created_at": _iso(ms), "updated_at": _iso(ms)}
+            row = {
+                "payment_id": pk,
+                "customer_id": rng.randint(1, 20000),
+                "merchant_id": rng.randint(1, 500),
+                "amount": f"{rng.uniform(1, 900):.2f}",
+                "currency": "USD",
+                "channel": "web",
+                "status": "pending",
+                "created_at": _iso(ms),
+                "updated_at": _iso(ms),
+            }
             rows[pk] = row
             value = _env("payments", "c", None, row, lsn, ms)
             topic = topics[0]
@@ -82,8 +112,7 @@ def fill(settings: Settings, events: int, seed: int = 1) -> int:
             pk = next_id - rng.randint(1, min(1000, next_id - 1))
             if pk not in rows:
                 continue
-            outcome = {"payment_id": pk, "is_fraud": rng.random() < 0.05,
-                       "reported_at": _iso(ms)}
+            outcome = {"payment_id": pk, "is_fraud": rng.random() < 0.05, "reported_at": _iso(ms)}
             value = _env("payment_outcomes", "c", None, outcome, lsn, ms)
             topic = topics[1]
         producer.produce(topic, key=orjson.dumps({"payment_id": pk}), value=value)
@@ -95,8 +124,13 @@ def fill(settings: Settings, events: int, seed: int = 1) -> int:
 
 
 def raw_rate(settings: Settings, total: int) -> float:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": uuid.uuid4().hex, "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "enable.auto.commit": False,
+        }
+    )
     topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
     meta = consumer.list_topics(timeout=10).topics
     consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
@@ -135,16 +169,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     base = Settings()
-    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}",
-                                       "metrics_port": 0})
+    settings = base.model_copy(
+        update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}", "metrics_port": 0}
+    )
     print(f"[bench] filling {args.events} change events ...", flush=True)
     total = fill(settings, args.events)
     raws, pipes = [], []
     for i in range(args.repeat):
         raws.append(raw_rate(settings, total))
         pipes.append(pipeline_rate(settings, total))
-        print(f"[bench] run {i + 1}: raw {raws[-1]:,.0f}/s, freshloop {pipes[-1]:,.0f}/s",
-              flush=True)
+        print(
+            f"[bench] run {i + 1}: raw {raws[-1]:,.0f}/s, freshloop {pipes[-1]:,.0f}/s", flush=True
+        )
     result = {
         "events": total,
         "raw_consume_decode_per_s": {"median": statistics.median(raws), "runs": raws},
@@ -153,12 +189,15 @@ def main() -> None:
     }
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for future in admin.delete_topics(
-        [settings.topic(t) for t in ("payments", "payment_outcomes")]).values():
+        [settings.topic(t) for t in ("payments", "payment_outcomes")]
+    ).values():
         future.result(timeout=30)
     print(f"[bench] saved {save('replay', result)}")
-    print(f"[bench] replay: freshloop {result['freshloop_pipeline_per_s']['median']:,.0f} "
-          f"events/s = {result['ratio_freshloop_to_raw']:.2f} x raw consume+decode "
-          f"({result['raw_consume_decode_per_s']['median']:,.0f}/s)")
+    print(
+        f"[bench] replay: freshloop {result['freshloop_pipeline_per_s']['median']:,.0f} "
+        f"events/s = {result['ratio_freshloop_to_raw']:.2f} x raw consume+decode "
+        f"({result['raw_consume_decode_per_s']['median']:,.0f}/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,13 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _view(tally: _EventTally, report: SimulationReport | None, rate: float, done: bool,
-          stats: PipelineStats) -> Table:
+def _view(
+    tally: _EventTally,
+    report: SimulationReport | None,
+    rate: float,
+    done: bool,
+    stats: PipelineStats,
+) -> Table:
     table = Table(title="Freshloop: change events flowing" + (" (done)" if done else ""))
     table.add_column("table")
     table.add_column("op")
@@ -140,7 +145,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
     writer.start()
     window: list[tuple[float, int]] = []
     try:
-        with Live(_view(tally, None, 0, False, pipeline.stats), console=console, refresh_per_second=4) as live:
+        with Live(
+            _view(tally, None, 0, False, pipeline.stats), console=console, refresh_per_second=4
+        ) as live:
             idle_since = None
             while True:
                 for msg in consumer.consume(500, timeout=0.25):
@@ -173,7 +180,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: floa
         f"p99 {_pct(stats.lags_ms, 0.99):.0f} ms; {stats.applied} changes applied, "
         f"{stats.duplicates} duplicates dropped, {stats.dead_lettered} dead-lettered."
     )
-    verdict = "[green]0 mismatches[/]" if check.ok else f"[red]{len(check.mismatches)} mismatches[/]"
+    verdict = (
+        "[green]0 mismatches[/]" if check.ok else f"[red]{len(check.mismatches)} mismatches[/]"
+    )
     console.print(
         f"[bold]verify[/]: {check.entities_checked} entities, {check.values_checked} feature "
         f"values against the SQL oracle: {verdict}"

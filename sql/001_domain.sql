@@ -36,8 +36,17 @@ CREATE TABLE IF NOT EXISTS payment_outcomes (
     reported_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Updates and deletes must carry the old row so its contribution can be retracted.
-ALTER TABLE customers        REPLICA IDENTITY FULL;
-ALTER TABLE merchants        REPLICA IDENTITY FULL;
-ALTER TABLE payments         REPLICA IDENTITY FULL;
-ALTER TABLE payment_outcomes REPLICA IDENTITY FULL;
+-- Updates and deletes must carry the old row so its contribution can be retracted. Changed only
+-- when not yet FULL: ALTER TABLE takes an exclusive lock, which a live database should not see
+-- on every `db init`.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['customers', 'merchants', 'payments', 'payment_outcomes'] LOOP
+        IF (SELECT relreplident FROM pg_class
+            WHERE oid = ('public.' || t)::regclass) <> 'f' THEN
+            EXECUTE format('ALTER TABLE public.%I REPLICA IDENTITY FULL', t);
+        END IF;
+    END LOOP;
+END $$;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +30,8 @@ class SimulationReport:
 
     writes: Counter[tuple[str, str]] = field(default_factory=Counter)
     payment_ids: set[int] = field(default_factory=set)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the steady part: new payments at the rate
+    payments_per_s: float = 0.0
     customers: list[int] = field(default_factory=list)
     merchants: list[int] = field(default_factory=list)
 
@@ -125,29 +128,95 @@ def run_simulation(
     drain: bool = True,
     on_tick: Callable[[SimulationReport], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    connections: int = 1,
 ) -> SimulationReport:
-    """Write the workload for ``duration_s`` seconds at its rate; then its follow-ups if drain."""
+    """Write the workload for ``duration_s`` seconds at its rate; then its follow-ups if drain.
+
+    With several connections, operations are sharded by payment, so each payment's changes
+    still commit in order; use them for rates a single connection cannot commit.
+    """
     workload = Workload(config)
     with connect(settings, autocommit=True) as conn:
         customers, merchants = seed_entities(conn, config)
-        writer = _Writer(conn, customers, merchants)
-        writer.report.writes[("customers", "c")] += len(customers)
-        writer.report.writes[("merchants", "c")] += len(merchants)
+    shards = [_Shard(settings, customers, merchants) for _ in range(max(1, connections))]
+    report = SimulationReport(customers=customers, merchants=merchants)
+    report.writes[("customers", "c")] += len(customers)
+    report.writes[("merchants", "c")] += len(merchants)
+    try:
         start = time.monotonic()
         last_tick = start
         while (elapsed := time.monotonic() - start) < duration_s:
             if stop is not None and stop():
                 break
             for op in workload.due(elapsed):
-                writer.apply(op)
+                shards[op.payment % len(shards)].put(op)
             now = time.monotonic()
             if on_tick is not None and now - last_tick >= 1.0:
                 last_tick = now
-                on_tick(writer.report)
-            time.sleep(max(0.0, min(0.01, 1.0 / config.rate)))
+                on_tick(_merge(report, shards))
+            time.sleep(max(0.0, min(0.005, 1.0 / config.rate)))
+        for shard in shards:
+            shard.wait_idle()
+        steady = time.monotonic() - start
         if drain:
             for op in workload.drain():
-                writer.apply(op)
-        writer.report.seconds = time.monotonic() - start
-    log.info("simulation done writes=%s", dict(writer.report.writes))
-    return writer.report
+                shards[op.payment % len(shards)].put(op)
+    finally:
+        for shard in shards:
+            shard.close()
+    result = _merge(report, shards)
+    result.seconds = steady
+    result.payments_per_s = result.count("payments", "c") / steady if steady else 0.0
+    log.info("simulation done writes=%s", dict(result.writes))
+    return result
+
+
+def _merge(base: SimulationReport, shards: list[_Shard]) -> SimulationReport:
+    merged = SimulationReport(customers=base.customers, merchants=base.merchants)
+    merged.writes.update(base.writes)
+    for shard in shards:
+        merged.writes.update(shard.writer.report.writes)
+        merged.payment_ids |= shard.writer.report.payment_ids
+    return merged
+
+
+class _Shard:
+    """One connection and thread applying its share of operations in order."""
+
+    def __init__(self, settings: Settings, customers: list[int], merchants: list[int]) -> None:
+        self.conn = connect(settings, autocommit=True)
+        self.writer = _Writer(self.conn, customers, merchants)
+        self.queue: queue.Queue[Op | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def put(self, op: Op) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(op)
+
+    def wait_idle(self) -> None:
+        self.queue.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            op = self.queue.get()
+            try:
+                if op is None:
+                    return
+                if self.error is None:
+                    self.writer.apply(op)
+            except BaseException as exc:  # noqa: BLE001 - surfaced by put/wait_idle
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=60)
+        self.conn.close()
+        if self.error is not None:
+            raise self.error
