@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import timedelta
+from functools import cached_property
 
 from feature_pipelines.exceptions import DefinitionError
 from feature_pipelines.spec import Condition, Entity, Feature, Lookup

@@ -68,8 +68,11 @@ class PipelineStats:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "batches": self.batches, "applied": self.applied, "duplicates": self.duplicates,
-            "dead_lettered": self.dead_lettered, "live_events": len(self.lags_ms),
+            "batches": self.batches,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered,
+            "live_events": len(self.lags_ms),
             "lag_ms": {f"p{int(q * 100)}": self.percentile(q) for q in (0.5, 0.95, 0.99)},
         }
 
@@ -103,6 +106,7 @@ class FeaturePipeline:
         group_id: str | None = None,
         max_batch: int = 5000,
         stop: threading.Event | None = None,
+        on_applied: Callable[[list[ChangeEvent]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.features = features
@@ -111,6 +115,9 @@ class FeaturePipeline:
         self.topics = [settings.topic(t) for t in sorted(features.tables())]
         self.max_batch = max_batch
         self.stop = stop or threading.Event()
+        # Called after each successful batch write with the events it applied (duplicates
+        # excluded), e.g. to score new payments on the features that now include them.
+        self.on_applied = on_applied
         self.stats = PipelineStats()
         self.planner = Planner(features, self.ns)
         self.writer = RedisBatchWriter(
@@ -201,6 +208,8 @@ class FeaturePipeline:
             self.dead_letters.flush()  # never move past a bad event before it is safe
             self.stats.dead_lettered = self.dead_letters.count
         plan = self._write(events, offsets)
+        if self.on_applied is not None and plan.applied_events:
+            self.on_applied(plan.applied_events)
         now_ms = time.time() * 1000
         for commit_ms in plan.applied_commit_ms:
             lag = (now_ms - commit_ms) / 1000

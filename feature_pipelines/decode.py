@@ -15,6 +15,7 @@ LSN in a multi-row statement.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.columns import check_row, rules_for
 from feature_pipelines.exceptions import DecodeError
 
 __all__ = ["ChangeEvent", "Position", "decode", "format_position", "parse_position"]
@@ -83,7 +85,7 @@ def _position(source: dict[str, Any]) -> Position:
         raise DecodeError(msg) from exc
 
 
-def _image(raw: Any, columns: set[str], where: str) -> Row | None:
+def _image(raw: Any, columns: Set[str], where: str) -> Row | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -122,6 +124,9 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
     columns = features.needed_columns(table)
     before = _image(envelope.get("before"), columns, "before")
     after = _image(envelope.get("after"), columns, "after")
+    rules = rules_for(features, table)
+    check_row(rules, before, "before")
+    check_row(rules, after, "after")
     if (
         (op in ("c", "r") and after is None)
         or (op == "d" and before is None)

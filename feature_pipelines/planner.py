@@ -71,6 +71,7 @@ class WritePlan:
     applied: int = 0
     duplicates: int = 0
     applied_commit_ms: list[int] = field(default_factory=list)
+    applied_events: list[ChangeEvent] = field(default_factory=list)  # for on_applied hooks
 
 
 class _Batch:
@@ -158,6 +159,7 @@ class Planner:
             t: tuple(f for f in features.for_table(t) if f.lookup) for t in features.tables()
         }
         self._provided = {t: features.lookups_from(t) for t in features.tables()}
+        self._lookups = {t: _group_lookups(self._consumers[t]) for t in features.tables()}
 
     def keys_needed(self, events: Iterable[ChangeEvent]) -> list[str]:
         """Row-state keys to read before planning these events."""
@@ -180,12 +182,18 @@ class Planner:
                 batch.plan.duplicates += 1
                 continue
             batch.put(rkey, "pos", format_position(ev.position))
-            before, after = ev.before, ev.after
+            # A row with no stored position has never been counted (positions are written with
+            # the counts), so there is nothing of its old image to retract: this keeps a
+            # consumer that starts mid-history (topic retention) from going negative.
+            before = ev.before if stored is not None else None
+            after = ev.after
             old_memo: dict[Any, int] = {}
             new_memo: dict[Any, int] = {}
             for f, columns in self._direct.get(ev.table, ()):
-                if before is not None and after is not None and all(
-                    before[c] == after[c] for c in columns
+                if (
+                    before is not None
+                    and after is not None
+                    and all(before[c] == after[c] for c in columns)
                 ):
                     continue  # this change does not touch the feature
                 if before is not None:
@@ -196,31 +204,44 @@ class Planner:
             self._provide(batch, ev, rkey)
             batch.plan.applied += 1
             batch.plan.applied_commit_ms.append(ev.commit_ms)
+            batch.plan.applied_events.append(ev)
         return batch.finish()
 
     def _consume(self, batch: _Batch, ev: ChangeEvent) -> None:
-        """A row whose entity key comes through a lookup (an outcome -> its payment's merchant)."""
-        by_lookup: dict[tuple[str, str, str], list[Feature]] = defaultdict(list)
-        for f in self._consumers.get(ev.table, ()):
-            assert f.lookup is not None  # noqa: S101
-            by_lookup[(f.lookup.table, f.lookup.column, f.lookup.provides)].append(f)
-        for (table, column, provides), feats in by_lookup.items():
-            slot = f"j:{ev.table}:{ev.key}"
+        """A row whose entity key comes through a lookup (an outcome -> its payment's merchant).
+
+        The counted image is parked once per referenced row and shared by every lookup of this
+        table, so all lookups retract before any re-counts and re-parks it.
+        """
+        lookups = self._lookups.get(ev.table, ())
+        if not lookups:
+            return
+        slot = f"j:{ev.table}:{ev.key}"
+        cleared: set[str] = set()
+        for (table, column, provides), feats in lookups:
             refs = {row[column] for row in (ev.before, ev.after) if row and row[column] is not None}
             for ref in refs:  # retract what was counted, wherever it was parked
                 pkey = row_key(self.ns, table, str(ref))
                 counted = batch.get(pkey, slot)
                 if counted is not None:
                     provided = batch.get(pkey, f"p:{provides}")
+                    image = orjson.loads(counted)
                     for f in feats:
-                        batch.add(f, orjson.loads(counted), -1, provided, ev.commit_ms)
-                    batch.put(pkey, slot, None)
-            if ev.after is not None and ev.after[column] is not None:
-                pkey = row_key(self.ns, table, str(ev.after[column]))
-                provided = batch.get(pkey, f"p:{provides}")
-                for f in feats:
-                    batch.add(f, ev.after, +1, provided, ev.commit_ms)
-                batch.put(pkey, slot, orjson.dumps(ev.after).decode())
+                        batch.add(f, image, -1, provided, ev.commit_ms)
+                    cleared.add(pkey)
+        for pkey in cleared:
+            batch.put(pkey, slot, None)
+        if ev.after is None:
+            return
+        parked = orjson.dumps(ev.after).decode()
+        for (table, column, provides), feats in lookups:
+            if ev.after[column] is None:
+                continue
+            pkey = row_key(self.ns, table, str(ev.after[column]))
+            provided = batch.get(pkey, f"p:{provides}")
+            for f in feats:
+                batch.add(f, ev.after, +1, provided, ev.commit_ms)
+            batch.put(pkey, slot, parked)
 
     def _provide(self, batch: _Batch, ev: ChangeEvent, rkey: str) -> None:
         """A row other rows look up (a payment): keep its value, move its consumers' counts."""
@@ -242,3 +263,14 @@ class Planner:
                     if f.table == consumer_table:
                         batch.add(f, row, -1, old, ev.commit_ms)
                         batch.add(f, row, +1, new, ev.commit_ms)
+
+
+def _group_lookups(
+    features: Iterable[Feature],
+) -> tuple[tuple[tuple[str, str, str], tuple[Feature, ...]], ...]:
+    """Consumer features grouped by (provider table, lookup column, provided column)."""
+    groups: dict[tuple[str, str, str], list[Feature]] = defaultdict(list)
+    for f in features:
+        assert f.lookup is not None  # noqa: S101 - only lookup features are consumers
+        groups[(f.lookup.table, f.lookup.column, f.lookup.provides)].append(f)
+    return tuple((k, tuple(v)) for k, v in groups.items())

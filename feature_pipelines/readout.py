@@ -15,9 +15,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import bucket_range, parse_field
 
-__all__ = ["FeatureValue", "State", "expired_fields", "finalize", "read_values"]
+__all__ = ["FeatureValue", "Fields", "State", "expired_fields", "finalize", "read_values"]
 
 FeatureValue = int | Decimal | None
+# An entity hash as a Redis client returns it (bytes, or str with decode_responses) or as tests
+# build it (str -> int).
+Fields = Mapping[str, str] | Mapping[str, int] | Mapping[bytes, bytes]
 _MEAN_PLACES = Decimal("0.000001")
 
 
@@ -44,14 +47,12 @@ def finalize(feature: Feature, state: State) -> FeatureValue:
     return mean.quantize(_MEAN_PLACES, rounding=ROUND_HALF_EVEN)
 
 
-def read_states(
-    features: Iterable[Feature], fields: Mapping[str, str], t_micros: int
-) -> dict[str, State]:
+def read_states(features: Iterable[Feature], fields: Fields, t_micros: int) -> dict[str, State]:
     """Fold the stored fields of the given features into states, honouring the window rule."""
     wanted = {f.name: f for f in features}
     states: dict[str, State] = defaultdict(State)
     for raw_field, raw_value in fields.items():
-        ref = parse_field(raw_field)
+        ref = parse_field(raw_field.decode() if isinstance(raw_field, bytes) else raw_field)
         if ref is None or ref.name not in wanted:
             continue
         feature = wanted[ref.name]
@@ -73,7 +74,7 @@ def read_states(
 
 
 def read_values(
-    features: Iterable[Feature], fields: Mapping[str, str], t_micros: int
+    features: Iterable[Feature], fields: Fields, t_micros: int
 ) -> dict[str, FeatureValue]:
     """Every given feature's value at ``t`` (an entity with no state reads 0 / None)."""
     features = list(features)
@@ -81,11 +82,14 @@ def read_values(
     return {f.name: finalize(f, states.get(f.name, State())) for f in features}
 
 
-def expired_fields(features: Iterable[Feature], fields: Iterable[str], t_micros: int) -> list[str]:
-    """Bucket fields no read at or after ``t`` will count again, and zeroed lifetime fields."""
+def expired_fields(
+    features: Iterable[Feature], fields: Iterable[str] | Iterable[bytes], t_micros: int
+) -> list[str]:
+    """Bucket fields no read at or after ``t`` counts again (zeroed fields are deleted on write)."""
     by_name = {f.name: f for f in features}
     out = []
-    for name in fields:
+    for raw in fields:
+        name = raw.decode() if isinstance(raw, bytes) else raw
         ref = parse_field(name)
         if ref is None or ref.name not in by_name or ref.bucket is None:
             continue

@@ -120,7 +120,7 @@ class RedisBatchWriter:
             return {}
         out: dict[str, Mapping[str, str]] = {}
         for start in range(0, len(keys), 4000):  # bounded script calls
-            chunk = list(keys[start:start + 4000])
+            chunk = list(keys[start : start + 4000])
             for key, flat in zip(chunk, self._read(keys=chunk), strict=True):
                 it = iter(flat)
                 out[key] = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
@@ -130,6 +130,11 @@ class RedisBatchWriter:
         """``topic:partition`` -> next offset, as last written with a batch."""
         raw = self.client.hgetall(self.offsets_key)
         return {_s(k): int(v) for k, v in raw.items()}
+
+    def set_offsets(self, offsets: Mapping[str, int]) -> None:
+        """Set where the group starts (``topic:partition`` -> offset), e.g. at the topics' end."""
+        if offsets:
+            self.client.hset(self.offsets_key, mapping={k: str(v) for k, v in offsets.items()})
 
     def apply(self, plan: WritePlan, offsets: Mapping[str, int]) -> bool:
         """Write the plan and offsets atomically; False if a row state changed meanwhile."""

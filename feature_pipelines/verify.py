@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -39,12 +41,16 @@ class VerifyReport:
 
 
 def _oracle(
-    conn: psycopg.Connection, features: FeatureSet, entity: str, t_us: int
+    conn: psycopg.Connection,
+    features: FeatureSet,
+    entity: str,
+    t_us: int,
+    keys: Sequence[Any] | None = None,
 ) -> dict[str, dict[str, FeatureValue]]:
     states: dict[str, dict[str, State]] = {}
     feats = features.for_entity(entity)
     for f in feats:
-        query, params = oracle_query(f, t_us)
+        query, params = oracle_query(f, t_us, keys)
         for key, n, total, values in conn.execute(query, params):
             states.setdefault(key, {})[f.name] = state_from_row(f, n, total, values)
     return {
@@ -54,11 +60,16 @@ def _oracle(
 
 
 def verify(
-    conninfo: str, store: FeatureStore, sample: int | None = None, seed: int = 0
+    conninfo: str,
+    store: FeatureStore,
+    sample: int | None = None,
+    seed: int = 0,
+    only: Mapping[str, Sequence[Any]] | None = None,
 ) -> VerifyReport:
     """Every entity the database has state for (or a random sample), compared at one instant.
 
     Entities that only Redis knows are found by scanning and compared against zeros too.
+    ``only`` restricts the check to the given keys per entity (e.g. the entities one run wrote).
     """
     t = datetime.now(UTC).replace(microsecond=0)
     t_us = int(t.timestamp()) * 1_000_000
@@ -66,8 +77,13 @@ def verify(
     checked = values = 0
     with psycopg.connect(conninfo) as conn:
         for entity in store.entities():
-            expected = _oracle(conn, store.features, entity, t_us)
-            keys = set(expected) | set(store.scan_keys(entity))
+            if only is not None:
+                wanted = [str(k) for k in only.get(entity, ())]
+                expected = _oracle(conn, store.features, entity, t_us, wanted)
+                keys = set(wanted)
+            else:
+                expected = _oracle(conn, store.features, entity, t_us)
+                keys = set(expected) | set(store.scan_keys(entity))
             chosen = sorted(keys)
             if sample is not None and sample < len(chosen):
                 chosen = sorted(random.Random(seed).sample(chosen, sample))  # noqa: S311
@@ -84,12 +100,17 @@ def verify(
 
 
 def verify_until_clean(
-    conninfo: str, store: FeatureStore, *, wait_s: float = 10.0, sample: int | None = None
+    conninfo: str,
+    store: FeatureStore,
+    *,
+    wait_s: float = 10.0,
+    sample: int | None = None,
+    only: Mapping[str, Sequence[Any]] | None = None,
 ) -> VerifyReport:
     """Verify, retrying for up to ``wait_s`` while the pipeline catches up with the database."""
     deadline = time.monotonic() + wait_s
     while True:
-        report = verify(conninfo, store, sample)
+        report = verify(conninfo, store, sample, only=only)
         if report.ok or time.monotonic() >= deadline:
             return report
         time.sleep(0.5)

@@ -107,9 +107,10 @@ def contribution(
     if feature.window is not None:
         micros = memo.get(feature.event_time)
         if micros is None:
-            micros = memo[feature.event_time] = event_micros(
-                row[feature.event_time], feature.event_time
-            )
+            raw = row[feature.event_time]
+            if raw is None:
+                return []  # no event time: in no window, as in SQL
+            micros = memo[feature.event_time] = event_micros(raw, feature.event_time)
         suffix = f"@{micros // (feature.bucket_seconds * 1_000_000)}"
     name = feature.name
     if feature.agg == "count":

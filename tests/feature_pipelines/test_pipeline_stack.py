@@ -18,8 +18,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureStore, verify_until_clean
+from feature_pipelines.store import RedisBatchWriter
 from freshloop.settings import Settings
-from freshloop.simulate import WorkloadConfig, run_simulation
+from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +36,18 @@ _WORKLOAD = WorkloadConfig(
 
 
 @pytest.fixture
-def ns(pipeline: Settings) -> Iterator[Settings]:
-    """A key namespace and consumer group of the test's own."""
+def ns_start(pipeline: Settings) -> Iterator[tuple[Settings, dict[str, int]]]:
+    """A key namespace and consumer group of the test's own, starting at the topics' end.
+
+    The test then checks exactly the entities its own workload created (new customers and
+    merchants, so every change of theirs comes after that point), however long the shared
+    topics' history is.
+    """
     settings = pipeline.model_copy(
         update={"redis_namespace": f"t{uuid.uuid4().hex[:10]}", "metrics_port": 0}
     )
-    yield settings
+    start = _start_at_end(settings)
+    yield settings, start
     import redis
 
     client = redis.Redis.from_url(settings.redis_url)
@@ -48,12 +55,42 @@ def ns(pipeline: Settings) -> Iterator[Settings]:
         client.delete(key)
 
 
+def _start_at_end(settings: Settings) -> dict[str, int]:
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    offsets = {}
+    for table in ("payments", "payment_outcomes"):
+        topic = settings.topic(table)
+        for partition in probe.list_topics(topic, timeout=10).topics[topic].partitions:
+            offsets[f"{topic}:{partition}"] = probe.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10
+            )[1]
+    probe.close()
+    import redis
+
+    group = f"{settings.namespace}-features"
+    RedisBatchWriter(
+        redis.Redis.from_url(settings.redis_url), SAMPLE_FEATURES, settings.namespace, group
+    ).set_offsets(offsets)
+    return offsets
+
+
+def _written(report: SimulationReport) -> dict[str, list[int]]:
+    return {"customer": report.customers, "merchant": report.merchants}
+
+
+@pytest.fixture
+def ns(ns_start: tuple[Settings, dict[str, int]]) -> Settings:
+    return ns_start[0]
+
+
 def _store(settings: Settings) -> FeatureStore:
     return FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
 
 
-def _assert_verified(settings: Settings, wait_s: float = 60) -> None:
-    report = verify_until_clean(settings.postgres_conninfo(), _store(settings), wait_s=wait_s)
+def _assert_verified(settings: Settings, only: dict[str, list[int]], wait_s: float = 60) -> None:
+    report = verify_until_clean(
+        settings.postgres_conninfo(), _store(settings), wait_s=wait_s, only=only
+    )
     assert report.entities_checked > 0 and report.values_checked > 0
     assert report.mismatches == []
 
@@ -72,14 +109,15 @@ def _spawn(settings: Settings) -> subprocess.Popen:
     )
 
 
-def test_generator_workload_gives_zero_mismatches(ns: Settings) -> None:
+def test_generator_workload_gives_zero_mismatches(ns_start) -> None:
+    ns, start = ns_start
     pipeline = FeaturePipeline(ns, max_batch=500)
     worker = threading.Thread(target=pipeline.run, daemon=True)
     worker.start()
     try:
         report = run_simulation(ns, _WORKLOAD, duration_s=6)
         assert report.count("payments", "u") > 0 and report.count("payments", "d") > 0
-        _assert_verified(ns)
+        _assert_verified(ns, _written(report))
         assert pipeline.stats.applied > 0
     finally:
         pipeline.stop.set()
@@ -87,6 +125,7 @@ def test_generator_workload_gives_zero_mismatches(ns: Settings) -> None:
     # A second pass over the same topics (a restart that lost Kafka's offsets) changes nothing.
     again = FeaturePipeline(ns, group_id=f"{ns.namespace}-replay")
     again.writer.offsets_key = f"{ns.namespace}:offsets:{{other}}"
+    again.writer.set_offsets(start)
     replay = threading.Thread(target=again.run, daemon=True)
     replay.start()
     deadline = time.monotonic() + 60
@@ -95,15 +134,17 @@ def test_generator_workload_gives_zero_mismatches(ns: Settings) -> None:
     again.stop.set()
     replay.join(timeout=30)
     assert again.stats.applied == 0 and again.stats.duplicates >= pipeline.stats.applied
-    _assert_verified(ns, wait_s=0)
+    _assert_verified(ns, _written(report), wait_s=0)
 
 
 def test_kill_9_mid_stream_then_restart(ns: Settings) -> None:
     rng = random.Random(1)
     done = threading.Event()
+    reports: list[SimulationReport] = []
 
     def write() -> None:
-        run_simulation(ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 6}), duration_s=8)
+        config = WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 6})
+        reports.append(run_simulation(ns, config, duration_s=8))
         done.set()
 
     writer = threading.Thread(target=write, daemon=True)
@@ -117,7 +158,7 @@ def test_kill_9_mid_stream_then_restart(ns: Settings) -> None:
         kills += 1
     final = _spawn(ns)
     try:
-        _assert_verified(ns)
+        _assert_verified(ns, _written(reports[0]))
     finally:
         final.send_signal(signal.SIGTERM)
         final.wait(timeout=30)
@@ -127,8 +168,10 @@ def test_kill_9_mid_stream_then_restart(ns: Settings) -> None:
 def test_two_consumers_in_one_group_agree_with_the_oracle(ns: Settings) -> None:
     procs = [_spawn(ns), _spawn(ns)]
     try:
-        run_simulation(ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 8}), duration_s=6)
-        _assert_verified(ns)
+        report = run_simulation(
+            ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 8}), duration_s=6
+        )
+        _assert_verified(ns, _written(report))
         admin = AdminClient({"bootstrap.servers": ns.kafka_bootstrap})
         group_id = f"{ns.namespace}-features"
         group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
@@ -164,8 +207,10 @@ def test_malformed_record_is_dead_lettered_and_nothing_else_is_lost(ns: Settings
     worker = threading.Thread(target=pipeline.run, daemon=True)
     worker.start()
     try:
-        run_simulation(ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 9}), duration_s=3)
-        _assert_verified(ns)
+        report = run_simulation(
+            ns, WorkloadConfig(**{**_WORKLOAD.__dict__, "seed": 9}), duration_s=3
+        )
+        _assert_verified(ns, _written(report))
     finally:
         pipeline.stop.set()
         worker.join(timeout=30)

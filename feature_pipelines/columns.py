@@ -1,0 +1,86 @@
+"""The shape each needed column must have, derived from what the features declare (pure).
+
+Decoding checks a row image against these rules so that a value no feature could use (a float
+amount because ``decimal.handling.mode`` is not ``string``, a timestamp that is not ISO text, an
+object as an entity key, a filter column of another JSON type than the filter's value) fails
+*at decode*, where the shell dead-letters that one event, instead of failing the whole batch
+later in the planner. Nothing is keyed by table name: the rules come from the definitions, so a
+user's own features for their own tables are checked the same way. NULL is always accepted: a
+row with a NULL key, value or event time simply contributes nothing, as in SQL.
+
+Example:
+    >>> from feature_pipelines.catalog import SAMPLE_FEATURES
+    >>> sorted(column for column, _kind, _arg in rules_for(SAMPLE_FEATURES, "payment_outcomes"))
+    ['is_fraud', 'payment_id', 'reported_at']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.exceptions import DecodeError
+from feature_pipelines.windows import event_micros, scaled
+
+__all__ = ["Rule", "check_row", "rules_for"]
+
+# (column, kind, argument); kind is one of time, decimal, key, scalar, equals
+Rule = tuple[str, str, Any]
+_CACHE: dict[int, tuple[FeatureSet, dict[str, tuple[Rule, ...]]]] = {}
+_JSON_TYPE = {bool: "a boolean", int: "an integer", str: "text", float: "a number"}
+
+
+def _build(features: FeatureSet) -> dict[str, tuple[Rule, ...]]:
+    rules: dict[str, dict[Rule, None]] = {}
+    for f in features:
+        own = rules.setdefault(f.table, {})
+        if f.window is not None:
+            own[(f.event_time, "time", None)] = None
+        own[(f.lookup.column if f.lookup else f.entity.key, "key", None)] = None
+        if f.value is not None:
+            kind = "decimal" if f.agg in ("sum", "mean") else "scalar"
+            own[(f.value, kind, f.scale if kind == "decimal" else None)] = None
+        for cond in f.where:
+            own[(cond.column, "equals", cond.equals)] = None
+        if f.lookup is not None:
+            provider = rules.setdefault(f.lookup.table, {})
+            provider[(f.lookup.key, "key", None)] = None
+            provider[(f.lookup.provides, "key", None)] = None
+    return {table: tuple(found) for table, found in rules.items()}
+
+
+def rules_for(features: FeatureSet, table: str) -> tuple[Rule, ...]:
+    """The rules for ``table``'s rows, built once per feature set."""
+    cached = _CACHE.get(id(features))
+    if cached is None or cached[0] is not features:
+        cached = _CACHE[id(features)] = (features, _build(features))
+    return cached[1].get(table, ())
+
+
+def _fail(where: str, column: str, expected: str, value: Any) -> None:
+    msg = f"{where}.{column} must be {expected}, got {value!r}"
+    raise DecodeError(msg)
+
+
+def check_row(rules: tuple[Rule, ...], row: Mapping[str, Any] | None, where: str) -> None:
+    """Raise ``DecodeError`` naming the first column whose value no feature could use."""
+    if row is None:
+        return
+    for column, kind, arg in rules:
+        value = row[column]
+        if value is None:
+            continue
+        if kind == "time":
+            event_micros(value, f"{where}.{column}")
+        elif kind == "decimal":
+            scaled(value, arg, f"{where}.{column}")
+        elif kind == "key":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                _fail(where, column, "an integer or text key", value)
+        elif kind == "scalar":
+            if not isinstance(value, bool | int | str | float):
+                _fail(where, column, "a single value (not an object or array)", value)
+        elif type(value) is not type(arg):
+            wanted = _JSON_TYPE.get(type(arg), type(arg).__name__)
+            _fail(where, column, f"{wanted} to compare with the filter value {arg!r}", value)
