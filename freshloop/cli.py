@@ -329,6 +329,82 @@ def features_run(stats_json: str | None) -> None:
                f"{stats.dead_lettered} dead-lettered")
 
 
+# ---- learn ----------------------------------------------------------------------------------
+@cli.group()
+def learn() -> None:
+    """Online learning: score at event time, learn from delayed outcomes."""
+
+
+@learn.command("run")
+@_friendly
+def learn_run() -> None:
+    """Run THE learner of this namespace until Ctrl-C / SIGTERM (checkpoints on the way out)."""
+    from online_learning import run_learner
+
+    counts = run_learner(_settings())
+    click.echo(f"[learn] stopped: {counts.predictions} predictions, {counts.outcomes} outcomes, "
+               f"{counts.dead_lettered} dead-lettered, {counts.checkpoints} checkpoints")
+
+
+@learn.command("serve")
+@_friendly
+def learn_serve() -> None:
+    """Feature pipeline + scoring of new payments (instead of 'features run'; scale out freely)."""
+    from online_learning.serve import serve
+
+    stats, scorer = serve(_settings())
+    click.echo(f"[learn] stopped: {stats.applied} applied, {scorer.stats.scored} scored")
+
+
+@learn.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
+@_friendly
+def learn_status(as_json: bool) -> None:
+    """Metrics, counts, model version and join backlog, from the newest checkpoint."""
+    import json
+
+    from online_learning import learner_status
+
+    status = learner_status(_settings())
+    if status is None:
+        click.echo("[learn] no checkpoint yet: start 'freshloop learn run'")
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+        return
+    m = status.get("metrics", {})
+    click.echo(f"checkpoint      {status['checkpoint_id']} at {status['checkpoint_at']}")
+    click.echo(f"model           {status['model_version']} (champion {status['champion']}, "
+               f"{status['model_learned']} learned)")
+    click.echo(f"examples        {status['counts'].get('learned', 0)} learned, "
+               f"{status['training_examples']} in training_examples")
+    click.echo(f"metrics         roc_auc={m.get('roc_auc')} log_loss={m.get('log_loss')} "
+               f"rolling_roc_auc={m.get('rolling_roc_auc')} "
+               f"rolling_log_loss={m.get('rolling_log_loss')}")
+    click.echo(f"join backlog    {status['backlog']}")
+    click.echo(f"drift alarms    {len(status.get('drift_alarms', []))}")
+    click.echo(f"service         {status.get('service', {})}")
+
+
+@learn.command("promote")
+@click.argument("version")
+@_friendly
+def learn_promote(version: str) -> None:
+    """Make a registered model VERSION the champion (scorers and the learner follow)."""
+    from sqlalchemy import create_engine
+
+    from online_learning import ModelRegistry
+
+    settings = _settings()
+    registry = ModelRegistry(
+        create_engine(settings.sqlalchemy_url()),
+        settings.namespace,
+        settings.model_signing_key.get_secret_value().encode(),
+    )
+    ref = registry.promote(version)
+    click.echo(f"[learn] {ref.version} is champion since {ref.promoted_at.isoformat()}")
+
+
 # ---- simulate and demo ----------------------------------------------------------------------
 @cli.command()
 @click.option("--rate", default=20.0, show_default=True, help="Payments per second.")

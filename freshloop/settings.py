@@ -8,6 +8,7 @@ Secrets are ``SecretStr`` so they never show up in logs or reprs.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -83,6 +84,43 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # ---- online learning (``freshloop learn``) --------------------------------------------
+    label_horizon: timedelta = Field(
+        default=timedelta(days=1),
+        description="How long after scoring a payment's outcome is awaited (seconds or ISO 8601).",
+    )
+    label_grace: timedelta = Field(
+        default=timedelta(hours=1),
+        description="Extra memory after the horizon before a payment is forgotten.",
+    )
+    horizon_negatives: bool = Field(
+        default=True, description="A payment without outcome at the horizon is learned as legit."
+    )
+    model_spec: str = Field(
+        default="river.preprocessing.StandardScaler | river.linear_model.LogisticRegression",
+        description="River pipeline of a new model: dotted paths joined by '|'.",
+    )
+    model_signing_key: SecretStr = Field(
+        default=SecretStr("freshloop-local-model-signing-key"),
+        description="HMAC key of model and checkpoint blobs (>= 16 bytes; set a random one).",
+    )
+    checkpoint_every_examples: int = Field(default=1000, ge=1)
+    checkpoint_every_s: float = Field(default=30.0, gt=0)
+    champion_poll_s: float = Field(
+        default=5.0, gt=0, description="How often scorers and the learner look for a new model."
+    )
+    predictions_topic: str | None = Field(
+        default=None, description="Topic of logged predictions; defaults to <prefix>.predictions."
+    )
+    learner_start: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a learner with no checkpoint starts reading its topics.",
+    )
+    score_max_age: timedelta = Field(
+        default=timedelta(minutes=10),
+        description="Payments committed longer ago are not scored (a replay is not a decision).",
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -91,6 +129,33 @@ class Settings(BaseSettings):
                 f"topic_prefix {value!r} is not usable as a topic and slot name: use a letter "
                 "followed by letters, digits or '_' (set FRESHLOOP_TOPIC_PREFIX)"
             )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("model_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < 16:
+            msg = "model_signing_key must be at least 16 bytes (set FRESHLOOP_MODEL_SIGNING_KEY)"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("label_horizon", "label_grace", "score_max_age", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """Durations from the environment may be plain seconds ("3600") or ISO 8601 ("PT1H")."""
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:
+                return value
+        return value
+
+    @field_validator("label_horizon")
+    @classmethod
+    def _check_horizon(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            msg = f"label_horizon must be positive, got {value}"
             raise ValueError(msg)
         return value
 
@@ -180,6 +245,11 @@ class Settings(BaseSettings):
     def namespace(self) -> str:
         """Prefix of Freshloop's Redis keys."""
         return self.redis_namespace or self.topic_prefix
+
+    @property
+    def predictions_topic_name(self) -> str:
+        """Where scorers log predictions for the learner and downstream consumers."""
+        return self.predictions_topic or f"{self.topic_prefix}.predictions"
 
     def topic(self, table: str, schema: str = "public") -> str:
         """The Debezium change topic of one table."""

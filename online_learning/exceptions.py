@@ -4,9 +4,12 @@ from freshloop.exceptions import FreshloopError
 
 __all__ = [
     "BlobKindError",
+    "LearnerBusyError",
+    "MessageError",
     "ModelSpecError",
     "NaiveDatetimeError",
     "OnlineLearningError",
+    "RegistryError",
     "SignatureError",
     "SnapshotError",
     "VectorError",
@@ -44,3 +47,15 @@ class VersionMismatchError(OnlineLearningError):
 
 class SnapshotError(OnlineLearningError):
     """A learner or join snapshot is malformed or of an unknown format version."""
+
+
+class MessageError(OnlineLearningError):
+    """A prediction message or outcome event cannot be decoded; it is dead-lettered, not learned."""
+
+
+class RegistryError(OnlineLearningError):
+    """The model registry has no such model, or no champion where one is needed."""
+
+
+class LearnerBusyError(OnlineLearningError):
+    """Another learner process already owns this namespace; run one learner per namespace."""

@@ -1,0 +1,332 @@
+"""The learner process: predictions + outcomes from Kafka -> join -> learn -> checkpoint.
+
+ONE learner per namespace owns learning (a Postgres advisory lock enforces it); any number of
+scorers (``learn serve``: feature pipeline + ``Scorer`` hook, scaled out by consumer group)
+serve the learner's newest checkpoint of the champion. Why one learner: the model, the label
+join and the metrics are one sequential state — River learns one example at a time and has no
+merge of two models — and one owner makes "learned exactly once" a property of one state
+lineage. A learner does little per example (~60k learns/s for a linear model on one core), so
+it keeps up with many scorers, whose work (feature reads, Kafka and Redis writes) is the part
+that grows with traffic.
+
+Exactly once: the learner reads both topics with explicitly ASSIGNED partitions and positions
+from its checkpoint, never from Kafka's committed offsets (those are committed for lag
+monitoring only). Every ``checkpoint_every_examples`` examples or ``checkpoint_every_s``
+seconds, one Postgres transaction stores the state, the next offsets and the examples learned
+since the last checkpoint. After a crash (even kill -9) the newest checkpoint is restored and
+the consumer seeks to its offsets: work after it is redone on the same state, nothing is
+learned twice, nothing is lost. The horizon clock is wall time, so a replay may turn a payment
+whose outcome came late into a horizon negative; it is still learned once.
+
+A champion promoted in the registry (a retrain elsewhere) is picked up within
+``champion_poll_s``: the learner swaps to it, checkpoints at once (so scorers follow) and keeps
+learning from it. Undecodable messages go to ``<prefix>.dead-letter`` and are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from sqlalchemy import Engine, create_engine
+
+from feature_pipelines.dead_letter import DeadLetters
+from freshloop.db import connect
+from freshloop.settings import Settings
+from online_learning.checkpoints import CheckpointStore
+from online_learning.exceptions import LearnerBusyError, OnlineLearningError
+from online_learning.join import JoinConfig
+from online_learning.learner import OnlineLearner
+from online_learning.messages import decode_outcome, decode_prediction
+from online_learning.records import LabelledExample
+from online_learning.registry import ChampionRef, ModelRegistry
+from online_learning.serving import choose_source
+from online_learning.topics import ensure_topic
+
+__all__ = ["LearnerService", "ServiceCounts", "learner_status", "run_learner"]
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 1.0
+
+
+@dataclass
+class ServiceCounts:
+    """What the shell itself counts (the learner counts joins and examples)."""
+
+    predictions: int = 0
+    outcomes: int = 0
+    outcome_deletes: int = 0
+    dead_lettered: int = 0
+    checkpoints: int = 0
+    restored_from: int = 0
+
+
+class LearnerService:
+    """One learner process of one namespace."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        namespace: str | None = None,
+        engine: Engine | None = None,
+        stop: threading.Event | None = None,
+        max_batch: int = 2000,
+    ) -> None:
+        self.settings = settings
+        self.ns = namespace or settings.namespace
+        self.stop = stop or threading.Event()
+        self.max_batch = max_batch
+        self._key = settings.model_signing_key.get_secret_value().encode()
+        engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+        self.registry = ModelRegistry(engine, self.ns, self._key)
+        self.checkpoints = CheckpointStore(engine, self.ns, self._key)
+        self.join_config = JoinConfig(
+            settings.label_horizon, settings.label_grace, settings.horizon_negatives
+        )
+        self.predictions_topic = settings.predictions_topic_name
+        self.outcomes_topic = settings.topic("payment_outcomes")
+        self.counts = ServiceCounts()
+        self.learner: OnlineLearner | None = None
+        self.offsets: dict[str, int] = {}
+        self._buffer: list[LabelledExample] = []
+        self._champion: ChampionRef | None = None
+        self._lock: psycopg.Connection | None = None
+        self._dirty = False
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{self.ns}-learner",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+        self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
+
+    # ---- start: lock, restore or begin, assign ----------------------------------------------
+    def start(self) -> None:
+        self._take_lock()
+        ensure_topic(self.settings, self.predictions_topic)
+        champion = self.registry.ensure_champion(self.settings.model_spec)
+        checkpoint = self.checkpoints.latest()
+        if checkpoint is not None:
+            self.learner = self.checkpoints.restore(checkpoint, {"join_config": self.join_config})
+            self.offsets = dict(checkpoint.offsets)
+            saved = checkpoint.status.get("service", {})
+            for name in asdict(self.counts):
+                setattr(self.counts, name, int(saved.get(name, 0)))
+            self.counts.restored_from = checkpoint.ref.checkpoint_id
+            self._champion = champion
+            if choose_source(champion, checkpoint.ref) is None:
+                self._swap(champion)
+            log.info(
+                "restored namespace=%s checkpoint=%d learned=%d offsets=%s",
+                self.ns, checkpoint.ref.checkpoint_id, self.learner.model.n_learned, self.offsets,
+            )
+        else:
+            model = self.registry.load(champion.version)
+            self.learner = OnlineLearner(model, self._key, self.join_config)
+            self.learner.on_horizon(datetime.now(UTC))  # history older than the memory is stale
+            self._champion = champion
+            self.offsets = self._start_offsets()
+            self.checkpoint()  # the start position is now durable: a crash resumes from it
+        parts = self._partitions()
+        self._consumer.assign(
+            [TopicPartition(t, p, self.offsets.get(f"{t}:{p}", OFFSET_BEGINNING)) for t, p in parts]
+        )
+
+    def _take_lock(self) -> None:
+        deadline = time.monotonic() + 15  # a killed predecessor's session may linger briefly
+        conn = connect(self.settings)
+        while True:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"freshloop learner {self.ns}",)
+            ).fetchone()
+            if row is not None and row[0]:
+                self._lock = conn
+                return
+            if time.monotonic() > deadline:
+                conn.close()
+                msg = (
+                    f"another learner owns namespace {self.ns!r}: run one 'learn run' per "
+                    "namespace (scale out scorers with 'learn serve' instead)"
+                )
+                raise LearnerBusyError(msg)
+            time.sleep(0.5)
+
+    def _partitions(self) -> list[tuple[str, int]]:
+        meta = self._consumer.list_topics(timeout=10).topics
+        out = []
+        for topic in (self.predictions_topic, self.outcomes_topic):
+            if topic not in meta or meta[topic].error is not None:
+                msg = f"topic {topic} does not exist yet: apply the connector / start a scorer"
+                raise OnlineLearningError(msg)
+            out += [(topic, p) for p in sorted(meta[topic].partitions)]
+        return out
+
+    def _start_offsets(self) -> dict[str, int]:
+        latest = self.settings.learner_start == "latest"
+        out = {}
+        for topic, partition in self._partitions():
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10
+            )
+            out[f"{topic}:{partition}"] = high if latest else low
+        return out
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> ServiceCounts:
+        self.start()
+        next_tick = next_poll = time.monotonic()
+        last_checkpoint = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                messages = self._consumer.consume(self.max_batch, timeout=0.2)
+                if messages:
+                    self.process(messages)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + _TICK_S
+                    self._learned(self._require().on_horizon(datetime.now(UTC)))
+                if now >= next_poll:
+                    next_poll = now + self.settings.champion_poll_s
+                    if self._poll_champion():
+                        last_checkpoint = time.monotonic()
+                due = len(self._buffer) >= self.settings.checkpoint_every_examples or (
+                    self._dirty and now - last_checkpoint >= self.settings.checkpoint_every_s
+                )
+                if due:
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
+            self.checkpoint()
+        finally:
+            self.close()
+        return self.counts
+
+    def process(self, messages: list[Message]) -> None:
+        learner = self._require()
+        dead_before = self.dead_letters.count
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error=%s", error)
+                continue
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            self.offsets[f"{topic}:{partition}"] = offset + 1
+            self._dirty = True
+            try:
+                if topic == self.predictions_topic:
+                    prediction = decode_prediction(msg.value())
+                    self.counts.predictions += 1
+                    self._learned(learner.on_prediction(prediction))
+                    continue
+                outcome = decode_outcome(msg.value(), msg.key())
+                if outcome is None:
+                    self.counts.outcome_deletes += int(msg.value() is not None)
+                    continue
+                self.counts.outcomes += 1
+                self._learned(learner.on_outcome(outcome.payment_id, outcome.is_fraud, outcome.at))
+            except OnlineLearningError as exc:
+                self.dead_letters.send(
+                    key=msg.key(), value=msg.value(), reason=str(exc),
+                    source_topic=topic, partition=partition, offset=offset,
+                )
+        if self.dead_letters.count != dead_before:
+            self.dead_letters.flush()  # never checkpoint past a bad event before it is safe
+            self.counts.dead_lettered += self.dead_letters.count - dead_before
+
+    def _learned(self, examples: list[LabelledExample]) -> None:
+        if examples:
+            self._buffer.extend(examples)
+            self._dirty = True
+
+    def _poll_champion(self) -> bool:
+        ref = self.registry.champion_ref()
+        if ref is None or ref == self._champion:
+            return False
+        self._swap(ref)
+        self.checkpoint()  # scorers follow the new champion from this checkpoint on
+        return True
+
+    def _swap(self, ref: ChampionRef) -> None:
+        learner = self._require()
+        old = learner.swap_model(self.registry.load(ref.version))
+        self._champion = ref
+        self._dirty = True
+        log.info("champion swapped namespace=%s from=%s to=%s", self.ns, old.version, ref.version)
+
+    def checkpoint(self) -> int:
+        learner = self._require()
+        self.counts.checkpoints += 1
+        checkpoint_id = self.checkpoints.write(
+            learner,
+            self.offsets,
+            self._buffer,
+            extra_status={"service": asdict(self.counts)},
+        )
+        self._buffer.clear()
+        self._dirty = False
+        commits = [
+            TopicPartition(name.rsplit(":", 1)[0], int(name.rsplit(":", 1)[1]), offset)
+            for name, offset in self.offsets.items()
+        ]
+        if commits:
+            self._consumer.commit(offsets=commits, asynchronous=True)  # lag monitoring only
+        return checkpoint_id
+
+    def _require(self) -> OnlineLearner:
+        if self.learner is None:
+            msg = "the learner service is not started: call start() or run()"
+            raise OnlineLearningError(msg)
+        return self.learner
+
+    def close(self) -> None:
+        self._consumer.close()
+        self.dead_letters.flush()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def run_learner(settings: Settings) -> ServiceCounts:
+    """``freshloop learn run``: learn until SIGINT or SIGTERM, then checkpoint and stop."""
+    service = LearnerService(settings)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: service.stop.set())
+    return service.run()
+
+
+def learner_status(settings: Settings) -> dict[str, Any] | None:
+    """``freshloop learn status``: what the newest checkpoint of the namespace says."""
+    engine = create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+    key = settings.model_signing_key.get_secret_value().encode()
+    store = CheckpointStore(engine, settings.namespace, key)
+    checkpoint = store.latest()
+    if checkpoint is None:
+        return None
+    champion = ModelRegistry(engine, settings.namespace, key).champion_ref()
+    return {
+        "checkpoint_id": checkpoint.ref.checkpoint_id,
+        "checkpoint_at": checkpoint.ref.created_at.isoformat(),
+        "champion": None if champion is None else champion.version,
+        "training_examples": store.example_count(),
+        **checkpoint.status,
+    }
