@@ -41,6 +41,7 @@ bench: setup ## Benchmarks: replay throughput vs raw consume+decode, commit->fea
 	@$(BIN)/freshloop db init >/dev/null
 	@$(BIN)/freshloop connectors apply
 	@$(BIN)/python -m bench.replay --events $${BENCH_EVENTS:-200000} --repeat $${BENCH_REPEAT:-3}
+	@$(BIN)/python -m bench.learning --payments $${BENCH_PAYMENTS:-50000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.freshness --rates $${BENCH_RATES:-200,500,1000} --seconds $${BENCH_SECONDS:-30}
 
 lint: $(INSTALLED) ## ruff and mypy
