@@ -13,9 +13,17 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from feature_pipelines.spec import Feature
-from feature_pipelines.windows import bucket_range, parse_field
+from feature_pipelines.windows import FieldRef, bucket_range, parse_field
 
-__all__ = ["FeatureValue", "Fields", "State", "expired_fields", "finalize", "read_values"]
+__all__ = [
+    "FeatureValue",
+    "Fields",
+    "ReadPlan",
+    "State",
+    "expired_fields",
+    "finalize",
+    "read_values",
+]
 
 FeatureValue = int | Decimal | None
 # An entity hash as a Redis client returns it (bytes, or str with decode_responses) or as tests
@@ -47,39 +55,79 @@ def finalize(feature: Feature, state: State) -> FeatureValue:
     return mean.quantize(_MEAN_PLACES, rounding=ROUND_HALF_EVEN)
 
 
+_MISS = object()
+_PARSED: dict[str | bytes, FieldRef | None] = {}
+_PARSED_MAX = 500_000  # field names repeat across entities and reads: parse each once
+
+
+def _parse(raw: str | bytes) -> FieldRef | None:
+    ref = _PARSED.get(raw, _MISS)
+    if ref is _MISS:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        ref = _PARSED[raw] = parse_field(raw.decode() if isinstance(raw, bytes) else raw)
+    return ref  # type: ignore[return-value]
+
+
+class ReadPlan:
+    """The features to read and, for windowed ones, the buckets a read at ``t`` counts.
+
+    Built once per read time and used for every entity of a batch read.
+    """
+
+    __slots__ = ("features", "wanted")
+
+    def __init__(self, features: Iterable[Feature], t_micros: int) -> None:
+        self.features = list(features)
+        self.wanted: dict[str, tuple[Feature, int, int]] = {}
+        for f in self.features:
+            lo, hi = bucket_range(f, t_micros) if f.window is not None else (0, 0)
+            self.wanted[f.name] = (f, lo, hi)
+
+    def states(self, fields: Fields) -> dict[str, State]:
+        """Fold the stored fields of the plan's features into states (the window rule)."""
+        wanted = self.wanted
+        states: dict[str, State] = {}
+        for raw_field, raw_value in fields.items():
+            ref = _parse(raw_field)
+            if ref is None:
+                continue
+            entry = wanted.get(ref.name)
+            if entry is None:
+                continue
+            feature, lo, hi = entry
+            if feature.window is not None:
+                if ref.bucket is None or not lo < ref.bucket <= hi:
+                    continue
+            amount = int(raw_value)
+            state = states.get(ref.name)
+            if state is None:
+                state = states[ref.name] = State()
+            if ref.value is not None:
+                state.values[ref.value] = state.values.get(ref.value, 0) + amount
+            elif feature.agg == "count" or ref.part == "n":
+                state.count += amount
+            else:
+                state.total += amount
+        return states
+
+    def values(self, fields: Fields) -> dict[str, FeatureValue]:
+        """Every feature's value (an entity with no state reads 0 / None)."""
+        states = self.states(fields)
+        empty = State()
+        return {f.name: finalize(f, states.get(f.name, empty)) for f in self.features}
+
+
 def read_states(features: Iterable[Feature], fields: Fields, t_micros: int) -> dict[str, State]:
     """Fold the stored fields of the given features into states, honouring the window rule."""
-    wanted = {f.name: f for f in features}
-    states: dict[str, State] = defaultdict(State)
-    for raw_field, raw_value in fields.items():
-        ref = parse_field(raw_field.decode() if isinstance(raw_field, bytes) else raw_field)
-        if ref is None or ref.name not in wanted:
-            continue
-        feature = wanted[ref.name]
-        if feature.window is not None:
-            if ref.bucket is None:
-                continue
-            lo, hi = bucket_range(feature, t_micros)
-            if not lo < ref.bucket <= hi:
-                continue
-        amount = int(raw_value)
-        state = states[ref.name]
-        if ref.value is not None:
-            state.values[ref.value] = state.values.get(ref.value, 0) + amount
-        elif feature.agg == "count" or ref.part == "n":
-            state.count += amount
-        else:
-            state.total += amount
-    return states
+    return defaultdict(State, ReadPlan(features, t_micros).states(fields))
 
 
 def read_values(
     features: Iterable[Feature], fields: Fields, t_micros: int
 ) -> dict[str, FeatureValue]:
     """Every given feature's value at ``t`` (an entity with no state reads 0 / None)."""
-    features = list(features)
-    states = read_states(features, fields, t_micros)
-    return {f.name: finalize(f, states.get(f.name, State())) for f in features}
+    return ReadPlan(features, t_micros).values(fields)
 
 
 def expired_fields(

@@ -23,8 +23,9 @@ from typing import Any
 import redis
 
 from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.fold import FOLD, fold_args, unfold
 from feature_pipelines.planner import WritePlan, entity_key
-from feature_pipelines.readout import FeatureValue, expired_fields, read_values
+from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
 __all__ = ["EntityFeatures", "FeatureStore", "RedisBatchWriter"]
@@ -197,10 +198,17 @@ class EntityFeatures:
 class FeatureStore:
     """Reads features: ``get(entity, key)`` and ``get_many(entity, keys)``, one round trip."""
 
-    def __init__(self, client: redis.Redis, features: FeatureSet, ns: str) -> None:
+    def __init__(
+        self, client: redis.Redis, features: FeatureSet, ns: str, *, server_fold: bool = True
+    ) -> None:
+        """``server_fold``: fold each entity's fields inside Redis with one script call per
+        read (fast; needs every key on one primary). False folds in Python after a pipelined
+        HGETALL per key, which also works on Redis Cluster."""
         self.client = client
         self.features = features
         self.ns = ns
+        self.server_fold = server_fold
+        self._fold = client.register_script(FOLD)
 
     @classmethod
     def connect(cls, redis_url: str, features: FeatureSet, ns: str) -> FeatureStore:
@@ -228,19 +236,27 @@ class FeatureStore:
         feats = self.features.for_entity(entity)
         read_ms = _now_ms()
         t_us = read_ms * 1000 if at is None else (at - _EPOCH) // timedelta(microseconds=1)
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(entity_key(self.ns, entity, key))
+        plan = ReadPlan(feats, t_us)
+        names = [entity_key(self.ns, entity, key) for key in keys]
         out = []
+        if self.server_fold:
+            rows = self._fold(keys=names, args=fold_args(plan)) if names else []
+            for key, row in zip(keys, rows, strict=True):
+                values, commit, written = unfold(plan, row)
+                out.append(EntityFeatures(entity, str(key), values, commit, written, read_ms))
+            return out
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(name)
+        commit_field, written_field = COMMIT_FIELD.encode(), WRITTEN_FIELD.encode()
         for key, raw in zip(keys, pipe.execute(), strict=True):
-            fields = {_s(k): _s(v) for k, v in raw.items()}
-            commit = fields.get(COMMIT_FIELD)
-            written = fields.get(WRITTEN_FIELD)
+            commit = raw.get(commit_field) or raw.get(COMMIT_FIELD)
+            written = raw.get(written_field) or raw.get(WRITTEN_FIELD)
             out.append(
                 EntityFeatures(
                     entity,
                     str(key),
-                    read_values(feats, fields, t_us),
+                    plan.values(raw),
                     int(commit) if commit else None,
                     int(written) if written else None,
                     read_ms,
