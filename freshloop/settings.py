@@ -37,25 +37,40 @@ class Settings(BaseSettings):
         default="postgresql://freshloop@127.0.0.1:5432/freshloop",
         description="Operational database, without the password (see postgres_password).",
     )
-    postgres_password: SecretStr = Field(default=SecretStr("freshloop"))
+    postgres_password: SecretStr = Field(
+        default=SecretStr("freshloop"), description="Password of the postgres_dsn user."
+    )
     cdc_user: str = Field(
         default="freshloop_cdc", description="Least-privilege role Debezium uses."
     )
-    cdc_password: SecretStr = Field(default=SecretStr("cdc-local-only"))
+    cdc_password: SecretStr = Field(
+        default=SecretStr("cdc-local-only"),
+        description="Password of the CDC role; Connect reads it from its environment.",
+    )
     connector_database_host: str | None = Field(
         default=None,
         description="Postgres host as Kafka Connect sees it (docker-compose: 'postgres'); "
         "defaults to the host of postgres_dsn.",
     )
-    kafka_bootstrap: str = Field(default="127.0.0.1:9092")
-    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
-    connect_url: str = Field(default="http://127.0.0.1:8083")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0")
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers: host:port[,host:port]."
+    )
+    kafka_controller_port: int = Field(
+        default=9093, ge=1, le=65535, description="KRaft controller port of the local broker."
+    )
+    connect_url: str = Field(
+        default="http://127.0.0.1:8083", description="Kafka Connect REST API."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis holding features and predictions."
+    )
     topic_prefix: str = Field(
         default="freshloop",
         description="Debezium topic.prefix: change topics are <prefix>.<schema>.<table>.",
     )
-    connector_name: str = Field(default="freshloop-postgres")
+    connector_name: str = Field(
+        default="freshloop-postgres", description="Name of the Debezium connector in Connect."
+    )
     publication_name: str = Field(
         default="freshloop_pub",
         description="Postgres publication of the captured tables, created by 'freshloop db init'.",
@@ -82,7 +97,9 @@ class Settings(BaseSettings):
     stack_bind: str = Field(
         default="127.0.0.1", description="Address the local services listen on (loopback)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of every command."
+    )
 
     # ---- online learning (``freshloop learn``) --------------------------------------------
     label_horizon: timedelta = Field(
@@ -104,8 +121,12 @@ class Settings(BaseSettings):
         default=SecretStr("freshloop-local-model-signing-key"),
         description="HMAC key of model and checkpoint blobs (>= 16 bytes; set a random one).",
     )
-    checkpoint_every_examples: int = Field(default=1000, ge=1)
-    checkpoint_every_s: float = Field(default=30.0, gt=0)
+    checkpoint_every_examples: int = Field(
+        default=1000, ge=1, description="The learner checkpoints after this many examples..."
+    )
+    checkpoint_every_s: float = Field(
+        default=30.0, gt=0, description="...or this many seconds, whichever comes first."
+    )
     champion_poll_s: float = Field(
         default=5.0, gt=0, description="How often scorers and the learner look for a new model."
     )
@@ -119,6 +140,60 @@ class Settings(BaseSettings):
     score_max_age: timedelta = Field(
         default=timedelta(minutes=10),
         description="Payments committed longer ago are not scored (a replay is not a decision).",
+    )
+
+    # ---- drift scheduler and retrain policy (``freshloop drift run``, ``freshloop retrain``) --
+    drift_interval_s: float = Field(
+        default=60.0, ge=1.0, description="Seconds between scheduled drift checks."
+    )
+    drift_misfire_grace_s: float = Field(
+        default=30.0, gt=0,
+        description="A check that could not start this many seconds after its time is skipped.",
+    )
+    retrain_drift_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Policy: retrain when this share of features (or more) drifted.",
+    )
+    retrain_on_concept_alarm: bool = Field(
+        default=True, description="Policy: retrain on a new concept-drift (ADWIN) alarm."
+    )
+    retrain_auc_drop: float = Field(
+        default=0.05, gt=0, le=1,
+        description="Policy: retrain when ROC AUC fell this much (or more) below its baseline.",
+    )
+    retrain_cooldown_s: float = Field(
+        default=600.0, ge=0,
+        description="Policy: no policy retrain sooner than this after the previous one started.",
+    )
+    retrain_min_examples: int = Field(
+        default=200, ge=20,
+        description="A retrain needs at least this many labelled examples in its window.",
+    )
+    retrain_window_s: float = Field(
+        default=86_400.0, gt=0,
+        description="A retrain reads the examples labelled in the last this many seconds.",
+    )
+    retrain_max_examples: int = Field(
+        default=50_000, ge=20, description="A retrain reads at most this many (the newest)."
+    )
+    retrain_holdout_share: float = Field(
+        default=0.25, gt=0, lt=1,
+        description="Newest share of the window held out to compare challenger and champion.",
+    )
+    retrain_epochs: int = Field(
+        default=2, ge=1, le=100, description="Passes of the challenger over its training slice."
+    )
+    retrain_promote_margin: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Promote only when the challenger's ROC AUC beats the champion's by this.",
+    )
+    retrain_log_loss_tolerance: float = Field(
+        default=0.05, ge=0,
+        description="...and its log loss is at most this much worse than the champion's.",
+    )
+    retrain_stale_after_s: float = Field(
+        default=1800.0, gt=0,
+        description="A 'running' retrain without progress for this long is marked failed.",
     )
 
     @field_validator("topic_prefix")
