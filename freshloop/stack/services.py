@@ -36,6 +36,18 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def _kafka_cluster_id() -> str:
+    """A random KRaft cluster id (22 url-safe base64 characters).
+
+    Like Kafka's own generator it never starts with ``-``: such an id would be read as an
+    option by the storage tool's argument parser.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass
 class Service:
     """Base: a named server on one port, with its own folder under the state folder."""
@@ -288,11 +300,11 @@ class Kafka(_Java):
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         if (self.root / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _kafka_cluster_id()
         args = self.java_args()
         args[-1] = "kafka.tools.StorageTool"
         result = subprocess.run(
-            [*args, "format", "-t", cluster_id, "-c", str(self.properties), "-g"],
+            [*args, "format", f"--cluster-id={cluster_id}", "-c", str(self.properties), "-g"],
             capture_output=True,
             text=True,
             check=False,
