@@ -15,6 +15,7 @@ import statistics
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import redis
@@ -145,11 +146,12 @@ def raw_rate(settings: Settings, total: int) -> float:
     return seen / elapsed
 
 
-def pipeline_rate(settings: Settings, total: int) -> float:
+def pipeline_rate(settings: Settings, total: int, profile: str | None = None) -> float:
     ns = f"bench{uuid.uuid4().hex[:8]}"
     run = settings.model_copy(update={"redis_namespace": ns})
     pipeline = FeaturePipeline(run, max_batch=5000)
-    worker = threading.Thread(target=pipeline.run, daemon=True)
+    target = pipeline.run if profile is None else lambda: _profiled(pipeline, profile)
+    worker = threading.Thread(target=target, daemon=True)
     started = time.perf_counter()
     worker.start()
     while pipeline.stats.applied + pipeline.stats.duplicates < total and worker.is_alive():
@@ -163,10 +165,30 @@ def pipeline_rate(settings: Settings, total: int) -> float:
     return (pipeline.stats.applied + pipeline.stats.duplicates) / elapsed
 
 
+def _profiled(pipeline: FeaturePipeline, path: str) -> None:
+    """Run the pipeline under pyinstrument (the ``bench`` extra); text report to ``path``."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    try:
+        pipeline.run()
+    finally:
+        profiler.stop()
+        Path(path).write_text(profiler.output_text(unicode=True, show_all=False))
+        print(f"[bench] profile of the pipeline loop written to {path}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="profile the pipeline loop with pyinstrument (pip install -e '.[bench]'), "
+        "write its text report to FILE",
+    )
     args = parser.parse_args()
     base = Settings()
     settings = base.model_copy(
@@ -177,7 +199,7 @@ def main() -> None:
     raws, pipes = [], []
     for i in range(args.repeat):
         raws.append(raw_rate(settings, total))
-        pipes.append(pipeline_rate(settings, total))
+        pipes.append(pipeline_rate(settings, total, args.profile))
         print(
             f"[bench] run {i + 1}: raw {raws[-1]:,.0f}/s, freshloop {pipes[-1]:,.0f}/s", flush=True
         )

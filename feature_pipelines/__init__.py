@@ -3,6 +3,7 @@
 from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
 from feature_pipelines.consumer import FeaturePipeline, PipelineStats, run_pipeline
 from feature_pipelines.exceptions import DecodeError, DefinitionError, FeaturePipelineError
+from feature_pipelines.live_stats import pipeline_stats
 from feature_pipelines.spec import Condition, Entity, Feature, Lookup, describe
 from feature_pipelines.store import EntityFeatures, FeatureStore
 from feature_pipelines.verify import VerifyReport, verify, verify_until_clean
@@ -23,6 +24,7 @@ __all__ = [
     "PipelineStats",
     "VerifyReport",
     "describe",
+    "pipeline_stats",
     "run_pipeline",
     "verify",
     "verify_until_clean",

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from feature_pipelines.catalog import FeatureSet
@@ -63,24 +63,71 @@ def _fail(where: str, column: str, expected: str, value: Any) -> None:
     raise DecodeError(msg)
 
 
-def check_row(rules: tuple[Rule, ...], row: Mapping[str, Any] | None, where: str) -> None:
-    """Raise ``DecodeError`` naming the first column whose value no feature could use."""
-    if row is None:
-        return
-    for column, kind, arg in rules:
-        value = row[column]
-        if value is None:
-            continue
+_CHECKERS: dict[tuple[Rule, ...], Callable[[Mapping[str, Any], str], dict[Any, int]]] = {}
+
+
+def _checker(rules: tuple[Rule, ...]) -> Callable[[Mapping[str, Any], str], dict[Any, int]]:
+    """``rules`` as one generated function of straight-line checks (decoding's hot path).
+
+    Common values pass with one inline type test; anything else goes to ``_check_one``, which
+    holds the rule's logic and its error message. Names and constants are embedded with ``repr``.
+    """
+    found = _CHECKERS.get(rules)
+    if found is not None:
+        return found
+    lines = ["def check(row, where):", "    parsed = {}"]
+    for n, (column, kind, arg) in enumerate(rules):
+        col = repr(column)
+        lines.append(f"    v = row[{col}]")
+        lines.append("    if v is not None:")
         if kind == "time":
-            event_micros(value, f"{where}.{column}")
+            lines.append(f"        parsed[{col}] = event_micros(v, where + {'.' + column!r})")
         elif kind == "decimal":
-            scaled(value, arg, f"{where}.{column}")
+            lines.append(
+                f"        parsed[{(column, arg)!r}] = scaled(v, {arg!r}, where + {'.' + column!r})"
+            )
         elif kind == "key":
-            if isinstance(value, bool) or not isinstance(value, int | str):
-                _fail(where, column, "an integer or text key", value)
+            lines.append("        if type(v) is not int and type(v) is not str:")
+            lines.append(f"            check_one(RULES[{n}], v, where)")
         elif kind == "scalar":
-            if not isinstance(value, bool | int | str | float):
-                _fail(where, column, "a single value (not an object or array)", value)
-        elif type(value) is not type(arg):
-            wanted = _JSON_TYPE.get(type(arg), type(arg).__name__)
-            _fail(where, column, f"{wanted} to compare with the filter value {arg!r}", value)
+            lines.append("        if type(v) not in SCALARS:")
+            lines.append(f"            check_one(RULES[{n}], v, where)")
+        else:
+            lines.append(f"        if type(v) is not {type(arg).__name__}:")
+            lines.append(f"            check_one(RULES[{n}], v, where)")
+    lines.append("    return parsed")
+    namespace: dict[str, Any] = {
+        "event_micros": event_micros,
+        "scaled": scaled,
+        "check_one": _check_one,
+        "RULES": rules,
+        "SCALARS": (bool, int, str, float),
+    }
+    exec(compile("\n".join(lines), "<column checks>", "exec"), namespace)  # noqa: S102
+    found = _CHECKERS[rules] = namespace["check"]
+    return found
+
+
+def _check_one(rule: Rule, value: Any, where: str) -> None:
+    column, kind, arg = rule
+    if kind == "key":
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            _fail(where, column, "an integer or text key", value)
+    elif kind == "scalar":
+        if not isinstance(value, bool | int | str | float):
+            _fail(where, column, "a single value (not an object or array)", value)
+    elif type(value) is not type(arg):
+        wanted = _JSON_TYPE.get(type(arg), type(arg).__name__)
+        _fail(where, column, f"{wanted} to compare with the filter value {arg!r}", value)
+
+
+def check_row(rules: tuple[Rule, ...], row: Mapping[str, Any] | None, where: str) -> dict[Any, int]:
+    """Raise ``DecodeError`` naming the first column whose value no feature could use.
+
+    Returns what checking parsed, for the planner not to parse it again: event times by
+    column (microseconds) and exact amounts by ``(column, scale)`` (integer units), the memo
+    ``windows.contribution`` takes.
+    """
+    if row is None:
+        return {}
+    return _checker(rules)(row, where)

@@ -36,8 +36,10 @@ from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
 from feature_pipelines.dead_letter import DeadLetters
 from feature_pipelines.decode import ChangeEvent, decode
 from feature_pipelines.exceptions import DecodeError, FeaturePipelineError
+from feature_pipelines.live_stats import StatsPublisher
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
 from feature_pipelines.planner import Planner, WritePlan
+from feature_pipelines.recovery import RedisLossGuard
 from feature_pipelines.store import RedisBatchWriter
 from freshloop.settings import Settings
 
@@ -55,6 +57,7 @@ class PipelineStats:
     duplicates: int = 0
     dead_lettered: int = 0
     tombstones: int = 0
+    skipped: int = 0  # events of tables no feature reads
     # commit -> visible lags of changes committed after this process started (a replay of
     # older history is catch-up, not freshness); the Prometheus histogram keeps them all
     lags_ms: list[float] = field(default_factory=list)
@@ -72,6 +75,7 @@ class PipelineStats:
             "applied": self.applied,
             "duplicates": self.duplicates,
             "dead_lettered": self.dead_lettered,
+            "skipped": self.skipped,
             "live_events": len(self.lags_ms),
             "lag_ms": {f"p{int(q * 100)}": self.percentile(q) for q in (0.5, 0.95, 0.99)},
         }
@@ -90,7 +94,10 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 60_000,
-        "queued.min.messages": 20_000,
+        # throughput: keep up to 100k messages (or 64 MB) prefetched per partition queue, so
+        # a batch is always there to take at once; fetch.wait.max.ms stays low for latency
+        "queued.min.messages": 100_000,
+        "queued.max.messages.kbytes": 65_536,
     }
 
 
@@ -128,12 +135,23 @@ class FeaturePipeline:
         self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
         self._sweep_cursor = 0
         self._next_sweep = time.monotonic() + 30
+        # live stats for dashboards and freshness checks: <ns>:stats:pipeline:<consumer id>
+        self.assigned: set[tuple[str, int]] = set()
+        self.live = StatsPublisher(
+            self.writer.client,
+            self.ns,
+            interval_s=settings.stats_interval_s,
+            ttl_s=settings.stats_ttl_s,
+        )
+        # Redis restarts and wipes: detected, positions re-read, features rebuilt (recovery.py)
+        self.recovery = RedisLossGuard(self)
 
     # ---- assignment: positions come from Redis --------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stored = self.writer.offsets()
         for tp in partitions:
             tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
+        self.assigned = {(tp.topic, tp.partition) for tp in partitions}
         log.info(
             "assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions]
         )
@@ -141,20 +159,25 @@ class FeaturePipeline:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked partitions=%s", [(tp.topic, tp.partition) for tp in partitions])
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self, on_batch: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
+        self.recovery.start()
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stop.is_set():
                 messages = self._next_batch()
                 if messages:
-                    self.process(messages)
+                    self.recovery.process(messages)
                     if on_batch is not None:
                         on_batch(self.stats)
                 if time.monotonic() >= self._next_sweep:
-                    self._sweep()
+                    self.recovery.sweep()
+                if self.live.due():
+                    self.publish_stats()
         finally:
+            self.live.remove()
             self.consumer.close()
             self.dead_letters.flush()
         return self.stats
@@ -200,8 +223,12 @@ class FeaturePipeline:
                 )
                 continue
             if event is None:
-                self.stats.tombstones += 1
-                EVENTS.labels("tombstone").inc()
+                if msg.value() is None:
+                    self.stats.tombstones += 1
+                    EVENTS.labels("tombstone").inc()
+                else:  # a table no feature reads: counted, not applied
+                    self.stats.skipped += 1
+                    EVENTS.labels("skipped").inc()
                 continue
             events.append(event)
         if self.dead_letters.count != dead_before:
@@ -211,11 +238,17 @@ class FeaturePipeline:
         if self.on_applied is not None and plan.applied_events:
             self.on_applied(plan.applied_events)
         now_ms = time.time() * 1000
-        for commit_ms in plan.applied_commit_ms:
-            lag = (now_ms - commit_ms) / 1000
-            APPLY_LAG.observe(lag)
-            if commit_ms >= self.stats.started_ms:
-                self.stats.lags_ms.append(lag * 1000)
+        lags_ms = [now_ms - commit_ms for commit_ms in plan.applied_commit_ms]
+        observe = APPLY_LAG.observe
+        for lag in lags_ms:
+            observe(lag / 1000)
+        started_ms = self.stats.started_ms
+        self.stats.lags_ms.extend(
+            lag
+            for lag, commit_ms in zip(lags_ms, plan.applied_commit_ms, strict=True)
+            if commit_ms >= started_ms
+        )
+        self.live.record(plan.applied, lags_ms)
         if len(self.stats.lags_ms) > 100_000:
             del self.stats.lags_ms[:50_000]
         if plan.applied_commit_ms:
@@ -229,6 +262,14 @@ class FeaturePipeline:
         self.consumer.commit(
             offsets=[TopicPartition(*_split(name), offset) for name, offset in offsets.items()],
             asynchronous=True,
+        )
+
+    def publish_stats(self) -> None:
+        """Write this consumer's live stats hash (``live_stats``); best effort."""
+        self.live.publish(
+            applied_total=self.stats.applied,
+            dead_lettered_total=self.dead_letters.count,
+            assigned_partitions=len(self.assigned),
         )
 
     def _write(self, events: list[ChangeEvent], offsets: dict[str, int]) -> WritePlan:

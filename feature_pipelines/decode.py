@@ -16,7 +16,7 @@ LSN in a multi-row statement.
 from __future__ import annotations
 
 from collections.abc import Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,10 @@ class ChangeEvent:
     after: Row | None
     position: Position
     commit_ms: int
+    # what decoding parsed while checking each image (event times, scaled amounts), so the
+    # planner does not parse it again; see ``columns.check_row``
+    before_parsed: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
+    after_parsed: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def row_id(self) -> str:
@@ -88,14 +92,15 @@ def _position(source: dict[str, Any]) -> Position:
 def _image(raw: Any, columns: Set[str], where: str) -> Row | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         msg = f"{where} must be an object, got {type(raw).__name__}"
         raise DecodeError(msg)
-    missing = sorted(c for c in columns if c not in raw)
-    if missing:
+    try:
+        return {c: raw[c] for c in columns}
+    except KeyError:
+        missing = sorted(c for c in columns if c not in raw)
         msg = f"{where} lacks needed column(s) {', '.join(missing)}"
-        raise DecodeError(msg)
-    return {c: raw[c] for c in columns}
+        raise DecodeError(msg) from None
 
 
 def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> ChangeEvent | None:
@@ -107,12 +112,12 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
     except orjson.JSONDecodeError as exc:
         msg = f"value is not JSON: {exc}"
         raise DecodeError(msg) from exc
-    if not isinstance(envelope, dict):
+    if type(envelope) is not dict:
         msg = f"value must be a Debezium envelope object, got {type(envelope).__name__}"
         raise DecodeError(msg)
     source = envelope.get("source")
     op = envelope.get("op")
-    if not isinstance(source, dict) or not isinstance(source.get("table"), str):
+    if type(source) is not dict or type(source.get("table")) is not str:
         msg = "envelope has no source.table"
         raise DecodeError(msg)
     table = source["table"]
@@ -125,8 +130,8 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
     before = _image(envelope.get("before"), columns, "before")
     after = _image(envelope.get("after"), columns, "after")
     rules = rules_for(features, table)
-    check_row(rules, before, "before")
-    check_row(rules, after, "after")
+    before_parsed = check_row(rules, before, "before")
+    after_parsed = check_row(rules, after, "after")
     if (
         (op in ("c", "r") and after is None)
         or (op == "d" and before is None)
@@ -137,13 +142,23 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
             msg += " (is REPLICA IDENTITY FULL set on the table?)"
         raise DecodeError(msg)
     commit_ms = source.get("ts_ms")
-    if not isinstance(commit_ms, int):
+    if type(commit_ms) is not int:
         msg = f"source.ts_ms must be an integer, got {commit_ms!r}"
         raise DecodeError(msg)
     if key is None:
         msg = "change event has no key"
         raise DecodeError(msg)
-    return ChangeEvent(table, op, _key_text(key), before, after, _position(source), commit_ms)
+    return ChangeEvent(
+        table,
+        op,
+        _key_text(key),
+        before,
+        after,
+        _position(source),
+        commit_ms,
+        before_parsed,
+        after_parsed,
+    )
 
 
 def _key_text(key: bytes) -> str:
@@ -152,9 +167,12 @@ def _key_text(key: bytes) -> str:
     except orjson.JSONDecodeError as exc:
         msg = f"key is not JSON: {exc}"
         raise DecodeError(msg) from exc
-    if not isinstance(parsed, dict) or not parsed:
+    if type(parsed) is not dict or not parsed:
         msg = f"key must be an object of primary-key columns, got {key[:100]!r}"
         raise DecodeError(msg)
+    if len(parsed) == 1:
+        for only in parsed.values():
+            return str(only)
     return ",".join(str(parsed[k]) for k in sorted(parsed))
 
 

@@ -2,7 +2,13 @@
 
 from freshloop.exceptions import FreshloopError
 
-__all__ = ["DeadLetterError", "DecodeError", "DefinitionError", "FeaturePipelineError"]
+__all__ = [
+    "DeadLetterError",
+    "DecodeError",
+    "DefinitionError",
+    "FeaturePipelineError",
+    "RedisStateLostError",
+]
 
 
 class FeaturePipelineError(FreshloopError):
@@ -19,3 +25,7 @@ class DecodeError(FeaturePipelineError):
 
 class DeadLetterError(FeaturePipelineError):
     """Kafka did not acknowledge dead letters in time; the batch is not committed."""
+
+
+class RedisStateLostError(FeaturePipelineError):
+    """Redis lost the pipeline's state and the rebuild could not be started."""

@@ -35,7 +35,7 @@ import orjson
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.decode import ChangeEvent, format_position, parse_position
 from feature_pipelines.spec import Feature
-from feature_pipelines.windows import contribution
+from feature_pipelines.windows import GroupFn, compile_group
 
 __all__ = ["Planner", "RowWrite", "WritePlan", "entity_key", "row_key"]
 
@@ -51,7 +51,7 @@ def row_key(ns: str, table: str, pk: str) -> str:
     return f"{ns}:r:{{{table}:{pk}}}"
 
 
-@dataclass
+@dataclass(slots=True)
 class RowWrite:
     """Changes to one row-state hash, guarded by the version it had when it was read."""
 
@@ -74,75 +74,103 @@ class WritePlan:
     applied_events: list[ChangeEvent] = field(default_factory=list)  # for on_applied hooks
 
 
+# Features of one table that read one entity key column: (entity, key column, their compiled
+# contribution function, see ``windows.compile_group``).
+_Group = tuple[str, str, GroupFn]
+
+
 class _Batch:
-    """Working state while planning: row states as read, overlaid with this batch's changes."""
+    """Working state while planning: row states as read (text), overlaid with this batch's
+    changes; entity increments summed per key and field."""
+
+    __slots__ = ("incr", "ns", "overlay", "plan", "read")
 
     def __init__(self, ns: str, states: Mapping[str, RowState]) -> None:
         self.ns = ns
         self.read = states
         self.overlay: dict[str, dict[str, str | None]] = {}
         self.plan = WritePlan()
-        self._incr: dict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.incr: dict[str, dict[str, int]] = {}
 
     def get(self, key: str, name: str) -> str | None:
-        over = self.overlay.get(key, {})
-        if name in over:
+        over = self.overlay.get(key)
+        if over is not None and name in over:
             return over[name]
-        value = self.read.get(key, {}).get(name)
-        return value if value is None or isinstance(value, str) else value.decode()
+        state = self.read.get(key)
+        return None if state is None else state.get(name)
 
     def fields(self, key: str, prefix: str) -> dict[str, str]:
-        out = {
-            (k if isinstance(k, str) else k.decode()): (v if isinstance(v, str) else v.decode())
-            for k, v in self.read.get(key, {}).items()
-        }
+        out = {k: v for k, v in self.read.get(key, {}).items() if k.startswith(prefix)}
         for k, v in self.overlay.get(key, {}).items():
+            if not k.startswith(prefix):
+                continue
             if v is None:
                 out.pop(k, None)
             else:
                 out[k] = v
-        return {k: v for k, v in out.items() if k.startswith(prefix)}
+        return out
 
     def put(self, key: str, name: str, value: str | None) -> None:
-        self.overlay.setdefault(key, {})[name] = value
+        over = self.overlay.get(key)
+        if over is None:
+            over = self.overlay[key] = {}
+        over[name] = value
 
     def add(
         self,
-        feature: Feature,
-        row: dict[str, Any] | None,
-        sign: int,
+        entity: str,
         key: Any,
+        contribute: GroupFn,
+        row: dict[str, Any],
+        memo: dict[Any, int],
+        sign: int,
         commit_ms: int,
-        memo: dict[Any, int] | None = None,
     ) -> None:
-        if row is None or key is None:
+        """Add (sign +1) or retract (-1) what ``row`` contributes to entity ``key``."""
+        if key is None:
             return
-        pairs = contribution(feature, row, memo)
+        pairs = contribute(row, memo)
         if not pairs:
             return
-        ekey = entity_key(self.ns, feature.entity.name, key)
-        incr = self._incr[ekey]
-        for name, amount in pairs:
-            incr[name] += sign * amount
-        self.plan.entity_of[ekey] = feature.entity.name
-        self.plan.commit_ms[ekey] = max(self.plan.commit_ms.get(ekey, 0), commit_ms)
+        ekey = f"{self.ns}:e:{{{entity}:{key}}}"
+        incr = self.incr.get(ekey)
+        if incr is None:
+            incr = self.incr[ekey] = {}
+            self.plan.entity_of[ekey] = entity
+        get = incr.get
+        if sign > 0:
+            for name, amount in pairs:
+                incr[name] = get(name, 0) + amount
+        else:
+            for name, amount in pairs:
+                incr[name] = get(name, 0) - amount
+        if commit_ms > self.plan.commit_ms.get(ekey, 0):
+            self.plan.commit_ms[ekey] = commit_ms
 
     def finish(self) -> WritePlan:
-        for ekey, incr in self._incr.items():
+        plan = self.plan
+        for ekey, incr in self.incr.items():
             nonzero = {name: n for name, n in incr.items() if n}
             if nonzero:
-                self.plan.increments[ekey] = nonzero
+                plan.increments[ekey] = nonzero
         for key, changes in self.overlay.items():
-            raw_ver = self.read.get(key, {}).get("ver")
-            ver = raw_ver if raw_ver is None or isinstance(raw_ver, str) else raw_ver.decode()
-            write = RowWrite(ver)
+            state = self.read.get(key)
+            updates: dict[str, str] = {}
+            deletes: set[str] = set()
             for name, value in changes.items():
                 if value is None:
-                    write.deletes.add(name)
+                    deletes.add(name)
                 else:
-                    write.updates[name] = value
-            self.plan.rows[key] = write
-        return self.plan
+                    updates[name] = value
+            plan.rows[key] = RowWrite(None if state is None else state.get("ver"), updates, deletes)
+        return plan
+
+
+def _groups(features: Iterable[Feature]) -> tuple[_Group, ...]:
+    by_entity: dict[tuple[str, str], list[Feature]] = defaultdict(list)
+    for f in features:
+        by_entity[(f.entity.name, f.entity.key)].append(f)
+    return tuple((name, key, compile_group(tuple(fs))) for (name, key), fs in by_entity.items())
 
 
 class Planner:
@@ -151,35 +179,62 @@ class Planner:
     def __init__(self, features: FeatureSet, ns: str) -> None:
         self.features = features
         self.ns = ns
-        self._direct = {
-            t: tuple((f, tuple(f.columns())) for f in features.for_table(t) if f.lookup is None)
-            for t in features.tables()
+        tables = features.tables()
+        direct = {t: [f for f in features.for_table(t) if f.lookup is None] for t in tables}
+        self._direct = {t: _groups(fs) for t, fs in direct.items()}
+        self._direct_features = direct
+        self._columns = {t: tuple(sorted(features.needed_columns(t))) for t in tables}
+        # (changed columns of an update) -> the groups of features reading one of them
+        self._affected: dict[tuple[str, frozenset[str]], tuple[_Group, ...]] = {}
+        consumers = {t: tuple(f for f in features.for_table(t) if f.lookup) for t in tables}
+        self._lookups = {t: _group_lookups(consumers[t]) for t in tables}
+        self._lookup_refs = {
+            t: tuple(dict.fromkeys((table, column) for (table, column, _p), _f in groups))
+            for t, groups in self._lookups.items()
         }
-        self._consumers = {
-            t: tuple(f for f in features.for_table(t) if f.lookup) for t in features.tables()
-        }
-        self._provided = {t: features.lookups_from(t) for t in features.tables()}
-        self._lookups = {t: _group_lookups(self._consumers[t]) for t in features.tables()}
+        self._provided: dict[str, tuple[tuple[str, tuple[Feature, ...]], ...]] = {}
+        for t in tables:
+            by_provides: dict[str, list[Feature]] = defaultdict(list)
+            for f in features.lookups_from(t):
+                assert f.lookup is not None  # noqa: S101 - lookups_from returns lookups only
+                by_provides[f.lookup.provides].append(f)
+            self._provided[t] = tuple((p, tuple(fs)) for p, fs in by_provides.items())
 
     def keys_needed(self, events: Iterable[ChangeEvent]) -> list[str]:
         """Row-state keys to read before planning these events."""
+        ns = self.ns
         keys: dict[str, None] = {}
+        refs = self._lookup_refs
         for ev in events:
-            keys[row_key(self.ns, ev.table, ev.key)] = None
-            for f in self._consumers.get(ev.table, ()):
-                assert f.lookup is not None  # noqa: S101
+            keys[f"{ns}:r:{{{ev.table}:{ev.key}}}"] = None
+            for table, column in refs.get(ev.table, ()):
                 for row in (ev.before, ev.after):
-                    if row is not None and row[f.lookup.column] is not None:
-                        keys[row_key(self.ns, f.lookup.table, str(row[f.lookup.column]))] = None
+                    if row is not None and row[column] is not None:
+                        keys[f"{ns}:r:{{{table}:{row[column]}}}"] = None
         return list(keys)
 
+    def _changed_groups(
+        self, table: str, before: dict[str, Any], after: dict[str, Any]
+    ) -> tuple[_Group, ...]:
+        changed = frozenset(c for c in self._columns[table] if before[c] != after[c])
+        found = self._affected.get((table, changed))
+        if found is None:
+            feats = [f for f in self._direct_features[table] if not changed.isdisjoint(f.columns())]
+            found = self._affected[(table, changed)] = _groups(feats)
+        return found
+
     def plan(self, events: Sequence[ChangeEvent], states: Mapping[str, RowState]) -> WritePlan:
+        """``states``: the row-state hashes of ``keys_needed(events)``, as text."""
         batch = _Batch(self.ns, states)
+        ns = self.ns
+        plan = batch.plan
+        direct_of = self._direct
         for ev in events:
-            rkey = row_key(self.ns, ev.table, ev.key)
+            table = ev.table
+            rkey = f"{ns}:r:{{{table}:{ev.key}}}"
             stored = parse_position(batch.get(rkey, "pos"))
             if stored is not None and (ev.op == "r" or ev.position <= stored):
-                batch.plan.duplicates += 1
+                plan.duplicates += 1
                 continue
             batch.put(rkey, "pos", format_position(ev.position))
             # A row with no stored position has never been counted (positions are written with
@@ -187,24 +242,32 @@ class Planner:
             # consumer that starts mid-history (topic retention) from going negative.
             before = ev.before if stored is not None else None
             after = ev.after
-            old_memo: dict[Any, int] = {}
-            new_memo: dict[Any, int] = {}
-            for f, columns in self._direct.get(ev.table, ()):
-                if (
-                    before is not None
-                    and after is not None
-                    and all(before[c] == after[c] for c in columns)
-                ):
-                    continue  # this change does not touch the feature
+            groups = direct_of.get(table, ())
+            if groups and before is not None and after is not None:
+                groups = self._changed_groups(table, before, after)  # only what the change touches
+            commit_ms = ev.commit_ms
+            for entity, column, contribute in groups:
                 if before is not None:
-                    batch.add(f, before, -1, before[f.entity.key], ev.commit_ms, old_memo)
+                    batch.add(
+                        entity,
+                        before[column],
+                        contribute,
+                        before,
+                        ev.before_parsed,
+                        -1,
+                        commit_ms,
+                    )
                 if after is not None:
-                    batch.add(f, after, +1, after[f.entity.key], ev.commit_ms, new_memo)
-            self._consume(batch, ev)
-            self._provide(batch, ev, rkey)
-            batch.plan.applied += 1
-            batch.plan.applied_commit_ms.append(ev.commit_ms)
-            batch.plan.applied_events.append(ev)
+                    batch.add(
+                        entity, after[column], contribute, after, ev.after_parsed, 1, commit_ms
+                    )
+            if self._lookups.get(table):
+                self._consume(batch, ev)
+            if self._provided.get(table):
+                self._provide(batch, ev, rkey)
+            plan.applied += 1
+            plan.applied_commit_ms.append(commit_ms)
+            plan.applied_events.append(ev)
         return batch.finish()
 
     def _consume(self, batch: _Batch, ev: ChangeEvent) -> None:
@@ -213,9 +276,7 @@ class Planner:
         The counted image is parked once per referenced row and shared by every lookup of this
         table, so all lookups retract before any re-counts and re-parks it.
         """
-        lookups = self._lookups.get(ev.table, ())
-        if not lookups:
-            return
+        lookups = self._lookups[ev.table]
         slot = f"j:{ev.table}:{ev.key}"
         cleared: set[str] = set()
         for (table, column, provides), feats in lookups:
@@ -227,29 +288,42 @@ class Planner:
                     provided = batch.get(pkey, f"p:{provides}")
                     image = orjson.loads(counted)
                     for f in feats:
-                        batch.add(f, image, -1, provided, ev.commit_ms)
+                        batch.add(
+                            f.entity.name,
+                            provided,
+                            compile_group((f,)),
+                            image,
+                            {},
+                            -1,
+                            ev.commit_ms,
+                        )
                     cleared.add(pkey)
         for pkey in cleared:
             batch.put(pkey, slot, None)
-        if ev.after is None:
+        after = ev.after
+        if after is None:
             return
-        parked = orjson.dumps(ev.after).decode()
+        parked = orjson.dumps(after).decode()
         for (table, column, provides), feats in lookups:
-            if ev.after[column] is None:
+            if after[column] is None:
                 continue
-            pkey = row_key(self.ns, table, str(ev.after[column]))
+            pkey = row_key(self.ns, table, str(after[column]))
             provided = batch.get(pkey, f"p:{provides}")
             for f in feats:
-                batch.add(f, ev.after, +1, provided, ev.commit_ms)
+                batch.add(
+                    f.entity.name,
+                    provided,
+                    compile_group((f,)),
+                    after,
+                    ev.after_parsed,
+                    1,
+                    ev.commit_ms,
+                )
             batch.put(pkey, slot, parked)
 
     def _provide(self, batch: _Batch, ev: ChangeEvent, rkey: str) -> None:
         """A row other rows look up (a payment): keep its value, move its consumers' counts."""
-        by_provides: dict[str, list[Feature]] = defaultdict(list)
-        for f in self._provided.get(ev.table, ()):
-            assert f.lookup is not None  # noqa: S101
-            by_provides[f.lookup.provides].append(f)
-        for provides, feats in by_provides.items():
+        for provides, feats in self._provided[ev.table]:
             old = batch.get(rkey, f"p:{provides}")
             new_raw = ev.after[provides] if ev.after else None
             new = None if new_raw is None else str(new_raw)
@@ -261,8 +335,9 @@ class Planner:
                 row = orjson.loads(image)
                 for f in feats:
                     if f.table == consumer_table:
-                        batch.add(f, row, -1, old, ev.commit_ms)
-                        batch.add(f, row, +1, new, ev.commit_ms)
+                        c = compile_group((f,))
+                        batch.add(f.entity.name, old, c, row, {}, -1, ev.commit_ms)
+                        batch.add(f.entity.name, new, c, row, {}, 1, ev.commit_ms)
 
 
 def _group_lookups(

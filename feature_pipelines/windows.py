@@ -22,6 +22,7 @@ Field names inside one entity's hash (``<ns>:e:{<entity>:<key>}``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -33,8 +34,11 @@ from feature_pipelines.spec import Feature
 __all__ = [
     "COMMIT_FIELD",
     "WRITTEN_FIELD",
+    "Contributor",
     "FieldRef",
     "bucket_range",
+    "compile_group",
+    "compiled",
     "contribution",
     "event_micros",
     "parse_field",
@@ -47,14 +51,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 
+_TIMES: dict[str, int] = {}  # ISO text -> micros; a row's time is seen again on its updates
+
+
 def event_micros(value: Any, column: str) -> int:
     """Microseconds since the epoch of a Debezium time value (ISO text, or epoch micros)."""
-    if isinstance(value, bool):
-        msg = f"{column} must be a timestamp, got {value!r}"
-        raise DecodeError(msg)
-    if isinstance(value, int):
-        return value  # timestamp without time zone, adaptive mode: epoch micros (UTC)
     if isinstance(value, str):
+        known = _TIMES.get(value)
+        if known is not None:
+            return known
         try:
             moment = datetime.fromisoformat(value)
         except ValueError as exc:
@@ -62,13 +67,39 @@ def event_micros(value: Any, column: str) -> int:
             raise DecodeError(msg) from exc
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return (moment - _EPOCH) // _MICRO
+        micros = (moment - _EPOCH) // _MICRO
+        if len(_TIMES) >= 100_000:
+            _TIMES.clear()
+        _TIMES[value] = micros
+        return micros
+    if isinstance(value, bool):
+        msg = f"{column} must be a timestamp, got {value!r}"
+        raise DecodeError(msg)
+    if isinstance(value, int):
+        return value  # timestamp without time zone, adaptive mode: epoch micros (UTC)
     msg = f"{column} must be a timestamp, got {type(value).__name__}"
     raise DecodeError(msg)
 
 
 def scaled(value: Any, scale: int, column: str) -> int:
     """An exact decimal (text or int, never float) as an integer of 10**-scale units."""
+    if type(value) is str:
+        # fast path for plain text like "12.34" / "-0.5"; anything else goes through Decimal
+        whole, _dot, frac = value.partition(".")
+        negative = whole[:1] == "-"
+        digits = whole[1:] if negative else whole
+        if (
+            len(frac) <= scale
+            and 0 < len(digits) + len(frac) <= 40
+            and (not digits or (digits.isascii() and digits.isdigit()))
+            and (not frac or (frac.isascii() and frac.isdigit()))
+        ):
+            units = int(digits or "0") * 10**scale
+            if frac:
+                units += int(frac) * 10 ** (scale - len(frac))
+            return -units if negative else units
+    elif type(value) is int:
+        return value * 10**scale
     if isinstance(value, bool) or not isinstance(value, str | int):
         msg = f"{column} must be an exact decimal (text or integer), got {value!r}"
         raise DecodeError(msg)
@@ -90,6 +121,149 @@ def bucket_range(feature: Feature, t_micros: int) -> tuple[int, int]:
     return ((t_micros - feature.window_seconds * 1_000_000) // w, t_micros // w)
 
 
+class Contributor:
+    """One feature compiled for the hot path: its definition's attributes as plain locals.
+
+    ``pairs(row, memo)`` is ``contribution``; ``memo`` holds values decoding already parsed
+    (event times by column, scaled amounts by ``(column, scale)``) and is filled as it goes.
+    """
+
+    __slots__ = (
+        "agg",
+        "bucket_us",
+        "columns",
+        "event_time",
+        "feature",
+        "name",
+        "scale",
+        "value",
+        "where",
+    )
+
+    def __init__(self, feature: Feature) -> None:
+        self.feature = feature
+        self.name = feature.name
+        self.agg = feature.agg
+        self.bucket_us = feature.bucket_seconds * 1_000_000  # 0: lifetime
+        self.event_time = feature.event_time
+        self.value = feature.value
+        self.scale = feature.scale
+        self.where = tuple((c.column, c.equals) for c in feature.where)
+        self.columns = frozenset(feature.columns())
+
+    def pairs(self, row: dict[str, Any], memo: dict[Any, int]) -> list[tuple[str, int]]:
+        for column, equals in self.where:
+            if row[column] != equals:
+                return []
+        suffix = ""
+        if self.bucket_us:
+            micros = memo.get(self.event_time)
+            if micros is None:
+                raw = row[self.event_time]
+                if raw is None:
+                    return []  # no event time: in no window, as in SQL
+                micros = memo[self.event_time] = event_micros(raw, self.event_time)
+            suffix = f"@{micros // self.bucket_us}"
+        agg = self.agg
+        if agg == "count":
+            return [(self.name + suffix, 1)]
+        value = row[self.value]  # type: ignore[index]
+        if value is None:
+            return []  # SQL sum/avg/count(distinct) ignore NULLs too
+        if agg == "distinct":
+            return [(f"{self.name}{suffix}#{value}", 1)]
+        memo_key = (self.value, self.scale)
+        units = memo.get(memo_key)
+        if units is None:
+            units = memo[memo_key] = scaled(value, self.scale, self.value or "")
+        if agg == "sum":
+            return [(self.name + suffix, units)]
+        return [(f"{self.name}:s{suffix}", units), (f"{self.name}:n{suffix}", 1)]
+
+
+GroupFn = Callable[[dict[str, Any], dict[Any, int]], list[tuple[str, int]]]
+_GROUPS: dict[tuple[Feature, ...], GroupFn] = {}
+
+
+def compile_group(features: tuple[Feature, ...]) -> GroupFn:
+    """One function giving what a row adds for all of ``features`` (same pairs, same order, as
+    ``contribution`` feature by feature), generated once as straight-line Python.
+
+    The hot path calls it once per row image and entity instead of once per feature: each event
+    time and amount is parsed (or taken from the decoder's memo) once, each filter tested inline.
+    Names are validated identifiers and constants are embedded with ``repr``.
+    """
+    found = _GROUPS.get(features)
+    if found is not None:
+        return found
+    lines = ["def contribute(row, memo):", "    out = []"]
+    times: dict[str, str] = {}
+    amounts: dict[tuple[str, int], str] = {}
+    for f in features:
+        if f.window is not None and f.event_time not in times:
+            var = times[f.event_time] = f"t{len(times)}"
+            col = repr(f.event_time)
+            lines += [
+                f"    {var} = memo.get({col})",
+                f"    if {var} is None and row[{col}] is not None:",
+                f"        {var} = memo[{col}] = event_micros(row[{col}], {col})",
+            ]
+        if f.agg in ("sum", "mean") and (f.value, f.scale) not in amounts:
+            assert f.value is not None  # noqa: S101 - sum and mean have a value column
+            var = amounts[(f.value, f.scale)] = f"u{len(amounts)}"
+            col, memo_key = repr(f.value), repr((f.value, f.scale))
+            lines += [
+                f"    {var} = memo.get({memo_key})",
+                f"    if {var} is None and row[{col}] is not None:",
+                f"        {var} = memo[{memo_key}] = scaled(row[{col}], {f.scale}, {col})",
+            ]
+    for f in features:
+        tests = [f"row[{c.column!r}] == {c.equals!r}" for c in f.where]
+        suffix = "''"
+        if f.window is not None:
+            tvar = times[f.event_time]
+            tests.append(f"{tvar} is not None")
+            suffix = f"'@' + str({tvar} // {f.bucket_seconds * 1_000_000})"
+        body: list[str] = []
+        if f.agg == "count":
+            body.append(f"out.append(({f.name!r} + {suffix}, 1))")
+        elif f.agg == "distinct":
+            body += [
+                f"v = row[{f.value!r}]",
+                "if v is not None:",
+                f"    out.append(({f.name!r} + {suffix} + '#' + str(v), 1))",
+            ]
+        else:
+            uvar = amounts[(f.value or "", f.scale)]
+            tests.append(f"{uvar} is not None")
+            if f.agg == "sum":
+                body.append(f"out.append(({f.name!r} + {suffix}, {uvar}))")
+            else:
+                body += [
+                    f"sfx = {suffix}",
+                    f"out.append(({f.name + ':s'!r} + sfx, {uvar}))",
+                    f"out.append(({f.name + ':n'!r} + sfx, 1))",
+                ]
+        lines.append(f"    if {' and '.join(tests) or 'True'}:")
+        lines += [f"        {line}" for line in body]
+    lines.append("    return out")
+    namespace: dict[str, Any] = {"event_micros": event_micros, "scaled": scaled}
+    exec(compile("\n".join(lines), f"<features {features[0].table}>", "exec"), namespace)  # noqa: S102
+    found = _GROUPS[features] = namespace["contribute"]
+    return found
+
+
+_COMPILED: dict[Feature, Contributor] = {}
+
+
+def compiled(feature: Feature) -> Contributor:
+    """The ``Contributor`` of a feature, built once."""
+    found = _COMPILED.get(feature)
+    if found is None:
+        found = _COMPILED[feature] = Contributor(feature)
+    return found
+
+
 def contribution(
     feature: Feature, row: dict[str, Any] | None, memo: dict[Any, int] | None = None
 ) -> list[tuple[str, int]]:
@@ -99,36 +273,7 @@ def contribution(
     """
     if row is None:
         return []
-    memo = {} if memo is None else memo
-    for cond in feature.where:
-        if row[cond.column] != cond.equals:
-            return []
-    suffix = ""
-    if feature.window is not None:
-        micros = memo.get(feature.event_time)
-        if micros is None:
-            raw = row[feature.event_time]
-            if raw is None:
-                return []  # no event time: in no window, as in SQL
-            micros = memo[feature.event_time] = event_micros(raw, feature.event_time)
-        suffix = f"@{micros // (feature.bucket_seconds * 1_000_000)}"
-    name = feature.name
-    if feature.agg == "count":
-        return [(name + suffix, 1)]
-    value = row[feature.value]  # type: ignore[index]
-    if feature.agg == "distinct":
-        if value is None:
-            return []
-        return [(f"{name}{suffix}#{value}", 1)]
-    if value is None:
-        return []  # SQL sum/avg ignore NULLs too
-    memo_key = (feature.value, feature.scale)
-    units = memo.get(memo_key)
-    if units is None:
-        units = memo[memo_key] = scaled(value, feature.scale, feature.value or "")
-    if feature.agg == "sum":
-        return [(name + suffix, units)]
-    return [(f"{name}:s{suffix}", units), (f"{name}:n{suffix}", 1)]
+    return compiled(feature).pairs(row, {} if memo is None else memo)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureStore, verify_until_clean
+from feature_pipelines import (
+    SAMPLE_FEATURES,
+    FeaturePipeline,
+    FeatureStore,
+    pipeline_stats,
+    verify_until_clean,
+)
 from feature_pipelines.store import RedisBatchWriter
 from freshloop.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
@@ -112,6 +119,7 @@ def _spawn(settings: Settings) -> subprocess.Popen:
 def test_generator_workload_gives_zero_mismatches(ns_start) -> None:
     ns, start = ns_start
     pipeline = FeaturePipeline(ns, max_batch=500)
+    client = redis.Redis.from_url(ns.redis_url)
     worker = threading.Thread(target=pipeline.run, daemon=True)
     worker.start()
     try:
@@ -119,9 +127,21 @@ def test_generator_workload_gives_zero_mismatches(ns_start) -> None:
         assert report.count("payments", "u") > 0 and report.count("payments", "d") > 0
         _assert_verified(ns, _written(report))
         assert pipeline.stats.applied > 0
+        # the live stats hash of this consumer, as dashboards read it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            live = pipeline_stats(client, ns.namespace)
+            if live and live[0]["applied_total"] == pipeline.stats.applied:
+                break
+            time.sleep(0.2)
+        assert [row["consumer_id"] for row in live] == [pipeline.live.consumer]
+        assert live[0]["applied_total"] == pipeline.stats.applied
+        assert live[0]["assigned_partitions"] == 2 * ns.topic_partitions
+        assert abs(live[0]["updated_at"] - time.time()) < 10
     finally:
         pipeline.stop.set()
         worker.join(timeout=30)
+    assert pipeline_stats(client, ns.namespace) == []  # a clean stop removes it
     # A second pass over the same topics (a restart that lost Kafka's offsets) changes nothing.
     again = FeaturePipeline(ns, group_id=f"{ns.namespace}-replay")
     again.writer.offsets_key = f"{ns.namespace}:offsets:{{other}}"
