@@ -58,6 +58,9 @@ class WorkloadConfig:
     correction_share: float = 0.02
     delete_share: float = 0.005
     drift_at: float | None = None  # seconds after start
+    # After drift_at, fraud bursts draw amounts from this range instead of 400-1500 (e.g.
+    # (5, 60): card testing with ordinary-looking amounts); None keeps the amounts unchanged.
+    drift_fraud_amount: tuple[float, float] | None = None
     seed: int = 7
 
 
@@ -100,6 +103,10 @@ class Workload:
     def _fraud_channel(self, t: float) -> str:
         return "web" if self.drifted(t) else "app"
 
+    def _fraud_amount(self, t: float) -> tuple[float, float]:
+        after = self.config.drift_fraud_amount
+        return after if after is not None and self.drifted(t) else (400.0, 1500.0)
+
     def _normal_amount(self, t: float) -> Decimal:
         mu = 3.6 if self.drifted(t) else 3.2  # lognormal medians: ~25 before, ~37 after
         value = min(self._rng.lognormvariate(mu, 0.8), 5_000.0)
@@ -115,7 +122,8 @@ class Workload:
             customer = rng.randint(1, cfg.customers)
             merchant = rng.choice(self._risky(t))
             for _ in range(rng.randint(*cfg.burst_size)):
-                amount = Decimal(f"{rng.uniform(400, 1500):.2f}")
+                low, high = self._fraud_amount(t)
+                amount = Decimal(f"{rng.uniform(low, high):.2f}")
                 self._burst.append(
                     Op(
                         "insert_payment",

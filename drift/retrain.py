@@ -1,0 +1,234 @@
+"""Batch retrain: recent labelled examples from Postgres -> challenger -> judged -> maybe promoted.
+
+Steps, each recorded in the retrain's ``retrains`` row (progress in ``progress``):
+
+1. guard: one running retrain per namespace (``RetrainLedger.start``);
+2. read the examples labelled in the last ``retrain_window_s`` (at most ``retrain_max_examples``,
+   the newest) from ``training_examples``; split them by label time, the newest
+   ``retrain_holdout_share`` held out;
+3. train a fresh model of ``model_spec`` on the older part (``retrain_epochs`` passes, in time
+   order);
+4. judge on the holdout: the champion by the scores it served, the challenger by its own
+   (``drift.challenger``); promote only if the challenger's ROC AUC wins by
+   ``retrain_promote_margin`` and its log loss is not worse by more than
+   ``retrain_log_loss_tolerance``;
+5. the challenger then learns the holdout too (judged first, then learned, as online learning
+   does), is registered as ``challenger`` either way (an operator may still promote it with
+   ``freshloop learn promote``), and is promoted when it won, unless the champion changed
+   meanwhile. The learner and scorers pick the promotion up from the registry and the learner
+   keeps learning from it. Examples labelled after step 2 are not in the new model.
+
+Any failure closes the row as ``failed`` with the error; nothing is left ``running``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, text
+
+from drift.challenger import Example, fit, holdout_metrics, judge, split
+from drift.exceptions import NotEnoughExamplesError
+from drift.ledger import RetrainLedger
+from freshloop.settings import Settings
+from online_learning.model import OnlineModel
+from online_learning.registry import ModelRegistry
+
+__all__ = ["ProgressCallback", "RetrainResult", "Trigger", "load_examples", "retrain"]
+
+log = logging.getLogger(__name__)
+
+Trigger = Literal["manual", "policy"]
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """The outcome of one retrain, as recorded in its ``retrains`` row."""
+
+    retrain_id: int
+    status: Literal["promoted", "kept"]
+    detail: str
+    champion_version: str | None
+    challenger_version: str
+    champion_metrics: dict[str, Any] = field(default_factory=dict)
+    challenger_metrics: dict[str, Any] = field(default_factory=dict)
+    n_train: int = 0
+    n_holdout: int = 0
+    data_start: datetime | None = None
+    data_end: datetime | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_examples(
+    engine: Engine, namespace: str, *, since: datetime, limit: int
+) -> list[Example]:
+    """The newest ``limit`` examples labelled at or after ``since``, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT payment_id, features, label, score, labelled_at FROM training_examples "
+                "WHERE namespace = :ns AND labelled_at >= :since "
+                "ORDER BY labelled_at DESC, payment_id DESC LIMIT :limit"
+            ),
+            {"ns": namespace, "since": since, "limit": limit},
+        ).all()
+    return [
+        Example(r.payment_id, r.features, bool(r.label), float(r.score), r.labelled_at)
+        for r in reversed(rows)
+    ]
+
+
+def retrain(
+    settings: Settings,
+    *,
+    trigger: Trigger,
+    reason: str,
+    report_id: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    engine: Engine | None = None,
+) -> RetrainResult:
+    """Run one retrain of ``settings.namespace`` and record it; see the module docstring.
+
+    Raises ``RetrainBusyError`` (nothing recorded) when another retrain runs, and
+    ``NotEnoughExamplesError`` or any other error after recording the retrain as failed.
+    """
+    own_engine = engine is None
+    engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+    try:
+        ledger = RetrainLedger(engine, settings.namespace, settings.retrain_stale_after_s)
+        retrain_id = ledger.start(trigger, reason, report_id)
+        try:
+            return _run(settings, engine, ledger, retrain_id, on_progress)
+        except BaseException as exc:  # Ctrl-C included: never leave the row running
+            detail = f"{type(exc).__name__}: {exc}"
+            ledger.finish(retrain_id, "failed", detail)
+            raise
+    finally:
+        if own_engine:
+            engine.dispose()
+
+
+def _run(
+    settings: Settings,
+    engine: Engine,
+    ledger: RetrainLedger,
+    retrain_id: int,
+    on_progress: ProgressCallback | None,
+) -> RetrainResult:
+    ns = settings.namespace
+
+    def progress(phase: str, pct: float, **extra: Any) -> None:
+        stored = ledger.progress(retrain_id, phase, pct, **extra)
+        if on_progress is not None:
+            on_progress({"retrain_id": retrain_id, **stored})
+
+    registry = ModelRegistry(engine, ns, settings.model_signing_key.get_secret_value().encode())
+    champion = registry.champion_ref()
+    champion_version = None if champion is None else champion.version
+
+    progress("reading", 0.0)
+    with engine.connect() as conn:
+        db_now = conn.execute(text("SELECT now()")).scalar_one()
+    since = db_now - timedelta(seconds=settings.retrain_window_s)
+    examples = load_examples(engine, ns, since=since, limit=settings.retrain_max_examples)
+    if len(examples) < settings.retrain_min_examples:
+        msg = (
+            f"only {len(examples)} labelled examples of namespace {ns!r} since "
+            f"{since.isoformat()}, need {settings.retrain_min_examples} "
+            "(FRESHLOOP_RETRAIN_MIN_EXAMPLES / FRESHLOOP_RETRAIN_WINDOW_S)"
+        )
+        raise NotEnoughExamplesError(msg)
+    train, holdout = split(examples, settings.retrain_holdout_share)
+    data_start = (train or holdout)[0].labelled_at
+    data_end = holdout[-1].labelled_at
+    ledger.update(
+        retrain_id,
+        data_start=data_start,
+        data_end=data_end,
+        n_train=len(train),
+        n_holdout=len(holdout),
+        champion_version=champion_version,
+    )
+    progress("training", 5.0, examples=len(examples))
+
+    challenger = OnlineModel(settings.model_spec, f"{_name(settings)}-retrain{retrain_id}")
+    fit(
+        challenger,
+        train,
+        settings.retrain_epochs,
+        on_step=lambda done, total: progress(
+            "training", 5.0 + 80.0 * done / total, learned=done, of=total
+        ),
+    )
+
+    progress("evaluating", 85.0)
+    labels = [e.label for e in holdout]
+    champion_metrics = holdout_metrics(labels, [e.score for e in holdout])
+    challenger_metrics = holdout_metrics(
+        labels, [challenger.predict_proba(e.features) for e in holdout]
+    )
+    verdict = judge(
+        champion_metrics,
+        challenger_metrics,
+        margin=settings.retrain_promote_margin,
+        log_loss_tolerance=settings.retrain_log_loss_tolerance,
+    )
+
+    progress("registering", 95.0)
+    fit(challenger, holdout)  # judged first, then learned: the newest examples count too
+    registry.register(
+        challenger, "challenger", {"retrain_id": retrain_id, "holdout": challenger_metrics}
+    )
+    status: Literal["promoted", "kept"] = "kept"
+    detail = verdict.detail
+    if verdict.promote:
+        current = registry.champion_ref()
+        if current is not None and current.version != champion_version:
+            detail = (
+                f"{verdict.detail.removesuffix(': promoted')}, but the champion changed to "
+                f"{current.version} during the retrain: kept"
+            )
+        else:
+            registry.promote(challenger.version)
+            status = "promoted"
+    result = RetrainResult(
+        retrain_id=retrain_id,
+        status=status,
+        detail=detail,
+        champion_version=champion_version,
+        challenger_version=challenger.version,
+        champion_metrics=champion_metrics,
+        challenger_metrics=challenger_metrics,
+        n_train=len(train),
+        n_holdout=len(holdout),
+        data_start=data_start,
+        data_end=data_end,
+    )
+    ledger.finish(
+        retrain_id,
+        status,
+        detail,
+        challenger_version=challenger.version,
+        champion_metrics=champion_metrics,
+        challenger_metrics=challenger_metrics,
+        progress={"phase": "done", "pct": 100.0, "updated_at": datetime.now(UTC).isoformat()},
+    )
+    if on_progress is not None:
+        on_progress({"retrain_id": retrain_id, "phase": "done", "pct": 100.0, "status": status})
+    return result
+
+
+def _name(settings: Settings) -> str:
+    last = settings.model_spec.split("|")[-1].strip()
+    return last.rpartition(".")[2].lower() or "model"

@@ -1,0 +1,158 @@
+"""The drift scheduler: APScheduler 3 running the drift cycle of one namespace every interval.
+
+- Job store: ``SQLAlchemyJobStore`` on the project's Postgres, one table per namespace
+  (``job_table``), because an APScheduler 3 job store must belong to one scheduler: a scheduler
+  runs every job in its store. One scheduler per namespace is enforced with a Postgres advisory
+  lock; a second one stops with ``SchedulerBusyError``.
+- The job: explicit id ``drift-check:<namespace>``, ``replace_existing`` (a restart replaces,
+  never duplicates, it), ``coalesce`` (runs missed while the process was busy or down collapse
+  into one), ``max_instances=1`` (a cycle still running when the next is due is not doubled:
+  a long retrain delays checks instead of stacking them), the module-level function
+  ``drift.jobs.drift_check_job`` with the namespace as its only argument. No settings and no
+  secret go into the job store.
+- Stop: ``stop_event``; a retrain in progress is interrupted at its next progress step and
+  recorded as failed ("the drift scheduler is stopping"), then the scheduler waits for the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine, create_engine
+
+from drift.exceptions import SchedulerBusyError
+from drift.jobs import CheckFunction, CycleResult, JobContext, drift_check_job, register, unregister
+from freshloop.db import connect
+from freshloop.settings import Settings
+
+__all__ = ["build_scheduler", "job_id", "job_table", "run_scheduler", "run_until_signal"]
+
+log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"^[a-z0-9_]{1,40}$")
+
+
+def job_id(namespace: str) -> str:
+    """The explicit id of a namespace's drift job."""
+    return f"drift-check:{namespace}"
+
+
+def job_table(namespace: str) -> str:
+    """The job store table of a namespace: ``freshloop_jobs_<ns>`` (a digest if ``ns`` is not
+    a plain lowercase identifier of at most 40 characters)."""
+    if _IDENT.match(namespace):
+        return f"freshloop_jobs_{namespace}"
+    digest = hashlib.sha256(namespace.encode()).hexdigest()[:12]
+    plain = re.sub(r"[^a-z0-9_]", "_", namespace.lower())[:30]
+    return f"freshloop_jobs_{plain}_{digest}"
+
+
+def _take_lock(settings: Settings, wait_s: float) -> psycopg.Connection:
+    """Hold the namespace's scheduler lock for as long as the returned session lives."""
+    conn = connect(settings)
+    deadline = time.monotonic() + wait_s  # a killed predecessor's session may linger briefly
+    while True:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s))",
+            (f"freshloop drift scheduler {settings.namespace}",),
+        ).fetchone()
+        if row is not None and row[0]:
+            return conn
+        if time.monotonic() >= deadline:
+            conn.close()
+            msg = (
+                f"another drift scheduler runs for namespace {settings.namespace!r}: run one "
+                "'freshloop drift run' per namespace (or stop the other one first)"
+            )
+            raise SchedulerBusyError(msg)
+        time.sleep(0.5)
+
+
+def build_scheduler(
+    settings: Settings, engine: Engine, *, first_run_in_s: float | None = None
+) -> BackgroundScheduler:
+    """A scheduler with the namespace's job store and its drift job added (not started)."""
+    ns = settings.namespace
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=job_table(ns))},
+        executors={"default": ThreadPoolExecutor(max_workers=1)},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": max(1, round(settings.drift_misfire_grace_s)),
+        },
+        timezone=UTC,
+    )
+    delay = settings.drift_interval_s if first_run_in_s is None else first_run_in_s
+    scheduler.add_job(
+        drift_check_job,
+        IntervalTrigger(seconds=settings.drift_interval_s, timezone=UTC),
+        args=[ns],
+        id=job_id(ns),
+        name=f"drift check and retrain policy of namespace {ns}",
+        replace_existing=True,
+        next_run_time=datetime.now(UTC) + timedelta(seconds=delay),
+    )
+    return scheduler
+
+
+def run_scheduler(
+    settings: Settings,
+    stop_event: threading.Event,
+    *,
+    check: CheckFunction | None = None,
+    on_cycle: Callable[[CycleResult], None] | None = None,
+    first_run_in_s: float | None = None,
+    lock_wait_s: float = 5.0,
+) -> None:
+    """Run the namespace's drift cycle every ``drift_interval_s`` until ``stop_event`` is set.
+
+    ``check`` replaces ``drift.check.run_check`` (same signature); ``on_cycle`` sees each
+    cycle's result; the first cycle runs after ``first_run_in_s`` (default: one interval).
+    """
+    ns = settings.namespace
+    lock = _take_lock(settings, lock_wait_s)
+    engine = create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+    halt = threading.Event()  # ours: the caller's event may be shared with other parts
+    context = JobContext(settings, engine, check=check, stop=halt, on_cycle=on_cycle)
+    register(context)
+    scheduler = None
+    try:
+        scheduler = build_scheduler(settings, engine, first_run_in_s=first_run_in_s)
+        scheduler.start()
+        log.info("drift scheduler started namespace=%s interval_s=%s job=%s table=%s", ns,
+                 settings.drift_interval_s, job_id(ns), job_table(ns))
+        stop_event.wait()
+    finally:
+        halt.set()  # a retrain in progress stops at its next progress step
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=True)
+        unregister(ns)
+        engine.dispose()
+        lock.close()
+        log.info("drift scheduler stopped namespace=%s", ns)
+
+
+def run_until_signal(
+    settings: Settings,
+    *,
+    first_run_in_s: float | None = None,
+    on_cycle: Callable[[CycleResult], None] | None = None,
+) -> None:
+    """``freshloop drift run``: the scheduler in the foreground until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_scheduler(settings, stop, on_cycle=on_cycle, first_run_in_s=first_run_in_s)
