@@ -61,3 +61,79 @@ def test_environment_uses_freshloop_settings_and_their_defaults() -> None:
     assert PASSWORD_ENV in connect_env
     assert connect_env["CONNECT_CONFIG_PROVIDERS"] == "env"
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+# ---- the Freshloop services, built from the Dockerfile -----------------------------------------
+DOCKERFILE = COMPOSE.parent / "Dockerfile"
+_DEFAULT = re.compile(r"\$\{(FRESHLOOP_[A-Z_]+):-([^}]*)\}")
+_APPS = {"init", "features", "learner", "drift", "api"}
+
+
+def _resolved_env(service: dict) -> dict[str, str]:
+    """The service's FRESHLOOP_ environment with ${VAR:-default} read as its default."""
+    return {
+        k: _DEFAULT.sub(lambda m: m.group(2), str(v))
+        for k, v in service.get("environment", {}).items()
+        if k.startswith("FRESHLOOP_")
+    }
+
+
+def test_freshloop_services_run_existing_commands_of_the_built_image() -> None:
+    from click import Group
+
+    from freshloop.cli import cli
+
+    services = _compose()["services"]
+    assert set(services) >= _APPS
+    expected = {
+        "features": ["learn", "serve"],
+        "learner": ["learn", "run"],
+        "drift": ["drift", "run"],
+        "api": ["api", "serve"],
+    }
+    for name, words in expected.items():
+        service = services[name]
+        assert service["build"] == "." and service["image"] == "freshloop:local", name
+        assert service["command"][:2] == words, name
+        group = cli.get_command(None, words[0])  # type: ignore[arg-type]
+        assert isinstance(group, Group) and group.get_command(None, words[1]), words  # type: ignore[arg-type]
+    init = " ".join(services["init"]["command"])
+    assert "freshloop db init" in init and "freshloop connectors apply" in init
+    for name in _APPS - {"init"}:
+        assert services[name]["depends_on"]["init"]["condition"] == (
+            "service_completed_successfully"
+        )
+    text = DOCKERFILE.read_text()
+    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    assert 'ENTRYPOINT ["freshloop"]' in text
+    for folder in ("freshloop", "connectors", "feature_pipelines", "online_learning", "drift",
+                   "sql"):
+        assert f"COPY {folder} ./{folder}" in text, folder  # db init reads sql/ beside the code
+
+
+def test_freshloop_services_settings_point_at_the_compose_services() -> None:
+    services = _compose()["services"]
+    for name in _APPS:
+        env = _resolved_env(services[name])
+        assert set(env) <= {f"FRESHLOOP_{f.upper()}" for f in Settings.model_fields}, name
+        s = Settings(**{k.removeprefix("FRESHLOOP_").lower(): v for k, v in env.items()})
+        defaults = Settings()
+        assert s.postgres_password.get_secret_value() == (
+            defaults.postgres_password.get_secret_value()
+        )
+        assert s.model_signing_key.get_secret_value() == (
+            defaults.model_signing_key.get_secret_value()
+        )
+        # each address is a compose service at the port it listens on inside the network
+        assert (s.postgres_host, s.postgres_port) == ("postgres", 5432), name
+        assert s.redis_url.startswith("redis://redis:6379/"), name
+        kafka_internal = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+        assert f"://{s.kafka_bootstrap}" in kafka_internal, name
+        assert s.connect_url == "http://connect:8083" and s.connector_database_host == "postgres"
+    api = services["api"]
+    s = Settings()
+    assert _published(api) == {("127.0.0.1", s.api_port)}  # loopback only, the default port
+    command = api["command"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104 - in its container
+    assert command[command.index("--port") + 1] == str(s.api_port)
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])

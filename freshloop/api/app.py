@@ -1,0 +1,109 @@
+"""``create_app(settings)``: the FastAPI app of one namespace.
+
+Nothing connects at start-up: a dependency that is down does not stop the API, it makes the
+answers that need it a 503 naming it (and ``/healthz`` says which one). OpenAPI lives at
+``/openapi.json``, its pages at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import psycopg
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
+
+from feature_pipelines import FeatureSet
+from freshloop.api.backends import Backends, dependency_error
+from freshloop.api.exceptions import DependencyUnavailable
+from freshloop.api.metrics import ApiMetrics
+from freshloop.api.routes import router
+from freshloop.api.summary import History
+from freshloop.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _dashboard_html() -> str:
+    return resources.files("freshloop.api").joinpath("dashboard.html").read_text("utf-8")
+
+
+def create_app(settings: Settings, features: FeatureSet | None = None) -> FastAPI:
+    """The API over ``settings.namespace``; ``features`` defaults to the scoring feature set."""
+    if features is None:
+        from online_learning import SCORING_FEATURES
+
+        features = SCORING_FEATURES
+    backends = Backends(settings, features)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            backends.close()
+
+    app = FastAPI(
+        title="Freshloop",
+        version="0.1.0",
+        description=(
+            "Fresh per-entity features, the predictions made with them, the models, drift "
+            f"reports and retrains of namespace '{settings.namespace}'. The live dashboard is "
+            "at /."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.backends = backends
+    app.state.metrics = ApiMetrics(backends.redis, backends.ns)
+    app.state.history = History()
+    app.include_router(router)
+    page = _dashboard_html()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        dep = dependency_error(settings, exc)
+        if dep is None:  # a database error that is not about reaching it: a bug, say so
+            log.error("request failed path=%s error=%r", request.url.path, exc)
+            return JSONResponse({"detail": "internal error (see the API's log)"}, 500)
+        log.warning("dependency unavailable dependency=%s path=%s", dep.dependency,
+                    request.url.path)
+        return JSONResponse(
+            {"detail": str(dep), "dependency": dep.dependency},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    for kind in (
+        DependencyUnavailable,
+        redis.ConnectionError,
+        redis.TimeoutError,
+        DBAPIError,
+        psycopg.OperationalError,
+    ):
+        app.add_exception_handler(kind, unavailable)
+
+    metrics = app.state.metrics
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "(unmatched)")
+        metrics.observe(route, request.method, response.status_code,
+                        time.perf_counter() - started)
+        return response
+
+    return app

@@ -1,0 +1,38 @@
+"""``freshloop api serve``: the HTTP API and dashboard on their own (imports stay lazy)."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["api"]
+
+
+@click.group()
+def api() -> None:
+    """The HTTP API and the live dashboard."""
+
+
+@api.command("serve")
+@click.option("--host", default=None,
+              help="Listen address [default: FRESHLOOP_API_HOST, 127.0.0.1]. Use 0.0.0.0 only "
+                   "inside a container.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port [default: FRESHLOOP_API_PORT, 8000].")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the API (OpenAPI at /docs) and the dashboard at / until Ctrl-C / SIGTERM."""
+    import sys
+
+    from freshloop.api.server import ApiServer
+    from freshloop.exceptions import FreshloopError
+    from freshloop.settings import load_settings
+
+    try:
+        settings = load_settings()
+        server = ApiServer(settings, host=host, port=port)
+    except FreshloopError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    click.echo(f"[api] namespace {settings.namespace}: dashboard {server.url}/  "
+               f"docs {server.url}/docs")
+    server.run()
+    click.echo("[api] stopped")
