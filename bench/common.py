@@ -5,11 +5,34 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# BENCH_RESULTS_DIR: where result files go (the smoke test points it at a temporary folder)
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
+
+
+def spread(runs: Iterable[float | None]) -> dict[str, Any]:
+    """Median, min and max of repeated measurements (None runs are left out), with the runs."""
+    values = [float(v) for v in runs if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
+
+
+def ratio(ours: float | None, peer: float | None) -> float | None:
+    """Freshloop / peer, or None when either is missing or the peer is zero."""
+    if ours is None or not peer:
+        return None
+    return ours / peer
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -37,8 +60,9 @@ def machine() -> dict[str, Any]:
 
 
 def save(name: str, result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = Path(os.environ.get("BENCH_RESULTS_DIR") or RESULTS)
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     payload = {
         "benchmark": name,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

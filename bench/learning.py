@@ -20,8 +20,8 @@ from decimal import Decimal
 import orjson
 import redis
 
-from bench.common import save
-from feature_pipelines import SAMPLE_FEATURES, FeatureStore
+from bench.common import save, spread
+from feature_pipelines import SAMPLE_FEATURES, FeatureSet, FeatureStore
 from feature_pipelines.decode import decode
 from feature_pipelines.planner import Planner
 from feature_pipelines.store import RedisBatchWriter
@@ -53,9 +53,15 @@ def _payments(n: int, seed: int) -> list[tuple[Payment, bool]]:
     return out
 
 
-def _build_features(settings: Settings, ns: str, payments: list[tuple[Payment, bool]]) -> None:
-    planner = Planner(SAMPLE_FEATURES, ns)
-    writer = RedisBatchWriter(redis.Redis.from_url(settings.redis_url), SAMPLE_FEATURES, ns, "b")
+def _build_features(
+    settings: Settings,
+    ns: str,
+    payments: list[tuple[Payment, bool]],
+    features: FeatureSet = SAMPLE_FEATURES,
+) -> None:
+    """Features of ``payments`` in Redis under ``ns``, by the real planner and batch writer."""
+    planner = Planner(features, ns)
+    writer = RedisBatchWriter(redis.Redis.from_url(settings.redis_url), features, ns, "b")
     events = []
     for lsn, (p, _label) in enumerate(payments, start=1000):
         row = {
@@ -63,6 +69,7 @@ def _build_features(settings: Settings, ns: str, payments: list[tuple[Payment, b
             "customer_id": p.customer_id,
             "merchant_id": p.merchant_id,
             "amount": str(p.amount),
+            "channel": p.channel,
             "status": p.status,
             "created_at": p.created_at.isoformat().replace("+00:00", "Z"),
         }
@@ -79,7 +86,7 @@ def _build_features(settings: Settings, ns: str, payments: list[tuple[Payment, b
                 },
             }
         )
-        event = decode(value, orjson.dumps({"payment_id": p.payment_id}), SAMPLE_FEATURES)
+        event = decode(value, orjson.dumps({"payment_id": p.payment_id}), features)
         assert event is not None  # noqa: S101
         events.append(event)
     for start in range(0, len(events), 2000):
@@ -146,8 +153,8 @@ def main() -> None:
             client.delete(key)
     result = {
         "payments": args.payments,
-        "freshloop_scored_learned_per_s": {"median": statistics.median(ours), "runs": ours},
-        "river_alone_per_s": {"median": statistics.median(river), "runs": river},
+        "freshloop_scored_learned_per_s": spread(ours),
+        "river_alone_per_s": spread(river),
         "ratio_freshloop_to_river": statistics.median(ours) / statistics.median(river),
     }
     print(f"[bench] saved {save('learning', result)}")
