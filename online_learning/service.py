@@ -43,6 +43,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import OperationalError
 
 from feature_pipelines.dead_letter import DeadLetters
 from freshloop.db import connect
@@ -205,16 +206,21 @@ class LearnerService:
                 if now >= next_tick:
                     next_tick = now + _TICK_S
                     self._learned(self._require().on_horizon(datetime.now(UTC)))
-                if now >= next_poll:
-                    next_poll = now + self.settings.champion_poll_s
-                    if self._poll_champion():
+                try:  # Postgres restarting: keep the state in memory, try again in a second
+                    if now >= next_poll:
+                        next_poll = now + self.settings.champion_poll_s
+                        if self._poll_champion():
+                            last_checkpoint = time.monotonic()
+                    due = len(self._buffer) >= self.settings.checkpoint_every_examples or (
+                        self._dirty and now - last_checkpoint >= self.settings.checkpoint_every_s
+                    )
+                    if due:
+                        self.checkpoint()
                         last_checkpoint = time.monotonic()
-                due = len(self._buffer) >= self.settings.checkpoint_every_examples or (
-                    self._dirty and now - last_checkpoint >= self.settings.checkpoint_every_s
-                )
-                if due:
-                    self.checkpoint()
-                    last_checkpoint = time.monotonic()
+                except (OperationalError, psycopg.OperationalError) as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    log.warning("postgres_unreachable error=%s: retrying in 1 s", first)
+                    self.stop.wait(1.0)
             self.checkpoint()
         finally:
             self.close()
