@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv demo test test-unit test-integration bench lint up down status logs clean
+.PHONY: help setup venv demo test test-unit test-integration bench bench-peers lint up down status logs clean faults soak
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -27,8 +27,16 @@ setup: $(INSTALLED) ## Virtualenv, system packages (as root) and the pinned Kafk
 demo: setup ## Bring the stack up, apply schema and connector, write sample data, watch it flow
 	@$(BIN)/freshloop demo $(DEMO_ARGS)
 
-test: setup ## Run every test; starts the stack for them and stops what it started
-	@$(BIN)/pytest $(PYTEST_ARGS)
+test: setup ## Run every test but the long fault scenarios and the 10-min soak; starts the stack for them
+	@$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+faults: setup ## Every fault scenario (restarts services, wipes Redis: give it a stack of its own)
+	@$(BIN)/pytest tests/system -m fault -s $(PYTEST_ARGS)
+
+soak: setup ## 10-min soak (SOAK_SECONDS, SOAK_RATE): lag, RSS, Redis bytes per entity, retained WAL
+	@SOAK_SECONDS=$${SOAK_SECONDS:-600} SOAK_RATE=$${SOAK_RATE:-120} \
+		SOAK_REPORT=$${SOAK_REPORT:-bench/results/soak.json} \
+		$(BIN)/pytest tests/system/test_soak.py -m soak -s $(PYTEST_ARGS)
 
 test-unit: $(INSTALLED) ## Fast tests only (no services)
 	@$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
@@ -36,13 +44,31 @@ test-unit: $(INSTALLED) ## Fast tests only (no services)
 test-integration: setup ## Tests against the real stack only
 	@$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-bench: setup ## Benchmarks: replay throughput vs raw consume+decode, commit->feature lag by rate
+BENCH_VENV := .venv-bench
+BENCH_PEERS := $(BENCH_VENV)/.installed
+
+# The peers (Quix Streams, Feast) pin older confluent-kafka, redis and pydantic than the
+# service: they get a virtualenv of their own, from the pyproject's `bench-peers` group.
+$(BENCH_PEERS): pyproject.toml
+	@echo "[setup] creating $(BENCH_VENV) with the benchmark peers (Quix Streams, Feast)"
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/pip install -q --upgrade 'pip>=25.1'
+	@$(BENCH_VENV)/bin/pip install -q --group bench-peers
+	@touch $@
+
+bench-peers: $(BENCH_PEERS) ## The peers' virtualenv .venv-bench (Quix Streams, Feast), never imported by the service
+
+bench: setup $(BENCH_PEERS) ## Benchmarks with their peers (Quix, Feast, batch SQL), then docs/performance.md
 	@$(BIN)/freshloop stack up
 	@$(BIN)/freshloop db init >/dev/null
 	@$(BIN)/freshloop connectors apply
-	@$(BIN)/python -m bench.replay --events $${BENCH_EVENTS:-200000} --repeat $${BENCH_REPEAT:-3}
-	@$(BIN)/python -m bench.learning --payments $${BENCH_PAYMENTS:-50000} --repeat $${BENCH_REPEAT:-3}
-	@$(BIN)/python -m bench.freshness --rates $${BENCH_RATES:-200,500,1000} --seconds $${BENCH_SECONDS:-30}
+	@$(BIN)/python -m bench.replay --events $${BENCH_EVENTS:-1000000} --repeat $${BENCH_REPLAY_REPEAT:-1}
+	@$(BIN)/python -m bench.replay_peers --events $${BENCH_PEER_EVENTS:-30000} --repeat $${BENCH_REPEAT:-3}
+	@$(BIN)/python -m bench.reads --reads $${BENCH_READS:-2000} --repeat $${BENCH_REPEAT:-3}
+	@$(BIN)/python -m bench.learning --payments $${BENCH_PAYMENTS:-20000} --repeat $${BENCH_REPEAT:-3}
+	@$(BIN)/python -m bench.freshness --rates $${BENCH_RATES:-200,1000} --seconds $${BENCH_SECONDS:-20} \
+		--repeat $${BENCH_REPEAT:-3} --prediction-rate 500 --batch-rate 200 --max-rates $${BENCH_MAX_RATES:-1500,2000}
+	@$(BIN)/python -m bench.report
 
 lint: $(INSTALLED) ## ruff and mypy
 	@$(BIN)/ruff check .

@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -40,10 +41,18 @@ def _settings() -> Settings:
 
 
 @click.group()
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="DEBUG, INFO, WARNING or ERROR (default: FRESHLOOP_LOG_LEVEL, else WARNING).",
+)
 def cli(log_level: str | None) -> None:
     """Freshloop: CDC-driven fresh features and feedback loops."""
-    level = log_level or "WARNING"
+    level = (log_level or os.environ.get("FRESHLOOP_LOG_LEVEL") or "WARNING").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        msg = f"FRESHLOOP_LOG_LEVEL={level!r} is not a log level: set DEBUG, INFO, WARNING or ERROR"
+        raise click.UsageError(msg)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
@@ -405,6 +414,60 @@ def learn_promote(version: str) -> None:
     click.echo(f"[learn] {ref.version} is champion since {ref.promoted_at.isoformat()}")
 
 
+# ---- configuration reference ------------------------------------------------------------------
+@cli.group()
+def config() -> None:
+    """The settings: every FRESHLOOP_ variable, its default and what it sets."""
+
+
+@config.command("reference")
+@click.option("--write", "write_to", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Replace the generated table in this markdown file (e.g. README.md).")
+@_friendly
+def config_reference(write_to: str | None) -> None:
+    """Print the configuration reference (markdown), or refresh it in a file."""
+    from pathlib import Path
+
+    from freshloop.settings_doc import reference_table, write_readme
+
+    if write_to is None:
+        click.echo(reference_table())
+        return
+    changed = write_readme(Path(write_to))
+    click.echo(f"[config] {write_to}: {'updated' if changed else 'already up to date'}")
+
+
+# ---- retrain --------------------------------------------------------------------------------
+@cli.command()
+@click.option("--reason", default="manual retrain", show_default=True,
+              help="Why, as recorded in the retrains table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_friendly
+def retrain(reason: str, as_json: bool) -> None:
+    """Batch retrain now: recent labelled examples -> challenger, promoted only if it wins."""
+    import json
+
+    from drift.retrain import retrain as run_retrain
+
+    def show(progress: dict[str, Any]) -> None:
+        extra = f" ({progress['learned']}/{progress['of']})" if "learned" in progress else ""
+        click.echo(f"[retrain] {progress['retrain_id']}: {progress['phase']:<11} "
+                   f"{progress['pct']:5.1f}%{extra}", err=True)
+
+    result = run_retrain(_settings(), trigger="manual", reason=reason, on_progress=show)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    champ, chall = result.champion_metrics, result.challenger_metrics
+    click.echo(f"retrain {result.retrain_id}: {result.status.upper()} - {result.detail}")
+    click.echo(f"data      {result.n_train} train + {result.n_holdout} holdout, labelled "
+               f"{result.data_start} .. {result.data_end}")
+    click.echo(f"champion   {result.champion_version}: roc_auc={champ.get('roc_auc')} "
+               f"log_loss={champ.get('log_loss')}")
+    click.echo(f"challenger {result.challenger_version}: roc_auc={chall.get('roc_auc')} "
+               f"log_loss={chall.get('log_loss')}")
+
+
 # ---- simulate and demo ----------------------------------------------------------------------
 @cli.command()
 @click.option("--rate", default=20.0, show_default=True, help="Payments per second.")
@@ -448,15 +511,84 @@ def simulate(
 
 
 @cli.command()
-@click.option("--rate", default=20.0, show_default=True, help="Payments per second.")
-@click.option("--duration", default=30.0, show_default=True, help="Seconds of sample writes.")
-@click.option("--drift-at", default=None, type=float)
+@click.option("--rate", default=40.0, show_default=True, help="Payments per second.")
+@click.option("--duration", default=180.0, show_default=True, help="Seconds of sample writes.")
+@click.option(
+    "--drift-at",
+    default=None,
+    type=float,
+    help="Seconds after start when the fraud pattern changes [default: half the duration].",
+)
+@click.option("--no-drift", is_flag=True, help="Keep the fraud pattern the same all along.")
+@click.option(
+    "--linger", default=0.0, show_default=True,
+    help="Seconds to keep serving (dashboard, API) after the writes end.",
+)
+@click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
+              help="Also write the summary as JSON to this file.")
 @_friendly
-def demo(rate: float, duration: float, drift_at: float | None) -> None:
-    """Stack up, schema, connector, sample writes, and change events flowing live."""
+def demo(
+    rate: float,
+    duration: float,
+    drift_at: float | None,
+    no_drift: bool,
+    linger: float,
+    summary_json: str | None,
+) -> None:
+    """The whole loop live: stack, connector, features, scoring, learning, drift, retrains."""
+    import json
+
     from freshloop.demo import run_demo
 
-    run_demo(_settings(), rate=rate, duration=duration, drift_at=drift_at)
+    if drift_at is None and not no_drift:
+        drift_at = duration / 2
+    summary = run_demo(
+        _settings(),
+        rate=rate,
+        duration=duration,
+        drift_at=None if no_drift else drift_at,
+        linger=linger,
+    )
+    if summary_json:
+        with open(summary_json, "w") as fh:
+            json.dump(summary.as_dict(), fh, indent=2, default=str)
+    if summary.mismatches:
+        raise SystemExit(1)
+
+
+@cli.command()
+@_friendly
+def serve() -> None:
+    """Every part of the loop in one process: pipeline + scorer, learner, drift, API."""
+    from freshloop.service import Service
+
+    service = Service(_settings())
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: service.stop_event.set())
+    click.echo("[serve] pipeline + scorer, learner, drift scheduler and API starting")
+    service.run_forever()
+
+
+# ---- api (its module imports FastAPI only when a command runs) -------------------------------
+def _add_api() -> None:
+    from freshloop.api.cli import api
+
+    cli.add_command(api)
+
+
+_add_api()
+
+
+# ---- drift (``drift run``: the scheduler; see drift/cli.py) -----------------------------------
+def _add_drift() -> None:
+    from drift.cli import drift
+
+    cli.add_command(drift)
+
+
+_add_drift()
 
 
 def main() -> None:

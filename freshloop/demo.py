@@ -1,193 +1,305 @@
-"""``make demo``: bring the stack up, apply schema and connector, write sample data, and show
-the change events flowing (per table and kind, rate, and commit -> Kafka lag) in a live view."""
+"""``make demo``: the whole loop, live, on sample writes whose fraud pattern changes mid-run.
+
+Stack up, schema, connector, then the service (feature pipeline + scorer, learner, drift
+scheduler, API with its dashboard) and the sample writes generator. The terminal shows change
+events/s, commit -> feature lag, predictions/s, ROC AUC, drift status, retrains and promotions.
+At the end (or on Ctrl-C) every part stops, features are checked against the SQL oracle, and a
+summary with the dashboard and report addresses is printed.
+
+The demo runs in its own namespace (``demo`` unless ``FRESHLOOP_REDIS_NAMESPACE`` says
+otherwise); its learning state (models, checkpoints, examples, reports, retrains) is cleared at
+start so each run shows a model learning from scratch, the drift, a retrain and the recovery.
+Features and their positions are kept: they stay exact across runs.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import uuid
-from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
+from sqlalchemy import create_engine, text
 
-from connectors import CAPTURED_TABLES, apply_connector
-from feature_pipelines import (
-    SAMPLE_FEATURES,
-    FeaturePipeline,
-    FeatureStore,
-    PipelineStats,
-    verify_until_clean,
-)
+from connectors import apply_connector
+from feature_pipelines import FeatureStore, verify_until_clean
 from freshloop.db import init_database
+from freshloop.service import LoopSnapshot, Service
 from freshloop.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 from freshloop.stack import Stack
+from online_learning import SCORING_FEATURES
 
-__all__ = ["run_demo"]
+__all__ = ["DemoSummary", "demo_settings", "run_demo"]
 
-
-class _EventTally:
-    """Counts change events per (table, op) and keeps commit -> Kafka lags."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.lags_ms: list[float] = []
-        self.total = 0
-
-    def add(self, value: bytes | None, kafka_ts_ms: int) -> None:
-        if value is None:
-            self.counts[("(tombstone)", "-")] += 1
-            return
-        event = orjson.loads(value)
-        source = event.get("source") or {}
-        self.counts[(source.get("table", "?"), event.get("op", "?"))] += 1
-        self.total += 1
-        if source.get("ts_ms") and event.get("op") != "r":
-            self.lags_ms.append(kafka_ts_ms - source["ts_ms"])
-
-    def percentile(self, q: float) -> float:
-        if not self.lags_ms:
-            return float("nan")
-        ordered = sorted(self.lags_ms[-5000:])
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+# The learnable pattern: bursts of large payments at a few risky merchants through one channel;
+# at ``drift_at`` other merchants become risky and fraud moves to another channel.
+DEMO_WORKLOAD = WorkloadConfig(
+    customers=300,
+    merchants=40,
+    burst_share=0.03,
+    base_fraud_rate=0.002,
+    label_delay_s=2.0,
+    # after the drift, fraud looks like card testing: small amounts the champion never saw
+    drift_fraud_amount=(5.0, 60.0),
+)
+_LEARNING_TABLES = ("retrains", "drift_reports", "training_examples", "learner_checkpoints",
+                    "model_registry")
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values[-5000:])
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+@dataclass
+class DemoSummary:
+    """What the demo prints at the end (and what its test checks)."""
+
+    payments: int
+    snapshot: LoopSnapshot
+    verified_entities: int
+    mismatches: int
+    dashboard: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "payments": self.payments,
+            "mismatches": self.mismatches,
+            "verified_entities": self.verified_entities,
+            "dashboard": self.dashboard,
+            **{k: v for k, v in vars(self.snapshot).items()},
+        }
 
 
-def _view(
-    tally: _EventTally,
-    report: SimulationReport | None,
-    rate: float,
-    done: bool,
-    stats: PipelineStats,
-) -> Table:
-    table = Table(title="Freshloop: change events flowing" + (" (done)" if done else ""))
-    table.add_column("table")
-    table.add_column("op")
-    table.add_column("events", justify="right")
-    table.add_column("written", justify="right")
-    writes = report.writes if report else Counter()
-    for (name, op), n in sorted(tally.counts.items()):
-        table.add_row(name, op, str(n), str(writes.get((name, op), "")))
-    table.caption = (
-        f"{tally.total} events, {rate:.0f}/s now\n"
-        f"commit -> Kafka p50 {tally.percentile(0.5):.0f} ms, p99 {tally.percentile(0.99):.0f} ms"
-        f"\ncommit -> features in Redis p50 {_pct(stats.lags_ms, 0.5):.0f} ms, "
-        f"p99 {_pct(stats.lags_ms, 0.99):.0f} ms\n"
-        f"features: {stats.applied} applied, {stats.duplicates} duplicates dropped, "
-        f"{stats.dead_lettered} dead-lettered"
+def demo_settings(settings: Settings, duration: float) -> Settings:
+    """The demo's pace: short label horizon, checks every ~duration/8 (at least 10 s)."""
+    update: dict[str, Any] = {
+        "label_horizon": timedelta(seconds=20),
+        "label_grace": timedelta(seconds=10),
+        "horizon_negatives": True,
+        "checkpoint_every_s": 3.0,
+        "champion_poll_s": 2.0,
+        "learner_start": "latest",
+        "score_max_age": timedelta(seconds=30),
+    }
+    if "redis_namespace" not in settings.model_fields_set:
+        update["redis_namespace"] = "demo"
+    interval = max(10.0, round(duration / 8))
+    update.update(
+        drift_interval_s=interval,
+        drift_current_window_s=3 * interval,
+        retrain_window_s=3 * interval,
+        retrain_cooldown_s=2 * interval,
+        retrain_min_examples=200,
     )
+    return settings.model_copy(update=update)
+
+
+def _clear_learning_state(settings: Settings) -> None:
+    engine = create_engine(settings.sqlalchemy_url())
+    with engine.begin() as conn:
+        for table in _LEARNING_TABLES:
+            conn.execute(
+                text(f"DELETE FROM {table} WHERE namespace = :ns"),  # noqa: S608 (fixed names)
+                {"ns": settings.namespace},
+            )
+    engine.dispose()
+
+
+def _backlog(service: Service, probe: Consumer) -> int:
+    """Change events on the topics that the service's pipeline has not applied yet."""
+    stored = service.pipeline.writer.offsets()
+    total = 0
+    for topic in service.pipeline.topics:
+        meta = probe.list_topics(topic, timeout=10).topics[topic]
+        for p in meta.partitions:
+            low, high = probe.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=10, cached=False
+            )
+            total += max(0, high - max(low, stored.get(f"{topic}:{p}", low)))
+    return total
+
+
+def _catch_up(service: Service, console: Console, timeout: float = 900.0) -> None:
+    """Wait until the pipeline applied the topics' history (a new namespace replays it)."""
+    probe = Consumer(
+        {"bootstrap.servers": service.settings.kafka_bootstrap, "group.id": "freshloop-probe"}
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        backlog = _backlog(service, probe)
+        if backlog > 50:
+            console.print(f"  catching up with {backlog} change events already on the topics")
+        while backlog > 50 and time.monotonic() < deadline:
+            time.sleep(3.0)
+            backlog = _backlog(service, probe)
+            console.print(f"  {backlog} to go ({service.pipeline.stats.applied} applied)")
+    finally:
+        probe.close()
+
+
+def _fmt(value: float | None, spec: str = ".0f", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def _view(snap: LoopSnapshot, report: SimulationReport | None, phase: str) -> Table:
+    table = Table(title=f"Freshloop: the loop, live ({phase})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    written = report.count("payments", "c") if report else 0
+    table.add_row("payments written", str(written))
+    table.add_row("change events applied", f"{snap.applied}  ({snap.events_per_s:.0f}/s)")
+    table.add_row(
+        "commit -> features p50 / p99",
+        f"{_fmt(snap.lag_p50_ms, unit=' ms')} / {_fmt(snap.lag_p99_ms, unit=' ms')}",
+    )
+    table.add_row("predictions", f"{snap.scored}  ({snap.predictions_per_s:.0f}/s)")
+    table.add_row("examples learned", str(snap.learned))
+    table.add_row(
+        "ROC AUC progressive / rolling",
+        "-" if not snap.learned else f"{_fmt(snap.auc, '.3f')} / {_fmt(snap.rolling_auc, '.3f')}",
+    )
+    table.add_row("concept-drift alarms (ADWIN)", str(snap.concept_alarms))
+    table.add_row("model", f"{snap.model_version or '-'}  (swaps: {snap.swaps})")
+    share = "" if snap.drift_share is None else f", drifted share {snap.drift_share:.2f}"
+    table.add_row("drift reports", f"{snap.drift_reports}  ({snap.drift_status or '-'}{share})")
+    retrains = ", ".join(f"{k} {v}" for k, v in sorted(snap.retrains.items())) or "none"
+    table.add_row("retrains", retrains)
+    if snap.errors:
+        table.add_row("[red]errors[/]", "; ".join(snap.errors)[-200:])
     return table
 
 
-def run_demo(settings: Settings, *, rate: float, duration: float, drift_at: float | None) -> None:
-    console = Console()
-    console.print("[bold]1/4[/] bringing the stack up (first time: fetch jars, init database)")
+def run_demo(
+    settings: Settings,
+    *,
+    rate: float,
+    duration: float,
+    drift_at: float | None,
+    linger: float = 0.0,
+    console: Console | None = None,
+    api: bool = True,
+    drift: bool = True,
+) -> DemoSummary:
+    console = console or Console()
+    settings = demo_settings(settings, duration)
+    root = logging.getLogger()
+    saved_handlers = root.handlers[:]
+    root.handlers = [RichHandler(console=console, show_path=False, level=logging.WARNING)]
+    try:
+        return _run(settings, rate, duration, drift_at, linger, console, api, drift)
+    finally:
+        root.handlers = saved_handlers
+
+
+def _run(
+    settings: Settings,
+    rate: float,
+    duration: float,
+    drift_at: float | None,
+    linger: float,
+    console: Console,
+    api: bool,
+    drift: bool,
+) -> DemoSummary:
+    console.print("[bold]1/5[/] bringing the stack up (first time: fetch jars, init database)")
     t0 = time.monotonic()
     Stack(settings, echo=lambda m: console.print(f"  {m}")).up()
     console.print(f"  stack ready in {time.monotonic() - t0:.1f}s")
-    console.print("[bold]2/4[/] applying the schema, CDC role and publication")
+    console.print("[bold]2/5[/] applying the schema, CDC role and publication")
     init_database(settings)
-    console.print("[bold]3/4[/] applying the Debezium connector")
+    console.print("[bold]3/5[/] applying the Debezium connector")
     result = apply_connector(settings)
     console.print(f"  {result.name}: {result.action}, {result.state}")
-    console.print(f"[bold]4/4[/] writing sample payments for {duration:.0f}s at {rate:.0f}/s")
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"freshloop-demo-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "latest",
-            "enable.auto.commit": False,
-        }
+    console.print(f"[bold]4/5[/] starting the service in namespace '{settings.namespace}'")
+    _clear_learning_state(settings)
+    service = Service(settings, api=api, drift=drift)
+    service.start()
+    _catch_up(service, console)
+    if service.api_url:
+        console.print(f"  dashboard: {service.api_url}/   API docs: {service.api_url}/docs")
+    drift_note = "" if drift_at is None else f", the pattern changes at {drift_at:.0f}s"
+    console.print(
+        f"[bold]5/5[/] writing sample payments for {duration:.0f}s at {rate:.0f}/s{drift_note}"
     )
-    start_ms = int(time.time() * 1000)
-
-    def from_now(c: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            tp.offset = start_ms
-        c.assign(c.offsets_for_times(partitions, timeout=10))
-
-    consumer.subscribe([settings.topic(t) for t in CAPTURED_TABLES], on_assign=from_now)
-    tally = _EventTally()
     state: dict[str, SimulationReport | None] = {"report": None}
     stop = threading.Event()
-    # Wait for the assignment so no event of the run is missed.
-    deadline = time.monotonic() + 30
-    while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(0.1)
 
     def write() -> None:
         config = WorkloadConfig(
-            rate=rate, drift_at=drift_at, label_delay_s=3.0, seed=int(time.time())
+            **{**vars(DEMO_WORKLOAD), "rate": rate, "drift_at": drift_at, "seed": int(time.time())}
         )
         state["report"] = run_simulation(
-            settings,
-            config,
-            duration,
-            on_tick=lambda r: state.update(report=r),
-            stop=stop.is_set,
+            settings, config, duration, on_tick=lambda r: state.update(report=r), stop=stop.is_set
         )
 
-    pipeline = FeaturePipeline(settings)
-    features_thread = threading.Thread(target=pipeline.run, name="features", daemon=True)
-    features_thread.start()
     writer = threading.Thread(target=write, name="simulate", daemon=True)
     writer.start()
-    window: list[tuple[float, int]] = []
     try:
-        with Live(
-            _view(tally, None, 0, False, pipeline.stats), console=console, refresh_per_second=4
-        ) as live:
-            idle_since = None
-            while True:
-                for msg in consumer.consume(500, timeout=0.25):
-                    if msg.error() is None:
-                        tally.add(msg.value(), msg.timestamp()[1])
-                now = time.monotonic()
-                window = [(t, n) for t, n in window if now - t <= 2.0] + [(now, tally.total)]
-                rate_now = (window[-1][1] - window[0][1]) / max(1e-3, now - window[0][0])
-                live.update(_view(tally, state["report"], rate_now, False, pipeline.stats))
-                if not writer.is_alive():
-                    idle_since = idle_since or now
-                    if now - idle_since > 3.0:
-                        live.update(_view(tally, state["report"], 0, True, pipeline.stats))
-                        break
+        with Live(_view(service.snapshot(), None, "writing"), console=console,
+                  refresh_per_second=2) as live:
+            while writer.is_alive():
+                time.sleep(0.5)
+                live.update(_view(service.snapshot(), state["report"], "writing"))
+            settle_until = time.monotonic() + max(linger, 5.0)
+            while time.monotonic() < settle_until:
+                time.sleep(0.5)
+                live.update(_view(service.snapshot(), state["report"], "settling"))
     except KeyboardInterrupt:
         stop.set()
         console.print("stopping (Ctrl-C)")
-    finally:
-        writer.join(timeout=30)
-        consumer.close()
-    store = FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
-    check = verify_until_clean(settings.postgres_conninfo(), store, wait_s=15)
-    pipeline.stop.set()
-    features_thread.join(timeout=30)
-    stats = pipeline.stats
+    writer.join(timeout=30)
+    snap = service.snapshot()
+    store = FeatureStore.connect(settings.redis_url, SCORING_FEATURES, settings.namespace)
+    # The demo's entities (other writers may share the database: their rows are not ours to judge)
+    only = {"customer": list(range(1, DEMO_WORKLOAD.customers + 1)),
+            "merchant": list(range(1, DEMO_WORKLOAD.merchants + 1))}
+    check = verify_until_clean(settings.postgres_conninfo(), store, wait_s=30, only=only)
+    dashboard = service.api_url
+    service.stop()
+    report = state["report"]
+    summary = DemoSummary(
+        payments=report.count("payments", "c") if report else 0,
+        snapshot=snap,
+        verified_entities=check.entities_checked,
+        mismatches=len(check.mismatches),
+        dashboard=dashboard,
+    )
+    _print_summary(console, summary, settings)
+    return summary
+
+
+def _print_summary(console: Console, s: DemoSummary, settings: Settings) -> None:
+    snap = s.snapshot
     console.print(
-        f"[bold]summary[/]: {tally.total} change events; commit -> Kafka p50 "
-        f"{tally.percentile(0.5):.0f} ms, p99 {tally.percentile(0.99):.0f} ms; "
-        f"commit -> features p50 {_pct(stats.lags_ms, 0.5):.0f} ms, "
-        f"p99 {_pct(stats.lags_ms, 0.99):.0f} ms; {stats.applied} changes applied, "
-        f"{stats.duplicates} duplicates dropped, {stats.dead_lettered} dead-lettered."
+        f"[bold]summary[/]: {s.payments} payments; {snap.applied} changes applied "
+        f"(commit -> features p50 {_fmt(snap.lag_p50_ms, unit=' ms')}, "
+        f"p99 {_fmt(snap.lag_p99_ms, unit=' ms')}); {snap.scored} predictions; "
+        f"{snap.learned} examples learned; ROC AUC {_fmt(snap.auc, '.3f')} "
+        f"(rolling {_fmt(snap.rolling_auc, '.3f')}); {snap.concept_alarms} concept-drift alarms; "
+        f"{snap.drift_reports} drift reports (latest: {snap.drift_status or '-'}); retrains: "
+        f"{dict(snap.retrains) or 'none'}; model swaps: {snap.swaps}."
     )
     verdict = (
-        "[green]0 mismatches[/]" if check.ok else f"[red]{len(check.mismatches)} mismatches[/]"
+        "[green]0 mismatches[/]" if s.mismatches == 0 else f"[red]{s.mismatches} mismatches[/]"
     )
     console.print(
-        f"[bold]verify[/]: {check.entities_checked} entities, {check.values_checked} feature "
-        f"values against the SQL oracle: {verdict}"
+        f"[bold]verify[/]: {s.verified_entities} entities against the SQL oracle: {verdict}"
     )
+    ns_env = f"FRESHLOOP_REDIS_NAMESPACE={settings.namespace}"
     console.print(
-        "Try: 'freshloop features get customer 1'. The stack keeps running: "
-        "'freshloop stack status', 'freshloop stack down'."
+        f"Reports: '{ns_env} freshloop drift report --latest'; dashboard and API: "
+        f"'{ns_env} freshloop api serve' then http://{settings_api(settings)}/ (this run's "
+        f"server stopped with the demo). The stack keeps running: 'freshloop stack down'."
     )
+    if snap.errors:
+        console.print(f"[red]errors[/]: {'; '.join(snap.errors)}")
+
+
+def settings_api(settings: Settings) -> str:
+    host = getattr(settings, "api_host", "127.0.0.1")
+    port = getattr(settings, "api_port", 8000)
+    return f"{host}:{port}"

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
         default=9464, ge=0, le=65535,
         description="Prometheus metrics of 'features run' on stack_bind (0: off).",
     )
+    stats_interval_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="How often each feature pipeline writes its live stats hash to Redis "
+        "(<namespace>:stats:pipeline:<consumer>).",
+    )
+    stats_ttl_s: int = Field(
+        default=60, ge=2, le=3600,
+        description="Expiry of a pipeline's live stats hash (a dead consumer vanishes after it).",
+    )
     poll_interval_ms: int = Field(
         default=5,
         ge=1,
@@ -97,8 +106,17 @@ class Settings(BaseSettings):
     stack_bind: str = Field(
         default="127.0.0.1", description="Address the local services listen on (loopback)."
     )
+    api_host: str = Field(
+        default="127.0.0.1",
+        description="Address 'api serve' listens on (loopback; 0.0.0.0 only inside a container).",
+    )
+    api_port: int = Field(
+        default=8000, ge=0, le=65535,
+        description="Port of the HTTP API and dashboard (0: any free port).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level of every command."
+        default="WARNING",
+        description="Log level of every command (its --log-level option wins).",
     )
 
     # ---- online learning (``freshloop learn``) --------------------------------------------
@@ -150,6 +168,66 @@ class Settings(BaseSettings):
         default=30.0, gt=0,
         description="A check that could not start this many seconds after its time is skipped.",
     )
+    drift_reference_size: int = Field(
+        default=2000, ge=10,
+        description="Rows of the reference window: the champion's retrain window (newest rows) "
+        "or, without one, the first rows labelled after the champion was promoted.",
+    )
+    drift_current_size: int = Field(
+        default=2000, ge=10, description="Rows of the current window: the newest labelled rows..."
+    )
+    drift_current_window_s: float = Field(
+        default=3600.0, gt=0, description="...labelled within the last this many seconds."
+    )
+    drift_min_samples: int = Field(
+        default=100, ge=2,
+        description="Fewer rows in either window: the report says insufficient_data.",
+    )
+    drift_large_sample: int = Field(
+        default=1000, ge=2,
+        description="From this many rows in the smaller window features are judged by effect "
+        "size (PSI, Jensen-Shannon) instead of a p-value (KS, chi-square).",
+    )
+    drift_p_value: float = Field(
+        default=0.01, gt=0, lt=1,
+        description="KS / chi-square p-value below which a feature drifted (smaller windows).",
+    )
+    drift_psi_threshold: float = Field(
+        default=0.2, gt=0, description="PSI at or above which a numeric feature drifted."
+    )
+    drift_js_threshold: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Jensen-Shannon distance at or above which a categorical feature drifted.",
+    )
+    drift_psi_bins: int = Field(
+        default=10, ge=2, le=100, description="Quantile bins of the reference for PSI."
+    )
+    drift_quality_mostly: float = Field(
+        default=0.99, gt=0, le=1,
+        description="Data quality: share of current values that must lie in the range.",
+    )
+    drift_quality_mean_sd: float = Field(
+        default=1.0, gt=0,
+        description="Data quality: a feature's current mean must lie within this many "
+        "reference standard deviations of the reference mean.",
+    )
+    drift_stale_sample: int = Field(
+        default=50, ge=0,
+        description="Freshness: recently active customers checked against the SQL oracle "
+        "(0: skip).",
+    )
+    drift_stale_recheck_s: float = Field(
+        default=1.0, ge=0,
+        description="Freshness: an entity is stale when it still differs this long later.",
+    )
+    drift_ignore_features: str = Field(
+        default="hour_sin,hour_cos,dow_sin,dow_cos",
+        description="Comma-separated features left out of drift and quality checks: the "
+        "time-of-day and day-of-week encodings differ between any two time windows by design.",
+    )
+    drift_history: int = Field(
+        default=50, ge=1, description="Previous reports shown in a report's over-time charts."
+    )
     retrain_drift_share: float = Field(
         default=0.5, gt=0, le=1,
         description="Policy: retrain when this share of features (or more) drifted.",
@@ -181,7 +259,7 @@ class Settings(BaseSettings):
         description="Newest share of the window held out to compare challenger and champion.",
     )
     retrain_epochs: int = Field(
-        default=2, ge=1, le=100, description="Passes of the challenger over its training slice."
+        default=3, ge=1, le=100, description="Passes of the challenger over its training slice."
     )
     retrain_promote_margin: float = Field(
         default=0.01, ge=0, le=1,
@@ -189,7 +267,7 @@ class Settings(BaseSettings):
     )
     retrain_log_loss_tolerance: float = Field(
         default=0.05, ge=0,
-        description="...and its log loss is at most this much worse than the champion's.",
+        description="Promote only when the challenger's log loss is at most this much worse.",
     )
     retrain_stale_after_s: float = Field(
         default=1800.0, gt=0,
@@ -315,6 +393,11 @@ class Settings(BaseSettings):
     def slot_name(self) -> str:
         """Replication slot of this pipeline's connector: unique per topic prefix."""
         return f"{self.topic_prefix.lower()}_slot"
+
+    @property
+    def drift_ignored_features(self) -> tuple[str, ...]:
+        """``drift_ignore_features`` as names."""
+        return tuple(n.strip() for n in self.drift_ignore_features.split(",") if n.strip())
 
     @property
     def namespace(self) -> str:
