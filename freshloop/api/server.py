@@ -35,8 +35,10 @@ def _bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         msg = f"cannot listen on {host!r}: {exc}; set FRESHLOOP_API_HOST to an address of this host"
         raise ApiStartError(msg) from exc
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, address = infos[0]
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without it
+    # every response waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)

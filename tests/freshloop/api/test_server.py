@@ -39,3 +39,33 @@ def test_cli_has_api_serve() -> None:
     assert result.exit_code == 0 and "--port" in result.output and "--host" in result.output
     bad = CliRunner().invoke(cli, ["api", "serve", "--port", "70000"])
     assert bad.exit_code == 2 and "70000" in bad.output
+
+
+def test_accepted_connections_send_without_waiting_for_acks() -> None:
+    """The listening socket says TCP, so asyncio sets TCP_NODELAY on each connection it
+    accepts; without it every response stalled ~40 ms on the client's delayed ACK."""
+    import asyncio
+
+    from freshloop.api.server import _bind
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(
+            Probe, sock=_bind("127.0.0.1", 0)
+        )
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(accepted, 5)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) == 1
