@@ -124,7 +124,11 @@ def fill(settings: Settings, events: int, seed: int = 1) -> int:
     return produced
 
 
-def raw_rate(settings: Settings, total: int) -> float:
+def raw_rate(settings: Settings, total: int, topics: list[str] | None = None) -> float:
+    """The ceiling: consume ``total`` events of ``topics`` (default: the replay's payments and
+    outcomes topics) from the start and decode each, nothing else; events/s."""
+    if topics is None:
+        topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -132,7 +136,6 @@ def raw_rate(settings: Settings, total: int) -> float:
             "enable.auto.commit": False,
         }
     )
-    topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
     meta = consumer.list_topics(timeout=10).topics
     consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
     seen, started = 0, time.perf_counter()

@@ -25,12 +25,12 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.common import ratio, save, spread
 from bench.peers import PeerMissing, run_peer
-from bench.replay import BASE_MS, _env, _iso
+from bench.replay import BASE_MS, _env, _iso, raw_rate
 from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureSet, FeatureStore
 from feature_pipelines.readout import ReadPlan
 from freshloop.settings import Settings
@@ -92,27 +92,6 @@ def fill_inserts(settings: Settings, events: int, seed: int = 11) -> str:
             producer.poll(0)
     producer.flush(120)
     return topic
-
-
-def raw_rate(settings: Settings, topic: str, total: int) -> float:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": uuid.uuid4().hex,
-            "enable.auto.commit": False,
-        }
-    )
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    seen, started = 0, time.perf_counter()
-    while seen < total:
-        for msg in consumer.consume(5000, timeout=1.0):
-            if msg.error() is None:
-                orjson.loads(msg.value())
-                seen += 1
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return seen / elapsed
 
 
 def freshloop_rate(settings: Settings, ns: str, total: int) -> dict[str, float]:
@@ -223,7 +202,7 @@ def run(events: int, repeat: int, with_quix: bool = True) -> dict[str, Any]:
         print(f"[bench] filled {events:,} inserts in {time.perf_counter() - started:.0f} s")
         for i in range(repeat):
             last = i == repeat - 1
-            raws.append(raw_rate(settings, topic, events))
+            raws.append(raw_rate(settings, events, [topic]))
             ns = f"{tag}f{i}"
             mine = freshloop_rate(settings, ns, events)
             ours.append(mine["events_per_s"])

@@ -292,7 +292,7 @@ def _print_summary(console: Console, s: DemoSummary, settings: Settings) -> None
     ns_env = f"FRESHLOOP_REDIS_NAMESPACE={settings.namespace}"
     console.print(
         f"Reports: '{ns_env} freshloop drift report --latest'; dashboard and API: "
-        f"'{ns_env} freshloop api serve' then http://{settings_api(settings)}/ (this run's "
+        f"'{ns_env} freshloop api serve' then {settings_api(settings)} (this run's "
         f"server stopped with the demo). The stack keeps running: 'freshloop stack down'."
     )
     if snap.errors:
@@ -300,6 +300,8 @@ def _print_summary(console: Console, s: DemoSummary, settings: Settings) -> None
 
 
 def settings_api(settings: Settings) -> str:
-    host = getattr(settings, "api_host", "127.0.0.1")
-    port = getattr(settings, "api_port", 8000)
-    return f"{host}:{port}"
+    """Where ``freshloop api serve`` will listen with these settings."""
+    host = "127.0.0.1" if settings.api_host in {"0.0.0.0", "::"} else settings.api_host  # noqa: S104
+    if settings.api_port == 0:
+        return f"the address it prints (FRESHLOOP_API_PORT=0: a free port on {host})"
+    return f"http://{host}:{settings.api_port}/"

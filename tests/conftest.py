@@ -14,10 +14,19 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from freshloop.settings import Settings
 
 pytest_plugins = ["tests.fixtures"]
+
+# The suite shares 2 cores with the whole stack: how fast an example is drawn or run says
+# nothing about correctness here, so neither is a failure (properties still run in full).
+hypothesis_settings.register_profile(
+    "freshloop", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("freshloop")
 
 
 @pytest.fixture(scope="session")

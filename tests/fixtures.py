@@ -112,3 +112,42 @@ def isolated_connector(stack_settings: Settings, pg: psycopg.Connection) -> Iter
             pg.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot_name,))
             break
         time.sleep(0.2)
+
+
+LEARNING_TABLES = (
+    "retrains",
+    "drift_reports",
+    "training_examples",
+    "learner_checkpoints",
+    "model_registry",
+)
+
+
+def drop_namespace(settings: Settings, tag: str) -> None:
+    """Remove what a test namespace left: its Redis keys, its predictions topic, its rows in every
+    learning table and its scheduler's job table."""
+    import redis
+
+    from drift.scheduler import job_table
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{tag}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic = f"{tag}.predictions"
+    if topic in admin.list_topics(timeout=10).topics:
+        for future in admin.delete_topics([topic]).values():
+            future.result(timeout=30)
+    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
+        for table in LEARNING_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE namespace = %s", (tag,))  # noqa: S608
+        conn.execute(f"DROP TABLE IF EXISTS {job_table(tag)}")

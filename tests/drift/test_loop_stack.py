@@ -174,5 +174,7 @@ def test_concept_change_is_flagged_retrained_promoted_and_auc_recovers(loop_ns: 
           f"{auc_recovered} (n={len(recovered)}); cycles={len(cycles)} retrains={len(starts)}")
     assert auc_drifted is not None and auc_recovered is not None
     assert sum(y for y, _ in recovered) >= 10
-    assert auc_recovered > auc_drifted
-    assert auc_recovered >= 0.85
+    # Served AUC falls to chance after the change (~0.5) and is back near 0.85-0.95 with the
+    # promoted model (2 cores shared with the whole stack: a run's exact value varies).
+    assert auc_recovered >= auc_drifted + 0.15
+    assert auc_recovered >= 0.8

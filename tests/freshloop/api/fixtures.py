@@ -16,11 +16,11 @@ import orjson
 import psycopg
 import pytest
 import redis
-from confluent_kafka.admin import AdminClient
 
 from feature_pipelines.live_stats import StatsPublisher
 from freshloop.api import ApiServer
 from freshloop.settings import Settings
+from tests.fixtures import drop_namespace
 
 __all__ = [
     "ApiHandle",
@@ -62,17 +62,7 @@ def api_ns(pipeline: Settings) -> Iterator[Settings]:
         }
     )
     yield settings
-    client = redis.Redis.from_url(settings.redis_url)
-    for key in client.scan_iter(match=f"{tag}:*", count=1000):
-        client.delete(key)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    if f"{tag}.predictions" in admin.list_topics(timeout=10).topics:
-        for future in admin.delete_topics([f"{tag}.predictions"]).values():
-            future.result(timeout=30)
-    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
-        for table in ("retrains", "drift_reports", "training_examples", "learner_checkpoints",
-                      "model_registry"):
-            conn.execute(f"DELETE FROM {table} WHERE namespace = %s", (tag,))  # noqa: S608
+    drop_namespace(settings, tag)
 
 
 @dataclass
