@@ -274,6 +274,7 @@ def _run(
 
 def _print_summary(console: Console, s: DemoSummary, settings: Settings) -> None:
     snap = s.snapshot
+    console.line()  # the live table's last line ends without one when not on a terminal
     console.print(
         f"[bold]summary[/]: {s.payments} payments; {snap.applied} changes applied "
         f"(commit -> features p50 {_fmt(snap.lag_p50_ms, unit=' ms')}, "
