@@ -206,7 +206,9 @@ def test_soak(system: System) -> None:
 def _write(result: dict[str, Any]) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "lag_by_sample"}, indent=1))
     if os.environ.get("SOAK_REPORT"):
-        Path(os.environ["SOAK_REPORT"]).write_text(json.dumps(result, indent=1))
+        path = Path(os.environ["SOAK_REPORT"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
 
 
 def _quiet_phase(settings: Settings, sampler: Sampler) -> dict[str, int]:
