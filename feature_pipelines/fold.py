@@ -34,6 +34,28 @@ for i = 0, nf - 1 do
   spec[ARGV[base]] = {i + 1, ARGV[base + 1], ARGV[base + 2] == '1',
                       tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])}
 end
+-- What a field name means for this read: false (not counted) or {slot, kind, distinct value};
+-- kind 1 = count, 2 = total. Entities share most field names (feature@bucket), so each name
+-- is parsed once per call.
+local meaning = {}
+local function parse(f)
+  local head, dval = f, nil
+  local p = string.find(head, '#', 1, true)
+  if p then dval = string.sub(head, p + 1); head = string.sub(head, 1, p - 1) end
+  local bucket = nil
+  p = string.find(head, '@', 1, true)
+  if p then bucket = tonumber(string.sub(head, p + 1)); head = string.sub(head, 1, p - 1) end
+  local part = ''
+  p = string.find(head, ':', 1, true)
+  if p then part = string.sub(head, p + 1); head = string.sub(head, 1, p - 1) end
+  local s = spec[head]
+  if s and ((not s[3]) or (bucket and bucket > s[4] and bucket <= s[5])) then
+    local kind = 2
+    if s[2] == 'c' or part == 'n' then kind = 1 end
+    return {s[1], kind, dval}
+  end
+  return false
+end
 local out = {}
 for k = 1, #KEYS do
   local flat = redis.call('HGETALL', KEYS[k])
@@ -46,23 +68,15 @@ for k = 1, #KEYS do
       if f == '@COMMIT@' then commit = flat[j + 1]
       elseif f == '@WRITTEN@' then written = flat[j + 1] end
     else
-      local head, dval = f, nil
-      local p = string.find(head, '#', 1, true)
-      if p then dval = string.sub(head, p + 1); head = string.sub(head, 1, p - 1) end
-      local bucket = nil
-      p = string.find(head, '@', 1, true)
-      if p then bucket = tonumber(string.sub(head, p + 1)); head = string.sub(head, 1, p - 1) end
-      local part = ''
-      p = string.find(head, ':', 1, true)
-      if p then part = string.sub(head, p + 1); head = string.sub(head, 1, p - 1) end
-      local s = spec[head]
-      if s and ((not s[3]) or (bucket and bucket > s[4] and bucket <= s[5])) then
-        local slot, v = s[1], tonumber(flat[j + 1])
+      local m = meaning[f]
+      if m == nil then m = parse(f); meaning[f] = m end
+      if m then
+        local slot, v, dval = m[1], tonumber(flat[j + 1]), m[3]
         if dval then
           local d = distinct[slot]
           if not d then d = {}; distinct[slot] = d end
           d[dval] = (d[dval] or 0) + v
-        elseif s[2] == 'c' or part == 'n' then
+        elseif m[2] == 1 then
           counts[slot] = counts[slot] + v
         else
           totals[slot] = totals[slot] + v
