@@ -91,13 +91,13 @@ class JoinConfig:
         return self.horizon + self.grace
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     is_fraud: bool
     at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Tombstone:
     predicted_at: datetime
     source: LabelSource
