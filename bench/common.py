@@ -71,3 +71,46 @@ def save(name: str, result: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def drop_keys(redis_url: str, pattern: str) -> int:
+    """Delete every key matching ``pattern`` (SCAN, deletes in batches of 1,000); how many."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    dropped, batch = 0, []
+    try:
+        for key in client.scan_iter(match=pattern, count=5000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                dropped += client.delete(*batch)
+                batch.clear()
+        if batch:
+            dropped += client.delete(*batch)
+    finally:
+        client.close()
+    return int(dropped)
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create fresh topics (replication 1) and wait for them."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in names]
+    for future in admin.create_topics(new).values():
+        future.result(timeout=30)
+
+
+def bulk_producer(bootstrap: str) -> Any:
+    """A producer tuned to pre-fill a topic fast (large batches, deep local queue)."""
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+        }
+    )

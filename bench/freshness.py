@@ -40,7 +40,7 @@ import psycopg
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import percentiles, ratio, save, spread
+from bench.common import drop_keys, percentiles, ratio, save, spread
 from bench.peers.batch_sql import BatchRecompute
 from feature_pipelines import SAMPLE_FEATURES
 from freshloop.settings import Settings
@@ -108,9 +108,7 @@ def write_load(settings: Settings, rate: float, seconds: float, per_process: flo
 
 
 def _drop(settings: Settings, ns: str) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    for key in client.scan_iter(match=f"{ns}:*", count=5000):
-        client.delete(key)
+    drop_keys(settings.redis_url, f"{ns}:*")
 
 
 def _wait_ready(settings: Settings, ns: str, proc: subprocess.Popen[bytes]) -> None:

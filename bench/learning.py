@@ -20,7 +20,7 @@ from decimal import Decimal
 import orjson
 import redis
 
-from bench.common import save, spread
+from bench.common import drop_keys, save, spread
 from feature_pipelines import SAMPLE_FEATURES, FeatureSet, FeatureStore
 from feature_pipelines.decode import decode
 from feature_pipelines.planner import Planner
@@ -148,9 +148,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        client = redis.Redis.from_url(settings.redis_url)
-        for key in client.scan_iter(match=f"{ns}:*", count=5000):
-            client.delete(key)
+        drop_keys(settings.redis_url, f"{ns}:*")
     result = {
         "payments": args.payments,
         "freshloop_scored_learned_per_s": spread(ours),

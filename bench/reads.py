@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 
-from bench.common import percentiles, ratio, save, spread
+from bench.common import drop_keys, percentiles, ratio, save, spread
 from bench.learning import _build_features, _payments
 from bench.peers import PeerMissing, run_peer
 from feature_pipelines import FeatureStore
@@ -261,9 +260,7 @@ def run(
         if api is not None:
             api.stop()
         values_file.unlink(missing_ok=True)
-        client = redis.Redis.from_url(settings.redis_url)
-        for key in client.scan_iter(match=f"{ns}:*", count=5000):
-            client.delete(key)
+        drop_keys(settings.redis_url, f"{ns}:*")
     table: dict[str, Any] = {}
     for side in ("python", "http"):
         for shape in ("one", f"batch{BATCH}"):

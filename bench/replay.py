@@ -18,11 +18,10 @@ import uuid
 from pathlib import Path
 
 import orjson
-import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from bench.common import save
+from bench.common import bulk_producer, create_topics, drop_keys, save
 from feature_pipelines import FeaturePipeline
 from freshloop.settings import Settings
 
@@ -60,23 +59,9 @@ def _env(table: str, op: str, before, after, lsn: int, ms: int) -> bytes:
 def fill(settings: Settings, events: int, seed: int = 1) -> int:
     """Produce ``events`` change events; returns how many were produced."""
     rng = random.Random(seed)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
-    for future in admin.create_topics(
-        [
-            NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
-            for t in topics
-        ]
-    ).values():
-        future.result(timeout=30)
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "linger.ms": 20,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 500000,
-        }
-    )
+    create_topics(settings.kafka_bootstrap, topics, settings.topic_partitions)
+    producer = bulk_producer(settings.kafka_bootstrap)
     rows: dict[int, dict] = {}
     lsn, produced, next_id = 1000, 0, 1
     while produced < events:
@@ -162,9 +147,7 @@ def pipeline_rate(settings: Settings, total: int, profile: str | None = None) ->
     elapsed = time.perf_counter() - started
     pipeline.stop.set()
     worker.join(timeout=60)
-    client = redis.Redis.from_url(settings.redis_url)
-    for key in client.scan_iter(match=f"{ns}:*", count=5000):
-        client.delete(key)
+    drop_keys(settings.redis_url, f"{ns}:*")
     return (pipeline.stats.applied + pipeline.stats.duplicates) / elapsed
 
 

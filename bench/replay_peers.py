@@ -24,11 +24,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import redis
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
-from bench.common import ratio, save, spread
+from bench.common import bulk_producer, create_topics, drop_keys, ratio, save, spread
 from bench.peers import PeerMissing, run_peer
 from bench.replay import BASE_MS, _env, _iso, raw_rate
 from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureSet, FeatureStore
@@ -53,19 +51,8 @@ CUSTOMERS = 20_000
 def fill_inserts(settings: Settings, events: int, seed: int = 11) -> str:
     """Create the topic and produce ``events`` payment inserts; returns the topic name."""
     topic = settings.topic("payments")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)]
-    ).values():
-        future.result(timeout=30)
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "linger.ms": 20,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 500000,
-        }
-    )
+    create_topics(settings.kafka_bootstrap, [topic], settings.topic_partitions)
+    producer = bulk_producer(settings.kafka_bootstrap)
     rng = random.Random(seed)
     for i in range(events):
         pk = i + 1
@@ -164,17 +151,6 @@ def compare(settings: Settings, ns: str, quix_prefix: str, sample: int = 300) ->
     return {"values_checked": checked, "mismatches": mismatches, "examples": examples}
 
 
-def _drop_keys(client: redis.Redis, prefix: str) -> None:
-    batch = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=5000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            client.delete(*batch)
-            batch.clear()
-    if batch:
-        client.delete(*batch)
-
-
 def _drop_topics(settings: Settings, marker: str) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     names = [t for t in admin.list_topics(timeout=10).topics if marker in t]
@@ -189,7 +165,6 @@ def _drop_topics(settings: Settings, marker: str) -> None:
 def run(events: int, repeat: int, with_quix: bool = True) -> dict[str, Any]:
     tag = f"benchq{uuid.uuid4().hex[:6]}"
     settings = Settings().model_copy(update={"topic_prefix": tag, "metrics_port": 0})
-    client = redis.Redis.from_url(settings.redis_url)
     raws: list[float] = []
     ours: list[float] = []
     ours_wall: list[float] = []
@@ -223,8 +198,8 @@ def run(events: int, repeat: int, with_quix: bool = True) -> dict[str, Any]:
                 f"quix {quix[-1] if quix else float('nan'):,.0f}/s",
                 flush=True,
             )
-            _drop_keys(client, ns)
-            _drop_keys(client, quix_prefix)
+            drop_keys(settings.redis_url, f"{ns}:*")
+            drop_keys(settings.redis_url, f"{quix_prefix}:*")
     finally:
         _drop_topics(settings, tag)
     raw, fl, qx = spread(raws), spread(ours), spread(quix)

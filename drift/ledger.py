@@ -23,6 +23,12 @@ from drift.exceptions import RetrainBusyError, RetrainError
 
 __all__ = ["RetrainLedger", "RetrainState"]
 
+# A running retrain is live while its last progress (or its start) is recent enough.
+_LIVE = (
+    "coalesce((progress->>'updated_at')::timestamptz, started_at) "
+    ">= now() - make_interval(secs => :stale)"
+)
+
 log = logging.getLogger(__name__)
 
 _UNIQUE_VIOLATION = "23505"
@@ -62,10 +68,8 @@ class RetrainLedger:
         with self.engine.begin() as conn:
             done = conn.execute(
                 text(
-                    "UPDATE retrains SET status = 'failed', finished_at = now(), detail = :detail "
-                    "WHERE namespace = :ns AND status = 'running' AND coalesce("
-                    "(progress->>'updated_at')::timestamptz, started_at) "
-                    "< now() - make_interval(secs => :stale)"
+                    "UPDATE retrains SET status = 'failed', finished_at = now(), detail = :detail "  # noqa: S608 (a fixed fragment)
+                    f"WHERE namespace = :ns AND status = 'running' AND NOT ({_LIVE})"
                 ),
                 {
                     "ns": self.ns,
@@ -182,10 +186,8 @@ class RetrainLedger:
         with self.engine.connect() as conn:
             row = conn.execute(
                 text(
-                    "SELECT max(started_at) AS last_started_at, "
-                    "bool_or(status = 'running' AND coalesce("
-                    "(progress->>'updated_at')::timestamptz, started_at) "
-                    ">= now() - make_interval(secs => :stale)) AS running "
+                    "SELECT max(started_at) AS last_started_at, "  # noqa: S608 (a fixed fragment)
+                    f"bool_or(status = 'running' AND {_LIVE}) AS running "
                     "FROM retrains WHERE namespace = :ns"
                 ),
                 {"ns": self.ns, "stale": self.stale_after_s},

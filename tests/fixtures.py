@@ -126,22 +126,10 @@ LEARNING_TABLES = (
 def drop_namespace(settings: Settings, tag: str) -> None:
     """Remove what a test namespace left: its Redis keys, its predictions topic, its rows in every
     learning table and its scheduler's job table."""
-    import redis
-
+    from bench.common import drop_keys
     from drift.scheduler import job_table
 
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        batch = []
-        for key in client.scan_iter(match=f"{tag}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.delete(*batch)
-                batch.clear()
-        if batch:
-            client.delete(*batch)
-    finally:
-        client.close()
+    drop_keys(settings.redis_url, f"{tag}:*")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic = f"{tag}.predictions"
     if topic in admin.list_topics(timeout=10).topics:

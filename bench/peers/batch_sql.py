@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import psycopg
 import redis
 
+from bench.common import drop_keys
 from feature_pipelines import FeatureSet
 from feature_pipelines.oracle import oracle_query, state_from_row
 from feature_pipelines.readout import finalize
@@ -96,6 +97,4 @@ class BatchRecompute:
         return out
 
     def cleanup(self) -> None:
-        client = redis.Redis.from_url(self.redis_url)
-        for key in client.scan_iter(match=f"{self.ns}:*", count=5000):
-            client.delete(key)
+        drop_keys(self.redis_url, f"{self.ns}:*")
