@@ -18,7 +18,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from feature_pipelines.decode import ChangeEvent, decode
 from feature_pipelines.exceptions import DecodeError, FeaturePipelineError
 from feature_pipelines.live_stats import StatsPublisher
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
-from feature_pipelines.planner import Planner, WritePlan
+from feature_pipelines.planner import Planner, WritePlan, row_after
 from feature_pipelines.recovery import RedisLossGuard
 from feature_pipelines.store import RedisBatchWriter
 from freshloop.settings import Settings
@@ -46,6 +46,17 @@ from freshloop.settings import Settings
 __all__ = ["FeaturePipeline", "PipelineStats", "run_pipeline"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A decoded and planned batch, before or while it is written."""
+
+    events: list[ChangeEvent]
+    offsets: dict[str, int]
+    states: Mapping[str, Mapping[str, str]]  # row states the plan was made from
+    plan: WritePlan
+    started: float  # perf_counter when its messages were taken
 
 
 @dataclass
@@ -145,6 +156,7 @@ class FeaturePipeline:
         )
         # Redis restarts and wipes: detected, positions re-read, features rebuilt (recovery.py)
         self.recovery = RedisLossGuard(self)
+        self._held: _Held | None = None  # a planned batch waiting to be written (``process``)
 
     # ---- assignment: positions come from Redis --------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -159,6 +171,12 @@ class FeaturePipeline:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked partitions=%s", [(tp.topic, tp.partition) for tp in partitions])
+        try:
+            self.flush_held()  # while the partitions are still ours
+        except redis.RedisError as exc:
+            # not written: its messages come again to whoever owns them next (Redis positions)
+            log.warning("held batch dropped at revoke error=%s", exc)
+            self.drop_held()
         self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
     # ---- the loop --------------------------------------------------------------------------
@@ -177,6 +195,10 @@ class FeaturePipeline:
                 if self.live.due():
                     self.publish_stats()
         finally:
+            try:
+                self.flush_held()
+            except redis.RedisError as exc:
+                log.warning("held batch not written at stop error=%s: it is read again", exc)
             self.live.remove()
             self.consumer.close()
             self.dead_letters.flush()
@@ -191,14 +213,78 @@ class FeaturePipeline:
         messages = self.consumer.consume(self.max_batch, timeout=0)
         if messages:
             return messages
+        if self._held is not None:
+            self.recovery.flush()  # nothing else waiting: write the held batch now
+            messages = self.consumer.consume(self.max_batch, timeout=0)
+            if messages:
+                return messages
         first = self.consumer.poll(0.1)
         if first is None:
             return []
         return [first, *self.consumer.consume(self.max_batch - 1, timeout=0)]
 
-    def process(self, messages: list[Message]) -> None:
-        """Decode, plan and write one batch; dead-letter what cannot be decoded."""
+    def process(self, messages: list[Message], *, hold: bool = False) -> None:
+        """Decode, plan and write one batch; dead-letter what cannot be decoded.
+
+        ``hold=True`` (the run loop, while more messages are waiting) keeps the planned batch
+        back instead of writing it at once: the next call sends it in the same round trip as
+        the read of its own batch's row states, and plans while Redis writes, so the Python
+        and Redis halves of the work overlap. ``flush_held`` writes a held batch (the loop calls
+        it as soon as no message is waiting, so holding never delays a quiet stream).
+        """
         started = time.perf_counter()
+        events, offsets = self._decode(messages)
+        keys = self.planner.keys_needed(events)
+        held, self._held = self._held, None
+        if held is None:
+            states = self.writer.read_rows(keys)
+        else:
+            # rows the held batch writes come from its plan, the rest are read before it runs
+            written = held.plan.rows
+            states, pending = self.writer.read_then_apply(
+                [k for k in keys if k not in written], held.plan, held.offsets
+            )
+            for key in keys:
+                if key in written:
+                    states[key] = row_after(held.states.get(key), written[key])
+        plan = self.planner.plan(events, states)  # overlaps the held batch's write
+        if held is not None:
+            if not pending.wait():
+                # a row state changed under the held batch (or the scripts were gone): write it
+                # again from fresh state, then plan this one from fresh state too
+                log.info(
+                    "%s, re-planning",
+                    "write script reloaded"
+                    if pending.unloaded
+                    else "row state changed under the batch",
+                )
+                held.plan = self._write(held.events, held.offsets)
+                states = self.writer.read_rows(keys)
+                plan = self.planner.plan(events, states)
+            self._finish(held)
+        batch = _Held(events, offsets, states, plan, started)
+        if hold:
+            self._held = batch
+        else:
+            self._flush(batch)
+
+    def flush_held(self) -> None:
+        """Write the batch ``process(hold=True)`` kept back, if any."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._flush(held)
+
+    def drop_held(self) -> None:
+        """Forget a held batch (its messages come again after a seek to Redis's positions)."""
+        self._held = None
+
+    def _flush(self, batch: _Held) -> None:
+        if not self.writer.apply(batch.plan, batch.offsets):
+            log.info("row state changed under the batch, re-planning")
+            batch.plan = self._write(batch.events, batch.offsets)
+        self._finish(batch)
+
+    def _decode(self, messages: list[Message]) -> tuple[list[ChangeEvent], dict[str, int]]:
         events: list[ChangeEvent] = []
         offsets: dict[str, int] = {}
         dead_before = self.dead_letters.count
@@ -234,7 +320,11 @@ class FeaturePipeline:
         if self.dead_letters.count != dead_before:
             self.dead_letters.flush()  # never move past a bad event before it is safe
             self.stats.dead_lettered = self.dead_letters.count
-        plan = self._write(events, offsets)
+        return events, offsets
+
+    def _finish(self, batch: _Held) -> None:
+        """After a batch's write: hooks, lags, counters, and Kafka's (monitoring) offsets."""
+        plan, offsets = batch.plan, batch.offsets
         if self.on_applied is not None and plan.applied_events:
             self.on_applied(plan.applied_events)
         now_ms = time.time() * 1000
@@ -258,7 +348,7 @@ class FeaturePipeline:
         self.stats.batches += 1
         EVENTS.labels("applied").inc(plan.applied)
         EVENTS.labels("duplicate").inc(plan.duplicates)
-        BATCH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         self.consumer.commit(
             offsets=[TopicPartition(*_split(name), offset) for name, offset in offsets.items()],
             asynchronous=True,

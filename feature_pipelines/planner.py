@@ -37,7 +37,7 @@ from feature_pipelines.decode import ChangeEvent, format_position, parse_positio
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import GroupFn, compile_group
 
-__all__ = ["Planner", "RowWrite", "WritePlan", "entity_key", "row_key"]
+__all__ = ["Planner", "RowWrite", "WritePlan", "entity_key", "row_after", "row_key"]
 
 RowState = Mapping[str, str]
 
@@ -58,6 +58,16 @@ class RowWrite:
     expected_ver: str | None
     updates: dict[str, str] = field(default_factory=dict)
     deletes: set[str] = field(default_factory=set)
+
+
+def row_after(before: RowState | None, write: RowWrite) -> dict[str, str]:
+    """A row state as the batch write leaves it (the store's script: sets, deletes, ``ver``+1)."""
+    state = dict(before or {})
+    for name in write.deletes:
+        state.pop(name, None)
+    state.update(write.updates)
+    state["ver"] = str(int(write.expected_ver or 0) + 1)
+    return state
 
 
 @dataclass

@@ -189,10 +189,18 @@ class RedisLossGuard:
             return
         if self._moved:
             return  # fetched before the seek: the same messages come again from the new position
+        self._write(lambda: self.pipeline.process(messages, hold=True))
+
+    def flush(self) -> None:
+        """Write the batch the pipeline holds back (see ``FeaturePipeline.process``)."""
+        self._write(self.pipeline.flush_held)
+
+    def _write(self, step: Callable[[], None]) -> None:
         try:
-            self.pipeline.process(messages)
+            step()
         except redis.ConnectionError as exc:
             log.warning("redis_unreachable error=%s: batch dropped, positions re-read", exc)
+            self.pipeline.drop_held()
             self._guarded(self._recover)
 
     def sweep(self) -> None:
@@ -341,6 +349,7 @@ class RedisLossGuard:
 
     def _reseek(self) -> None:
         """Seek every assigned partition to the position Redis holds (Redis is the truth)."""
+        self.pipeline.drop_held()  # planned from messages before the seek: they come again
         consumer = self.pipeline.consumer
         assigned = consumer.assignment()
         if not assigned:

@@ -28,7 +28,7 @@ from feature_pipelines.planner import WritePlan, entity_key
 from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
-__all__ = ["EntityFeatures", "FeatureStore", "RedisBatchWriter"]
+__all__ = ["EntityFeatures", "FeatureStore", "PendingApply", "RedisBatchWriter"]
 
 _APPLY = """
 -- Fields travel as NUL-separated strings (Postgres text cannot hold NUL): far fewer arguments
@@ -186,6 +186,58 @@ class RedisBatchWriter:
 
     def apply(self, plan: WritePlan, offsets: Mapping[str, int]) -> bool:
         """Write the plan and offsets atomically; False if a row state changed meanwhile."""
+        keys, args = self._script_call(plan, offsets)
+        return int(self._script(keys=keys, args=args)) == 0
+
+    def read_then_apply(
+        self, keys: Sequence[str], plan: WritePlan, offsets: Mapping[str, int]
+    ) -> tuple[dict[str, Mapping[str, str]], PendingApply]:
+        """Send a read of ``keys`` and then ``plan``'s write in one round trip; return the rows
+        read as soon as they arrive, and a handle to wait for the write.
+
+        Redis runs the read first, so the rows are as they were before the write, and it runs
+        the write while the caller works on what it read (the planning of the next batch
+        overlaps the write of this one). Only rows the write does not touch are meaningful to
+        read this way; the caller takes the others from the plan (``row_after``).
+        """
+        keys = list(keys)
+        chunks = [keys[start : start + 4000] for start in range(0, len(keys), 4000)]
+        write_keys, write_args = self._script_call(plan, offsets)
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", self._read.sha, len(chunk), *chunk) for chunk in chunks
+        ]
+        commands.append(("EVALSHA", self._script.sha, len(write_keys), *write_keys, *write_args))
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = [_reply(conn) for _ in chunks]
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        pending = PendingApply(pool, conn)
+        out: dict[str, Mapping[str, str]] = {}
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            pending.wait()  # keep the connection in step (the write may or may not have run)
+            self._load_scripts()
+            return self.read_rows(keys), pending
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                pending.wait()
+                raise reply
+            for key, flat in zip(chunk, reply, strict=True):
+                it = iter(flat)
+                out[key] = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+        return out, pending
+
+    def _load_scripts(self) -> None:
+        self.client.script_load(_APPLY)
+        self.client.script_load(_READ)
+
+    def _script_call(
+        self, plan: WritePlan, offsets: Mapping[str, int]
+    ) -> tuple[list[str], list[Any]]:
         keys = [self.offsets_key]
         args: list[Any] = [_now_ms(), len(plan.rows), 0, _TTL_REFRESH_MS]
         for key, write in plan.rows.items():
@@ -208,7 +260,7 @@ class RedisBatchWriter:
             n_entities += 1
         args[2] = n_entities
         args.append("\0".join(f"{name}\0{offset}" for name, offset in offsets.items()))
-        return int(self._script(keys=keys, args=args)) == 0
+        return keys, args
 
     def sweep(self, features: FeatureSet, cursor: int = 0, count: int = 500) -> tuple[int, int]:
         """Drop expired bucket fields from up to ``count`` entities; returns (cursor, removed)."""
@@ -226,6 +278,47 @@ class RedisBatchWriter:
 
 def _s(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _reply(conn: Any) -> Any:
+    """The next reply on ``conn``; an error reply is returned, not raised, so the replies after
+    it are still read (the connection stays in step)."""
+    try:
+        return conn.read_response()
+    except redis.exceptions.ResponseError as exc:
+        return exc
+
+
+class PendingApply:
+    """A batch write sent by ``read_then_apply`` whose answer has not been read yet."""
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self._pool = pool
+        self._conn: Any = conn
+        self.failed = False  # the write was refused or did not run (then the batch is re-planned)
+        self.unloaded = False  # it did not run: the server had lost the scripts (a restart)
+
+    def wait(self) -> bool:
+        """True once the write is applied; False if it was refused (a row state changed) or did
+        not run. Raises ``redis.ConnectionError`` if the connection broke: nothing is known of
+        the write then, as with any lost reply, and the caller re-reads positions from Redis."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return not self.failed
+        try:
+            reply = _reply(conn)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._pool.release(conn)
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            self.failed = self.unloaded = True
+        elif isinstance(reply, Exception):
+            raise reply
+        elif int(reply) != 0:
+            self.failed = True
+        return not self.failed
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,94 @@
+"""The store's overlapped exchange against a real Redis: one round trip reads the next batch's
+rows and then writes the held batch; the write is checked, refused or reloaded as a plain
+``apply`` would be."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from feature_pipelines import SAMPLE_FEATURES
+from feature_pipelines.planner import Planner, row_after
+from feature_pipelines.store import RedisBatchWriter
+from freshloop.settings import Settings
+from tests.feature_pipelines.harness import decode_all
+from tests.feature_pipelines.test_overlap import _history
+from tests.fixtures import drop_namespace
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ns(stack_settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
+    tag = f"ovl{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(stack_settings.redis_url)
+    yield client, tag
+    drop_namespace(stack_settings, tag)
+    client.close()
+
+
+def _text(raw: dict) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def test_rows_written_are_what_row_after_predicts(ns: tuple[redis.Redis, str]) -> None:
+    client, tag = ns
+    writer = RedisBatchWriter(client, SAMPLE_FEATURES, tag, "g")
+    planner = Planner(SAMPLE_FEATURES, tag)
+    events = decode_all(SAMPLE_FEATURES, _history(random.Random(3), 60).items)
+    compared, last = 0, 0
+    for start in range(0, len(events), 7):
+        chunk = events[start : start + 7]
+        keys = planner.keys_needed(chunk)
+        states = writer.read_rows(keys)
+        plan = planner.plan(chunk, states)
+        others = [f"{tag}:r:{{payments:{n}}}" for n in (90, 91)]
+        client.hset(others[0], mapping={"pos": "1:2", "ver": "7"})
+        last = start + 7
+        read, pending = writer.read_then_apply(others, plan, {"t:0": last})
+        assert read == {others[0]: {"pos": "1:2", "ver": "7"}, others[1]: {}}
+        assert pending.wait() is True
+        for key, write in plan.rows.items():
+            assert _text(client.hgetall(key)) == row_after(states.get(key), write)
+            compared += 1
+    assert compared > 10
+    assert writer.offsets() == {"t:0": last}
+
+
+def test_a_row_changed_under_the_held_batch_refuses_the_whole_write(
+    ns: tuple[redis.Redis, str],
+) -> None:
+    client, tag = ns
+    writer = RedisBatchWriter(client, SAMPLE_FEATURES, tag, "g")
+    planner = Planner(SAMPLE_FEATURES, tag)
+    events = decode_all(SAMPLE_FEATURES, _history(random.Random(5), 12).items)
+    plan = planner.plan(events, writer.read_rows(planner.keys_needed(events)))
+    assert plan.increments
+    raced = next(iter(plan.rows))
+    client.hset(raced, mapping={"ver": "41", "pos": "9:9"})  # another consumer got there first
+    _read, pending = writer.read_then_apply([], plan, {"t:0": 12})
+    assert pending.wait() is False
+    assert all(not client.exists(k) for k in plan.increments)
+    assert writer.offsets() == {}
+    assert _text(client.hgetall(raced)) == {"ver": "41", "pos": "9:9"}
+
+
+def test_scripts_lost_by_a_restart_are_loaded_again(ns: tuple[redis.Redis, str]) -> None:
+    client, tag = ns
+    writer = RedisBatchWriter(client, SAMPLE_FEATURES, tag, "g")
+    planner = Planner(SAMPLE_FEATURES, tag)
+    events = decode_all(SAMPLE_FEATURES, _history(random.Random(8), 10).items)
+    plan = planner.plan(events, writer.read_rows(planner.keys_needed(events)))
+    other = f"{tag}:r:{{payments:77}}"
+    client.hset(other, mapping={"ver": "3"})
+    client.script_flush()  # what a restart without persistence of scripts leaves
+    read, pending = writer.read_then_apply([other], plan, {"t:0": 10})
+    assert read == {other: {"ver": "3"}}  # read again once the scripts are back
+    assert pending.wait() is False  # not written: the shell re-plans and writes it
+    assert pending.unloaded
+    assert writer.apply(plan, {"t:0": 10}) is True
+    assert writer.offsets() == {"t:0": 10}
