@@ -9,6 +9,7 @@ so the tests after them find the stack as it was.
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import pytest
@@ -123,9 +124,17 @@ def test_redis_wiped_by_a_restart_without_its_files(system: System) -> None:
         stack.up(["redis"])
 
     report = run_with_fault(system, wipe, seconds=12)
-    system.check(report, wait_s=120)
     logs = system.logs()
     assert "redis_state_lost" in logs and "redis_rebuild_started" in logs, logs[-3000:]
+    # the rebuild re-reads every captured row: on a database grown by earlier runs that takes
+    # minutes, so wait for its end (at no less than 1,000 rows/s) before comparing
+    rows = max(int(n) for n in re.findall(r"rows_expected=(\d+)", logs))
+    wait_for(
+        lambda: "redis_rebuild_finished" in system.logs(),
+        max(120.0, rows / 1000),
+        "the rebuild's incremental snapshot to finish",
+    )
+    system.check(report, wait_s=120)
 
 
 @pytest.mark.slow
