@@ -189,7 +189,8 @@ class RedisLossGuard:
             return
         if self._moved:
             return  # fetched before the seek: the same messages come again from the new position
-        self._write(lambda: self.pipeline.process(messages, hold=True))
+        hold = len(messages) >= self.pipeline.HOLD_MIN_BATCH
+        self._write(lambda: self.pipeline.process(messages, hold=hold))
 
     def flush(self) -> None:
         """Write the batch the pipeline holds back (see ``FeaturePipeline.process``)."""
