@@ -194,11 +194,18 @@ def test_two_consumers_in_one_group_agree_with_the_oracle(ns: Settings) -> None:
         _assert_verified(ns, _written(report))
         admin = AdminClient({"bootstrap.servers": ns.kafka_bootstrap})
         group_id = f"{ns.namespace}-features"
-        group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
-        assigned = [
-            sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
-            for m in group.members
-        ]
+        # on a loaded machine the second process may still be starting when the first has
+        # applied everything: wait until both are members of the group
+        deadline = time.monotonic() + 90
+        while True:
+            group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
+            assigned = [
+                sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+                for m in group.members
+            ]
+            if (len(assigned) == 2 and all(assigned)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert len(assigned) == 2 and all(assigned), assigned  # both share the work
         # range assignment: each member owns the same partition numbers of both topics
         for parts in assigned:
