@@ -164,10 +164,7 @@ def test_concept_change_is_flagged_retrained_promoted_and_auc_recovers(loop_ns: 
     assert learner.learner is not None and learner.learner.model.version == version
     examples = _rows(loop_ns, "SELECT predicted_at, label, score, model_version FROM"
                      " training_examples WHERE namespace = %s")
-    # The old champion keeps learning online after the change, so it recovers a little by
-    # itself the longer the retrain takes: judge it on the first half of the drifted window.
-    drift_end = drift_started + (promoted_at - drift_started) / 2
-    drifted = [(y, p) for at, y, p, v in examples if drift_started <= at < drift_end
+    drifted = [(y, p) for at, y, p, v in examples if drift_started <= at < promoted_at
                and v != version]
     recovered = [(y, p) for _, y, p, v in examples if v == version]
     auc_drifted = roc_auc([y for y, _ in drifted], [p for _, p in drifted])
@@ -177,7 +174,10 @@ def test_concept_change_is_flagged_retrained_promoted_and_auc_recovers(loop_ns: 
           f"{auc_recovered} (n={len(recovered)}); cycles={len(cycles)} retrains={len(starts)}")
     assert auc_drifted is not None and auc_recovered is not None
     assert sum(y for y, _ in recovered) >= 10
-    # Served AUC falls to chance after the change (~0.5) and is back near 0.85-0.95 with the
-    # promoted model (2 cores shared with the whole stack: a run's exact value varies).
-    assert auc_recovered >= auc_drifted + 0.15
+    # Served AUC is back near 0.85-0.95 with the promoted model, well above what the old
+    # champion scored on the same post-change holdout. (The served AUC of the old champion
+    # between the change and the promotion is printed, not asserted: on a loaded machine the
+    # writer lags behind the switch and the champion keeps learning online, so that window
+    # holds anything from ~0.5 to ~0.95 depending on timing.)
+    assert auc_recovered >= champion_metrics["roc_auc"] + 0.15
     assert auc_recovered >= 0.8

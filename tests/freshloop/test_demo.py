@@ -37,7 +37,7 @@ def test_short_demo_shows_the_loop(demo_ns: Settings) -> None:
     summary = run_demo(
         demo_ns,
         rate=40,
-        duration=60,
+        duration=90,  # 60 s after the change: time to retrain, promote and fill the rolling window
         drift_at=30,
         console=Console(file=out, width=120),
     )
