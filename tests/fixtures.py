@@ -47,7 +47,7 @@ class TopicReader:
         self.consumer.assign(self.consumer.offsets_for_times(parts, timeout=10))
 
     def read_until(
-        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 90.0
     ) -> list[dict[str, Any]]:
         """Collect records (key, value decoded; value None for tombstones) until ``done``."""
         records: list[dict[str, Any]] = []
