@@ -247,12 +247,14 @@ class FeaturePipeline:
         else:
             # rows the held batch writes come from its plan, the rest are read before it runs
             written = held.plan.rows
-            states, pending = self.writer.read_then_apply(
-                [k for k in keys if k not in written], held.plan, held.offsets
-            )
+            fresh, overlaid = [], {}
             for key in keys:
                 if key in written:
-                    states[key] = row_after(held.states.get(key), written[key])
+                    overlaid[key] = row_after(held.states.get(key), written[key])
+                else:
+                    fresh.append(key)
+            states, pending = self.writer.read_then_apply(fresh, held.plan, held.offsets)
+            states.update(overlaid)
         plan = self.planner.plan(events, states)  # overlaps the held batch's write
         if held is not None:
             if not pending.wait():

@@ -156,6 +156,7 @@ class RedisBatchWriter:
         self.offsets_key = f"{ns}:offsets:{{{group}}}"
         self._script = client.register_script(_APPLY)
         self._read = client.register_script(_READ)
+        self._scripts_loaded = False  # by read_then_apply, which sends EVALSHA itself
         # Entities whose features are all windowed expire as a whole once everything is old.
         lifetime = features.lifetime_entities()
         self._ttl_ms = {
@@ -167,11 +168,8 @@ class RedisBatchWriter:
         if not keys:
             return {}
         out: dict[str, Mapping[str, str]] = {}
-        for start in range(0, len(keys), 4000):  # bounded script calls
-            chunk = list(keys[start : start + 4000])
-            for key, flat in zip(chunk, self._read(keys=chunk), strict=True):
-                it = iter(flat)
-                out[key] = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+        for chunk in _chunks(keys):
+            _take_rows(out, chunk, self._read(keys=chunk))
         return out
 
     def offsets(self) -> dict[str, int]:
@@ -200,8 +198,9 @@ class RedisBatchWriter:
         overlaps the write of this one). Only rows the write does not touch are meaningful to
         read this way; the caller takes the others from the plan (``row_after``).
         """
-        keys = list(keys)
-        chunks = [keys[start : start + 4000] for start in range(0, len(keys), 4000)]
+        if not self._scripts_loaded:  # EVALSHA alone would find nothing on a fresh server
+            self._load_scripts()
+        chunks = _chunks(keys)
         write_keys, write_args = self._script_call(plan, offsets)
         commands: list[tuple[Any, ...]] = [
             ("EVALSHA", self._read.sha, len(chunk), *chunk) for chunk in chunks
@@ -226,14 +225,13 @@ class RedisBatchWriter:
             if isinstance(reply, Exception):
                 pending.wait()
                 raise reply
-            for key, flat in zip(chunk, reply, strict=True):
-                it = iter(flat)
-                out[key] = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+            _take_rows(out, chunk, reply)
         return out, pending
 
     def _load_scripts(self) -> None:
         self.client.script_load(_APPLY)
         self.client.script_load(_READ)
+        self._scripts_loaded = True
 
     def _script_call(
         self, plan: WritePlan, offsets: Mapping[str, int]
@@ -278,6 +276,18 @@ class RedisBatchWriter:
 
 def _s(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _chunks(keys: Sequence[str], size: int = 4000) -> list[list[str]]:
+    """Keys in groups of ``size``: one bounded read-script call each."""
+    return [list(keys[start : start + size]) for start in range(0, len(keys), size)]
+
+
+def _take_rows(out: dict[str, Mapping[str, str]], keys: list[str], reply: Any) -> None:
+    """The read script's answer (a flat field/value list per key) into ``out``, as text."""
+    for key, flat in zip(keys, reply, strict=True):
+        it = iter(flat)
+        out[key] = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
 
 
 def _reply(conn: Any) -> Any:

@@ -24,6 +24,17 @@ from tests.feature_pipelines.harness import NS, Log, Pipeline, decode_all
 T = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
+def _change(log: Log, rng: random.Random, table: str, rows: dict[int, dict], pk: int, row: dict):
+    """Insert (when absent), update or delete ``rows[pk]``; ``row`` is the new image."""
+    kind = rng.choice("cud") if pk in rows else "c"
+    key = {"payment_id": pk}
+    if kind == "d":
+        log.emit(table, "d", key, rows.pop(pk), None)
+        return
+    log.emit(table, kind, key, rows.get(pk), row)
+    rows[pk] = row
+
+
 def _history(rng: random.Random, n: int) -> Log:
     """Payments and their outcomes on a few rows, with re-deliveries mixed in."""
     log = Log()
@@ -34,12 +45,7 @@ def _history(rng: random.Random, n: int) -> Log:
             log.items.append(rng.choice(log.items))
             continue
         pk = rng.randint(1, 5)
-        key = {"payment_id": pk}
         if rng.random() < 0.65:
-            kind = rng.choice("cud") if pk in payments else "c"
-            if kind == "d":
-                log.emit("payments", "d", key, payments.pop(pk), None)
-                continue
             row = {
                 "payment_id": pk,
                 "customer_id": rng.randint(1, 3),
@@ -48,20 +54,14 @@ def _history(rng: random.Random, n: int) -> Log:
                 "status": rng.choice(["approved", "declined"]),
                 "created_at": iso(T - timedelta(minutes=rng.randint(0, 90))),
             }
-            log.emit("payments", kind if kind == "u" else "c", key, payments.get(pk), row)
-            payments[pk] = row
+            _change(log, rng, "payments", payments, pk, row)
         else:
-            kind = rng.choice("cud") if pk in outcomes else "c"
-            if kind == "d":
-                log.emit("payment_outcomes", "d", key, outcomes.pop(pk), None)
-                continue
             out = {
                 "payment_id": pk,
                 "is_fraud": rng.random() < 0.5,
                 "reported_at": iso(T - timedelta(hours=rng.randint(0, 30))),
             }
-            log.emit("payment_outcomes", "u" if kind == "u" else "c", key, outcomes.get(pk), out)
-            outcomes[pk] = out
+            _change(log, rng, "payment_outcomes", outcomes, pk, out)
     return log
 
 
