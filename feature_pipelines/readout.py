@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import FieldRef, bucket_range, parse_field
@@ -22,6 +22,7 @@ __all__ = [
     "State",
     "expired_fields",
     "finalize",
+    "mean_value",
     "read_values",
 ]
 
@@ -29,7 +30,8 @@ FeatureValue = int | Decimal | None
 # An entity hash as a Redis client returns it (bytes, or str with decode_responses) or as tests
 # build it (str -> int).
 Fields = Mapping[str, str] | Mapping[str, int] | Mapping[bytes, bytes]
-_MEAN_PLACES = Decimal("0.000001")
+_MEAN_DIGITS = 6
+_MEAN_UNITS = 10**_MEAN_DIGITS
 
 
 @dataclass
@@ -49,10 +51,19 @@ def finalize(feature: Feature, state: State) -> FeatureValue:
         return sum(1 for n in state.values.values() if n > 0)
     if feature.agg == "sum":
         return Decimal(state.total).scaleb(-feature.scale)
-    if state.count <= 0:
+    return mean_value(state.total, state.count, feature.scale)
+
+
+def mean_value(total: int, count: int, scale: int) -> Decimal | None:
+    """``total / 10**scale / count`` to 6 places, half-even, in exact integers (no 28-digit
+    context); None when there is nothing to average."""
+    if count <= 0:
         return None
-    mean = (Decimal(state.total) / Decimal(state.count)).scaleb(-feature.scale)
-    return mean.quantize(_MEAN_PLACES, rounding=ROUND_HALF_EVEN)
+    den = count * 10**scale
+    q, r = divmod(total * _MEAN_UNITS, den)
+    if 2 * r > den or (2 * r == den and q & 1):
+        q += 1
+    return Decimal(f"{q}e-{_MEAN_DIGITS}")  # exact: the constructor does not round
 
 
 _MISS = object()

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from feature_pipelines.catalog import FeatureSet
-from feature_pipelines.fold import FOLD, fold_args, unfold
+from feature_pipelines.fold import FOLD, FOLD_MANY, fold_args, prefer_fold_many, unfold_rows
 from feature_pipelines.planner import WritePlan, entity_key
 from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
@@ -366,6 +366,7 @@ class FeatureStore:
         self.ns = ns
         self.server_fold = server_fold
         self._fold = client.register_script(FOLD)
+        self._fold_many = client.register_script(FOLD_MANY)
 
     @classmethod
     def connect(cls, redis_url: str, features: FeatureSet, ns: str) -> FeatureStore:
@@ -397,11 +398,14 @@ class FeatureStore:
         names = [entity_key(self.ns, entity, key) for key in keys]
         out = []
         if self.server_fold:
-            rows = self._fold(keys=names, args=fold_args(plan)) if names else []
-            for key, row in zip(keys, rows, strict=True):
-                values, commit, written = unfold(plan, row)
-                out.append(EntityFeatures(entity, str(key), values, commit, written, read_ms))
-            return out
+            script = self._fold_many if prefer_fold_many(plan, len(names)) else self._fold
+            rows = script(keys=names, args=fold_args(plan)) if names else []
+            return [
+                EntityFeatures(entity, str(key), values, commit, written, read_ms)
+                for key, (values, commit, written) in zip(
+                    keys, unfold_rows(plan, rows), strict=True
+                )
+            ]
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(name)

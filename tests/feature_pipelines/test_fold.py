@@ -1,4 +1,5 @@
-"""The server-side fold (one Lua call per batch read) agrees with the Python fold, field by field.
+"""The server-side folds (one Lua call per batch read: FOLD for a few keys, FOLD_MANY for many)
+agree with the Python fold, field by field.
 
 Random entity hashes hold every kind of field the writer produces (buckets inside, at the edges
 of and outside each window, mean parts, distinct values with positive, zero and negative counts,
@@ -17,7 +18,9 @@ import pytest
 import redis
 
 from feature_pipelines import SAMPLE_FEATURES, FeatureStore
+from feature_pipelines.fold import prefer_fold_many
 from feature_pipelines.planner import entity_key
+from feature_pipelines.readout import ReadPlan
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD, bucket_range
 from freshloop.settings import Settings
 
@@ -54,6 +57,10 @@ def _random_hash(rng: random.Random, entity: str) -> dict[str, int]:
     return fields
 
 
+def _plan(entity: str) -> ReadPlan:
+    return ReadPlan(SAMPLE_FEATURES.for_entity(entity), T_US)
+
+
 @pytest.fixture
 def client(stack_settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(stack_settings.redis_url)
@@ -72,9 +79,12 @@ def test_server_fold_equals_python_fold(client: redis.Redis, seed: int) -> None:
                 client.hset(entity_key(ns, entity, key), mapping=_random_hash(rng, entity))
             server = FeatureStore(client, SAMPLE_FEATURES, ns, server_fold=True)
             python = FeatureStore(client, SAMPLE_FEATURES, ns, server_fold=False)
-            got = server.get_many(entity, keys, at=AT)
             want = python.get_many(entity, keys, at=AT)
-            for g, w in zip(got, want, strict=True):
+            many = server.get_many(entity, keys, at=AT)  # FOLD_MANY
+            few = [r for key in keys for r in server.get_many(entity, [key], at=AT)]  # FOLD
+            assert prefer_fold_many(_plan(entity), len(keys))
+            assert not prefer_fold_many(_plan(entity), 1)
+            for g, w in [*zip(many, want, strict=True), *zip(few, want, strict=True)]:
                 assert (g.key, g.values, g.commit_ms, g.written_ms) == (
                     w.key,
                     w.values,
@@ -82,8 +92,12 @@ def test_server_fold_equals_python_fold(client: redis.Redis, seed: int) -> None:
                     w.written_ms,
                 )
             # the fixture is not degenerate: some windowed values are non-zero, some absent
-            assert any(v.values["payment_count_1h" if entity == "customer" else
-                                "merchant_payment_count_1h"] for v in want)
+            assert any(
+                v.values[
+                    "payment_count_1h" if entity == "customer" else "merchant_payment_count_1h"
+                ]
+                for v in want
+            )
             assert not want[-1].found
     finally:
         for key in client.scan_iter(match=f"{ns}:*", count=1000):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from feature_pipelines import SAMPLE_FEATURES
 from feature_pipelines.oracle import oracle_query, state_from_row, window_bounds
-from feature_pipelines.readout import finalize
+from feature_pipelines.readout import State, finalize
 
 
 def _text(query: sql.Composed) -> str:
@@ -46,3 +51,30 @@ def test_oracle_rows_finalize_like_online_reads() -> None:
     assert str(finalize(mean, state_from_row(mean, 3, "10.00", None))) == "3.333333"
     d = SAMPLE_FEATURES.by_name("distinct_merchants_24h")
     assert finalize(d, state_from_row(d, 5, None, ["1", "2"])) == 2
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    total=st.one_of(st.integers(-(10**30), 10**30), st.integers(-50, 50), st.integers(0, 10**9)),
+    count=st.integers(1, 10**6),
+    scale=st.integers(0, 4),
+)
+def test_mean_rounds_half_even_to_six_places(total: int, count: int, scale: int) -> None:
+    """The integer rounding equals exact decimal division rounded half-even, ties included."""
+    mean = dataclasses.replace(SAMPLE_FEATURES.by_name("amount_mean_24h"), scale=scale)
+    with localcontext() as ctx:
+        ctx.prec = 200  # exact for these sizes: no rounding before the quantize
+        want = (Decimal(total) / Decimal(count)).scaleb(-scale)
+        want = want.quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+    got = finalize(mean, State(count=count, total=total))
+    assert got == want
+    assert got.as_tuple().exponent == -6
+
+
+def test_mean_ties_go_to_even() -> None:
+    mean = dataclasses.replace(SAMPLE_FEATURES.by_name("amount_mean_24h"), scale=0)
+    # 0.0000025 -> 0.000002 and 0.0000035 -> 0.000004 (ties to even), -0.0000025 -> -0.000002
+    assert str(finalize(mean, State(count=400_000, total=1))) == "0.000002"
+    assert str(finalize(mean, State(count=2_000_000, total=7))) == "0.000004"
+    assert finalize(mean, State(count=400_000, total=-1)) == Decimal("-0.000002")
+    assert finalize(mean, State(count=0, total=5)) is None
