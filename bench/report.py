@@ -291,7 +291,8 @@ def _reads(d: dict[str, Any], aims: list[Any]) -> list[str]:
         "## 3. Online reads",
         "",
         f"{d['entities']:,} customers, {d['features_per_entity']} features each (windowed "
-        f"values are folded from their buckets at read time); {d['reads']:,} single reads and "
+        f"values are folded from their buckets at read time; bucket fields past every window swept "
+        f"as the running pipeline does); {d['reads']:,} single reads and "
         f"{d['batch_reads']:,} batches of {d['batch']} per run, random keys, one client. "
         f"HTTP: `freshloop api serve` in its own process vs `feast serve` (Feast "
         f"{feast.get('feast', '')}, Python feature server, one worker), one keep-alive "
