@@ -67,7 +67,7 @@ bench: setup $(BENCH_PEERS) ## Benchmarks with their peers (Quix, Feast, batch S
 	@$(BIN)/python -m bench.reads --reads $${BENCH_READS:-2000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.learning --payments $${BENCH_PAYMENTS:-20000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.freshness --rates $${BENCH_RATES:-200,1000} --seconds $${BENCH_SECONDS:-20} \
-		--repeat $${BENCH_REPEAT:-3} --prediction-rate 500 --batch-rate 200 --max-rates $${BENCH_MAX_RATES:-1500,2000}
+		--repeat $${BENCH_REPEAT:-3} --prediction-rate 200,500 --batch-rate 200 --max-rates $${BENCH_MAX_RATES:-300,400,600,800}
 	@$(BIN)/python -m bench.report
 
 lint: $(INSTALLED) ## ruff and mypy

@@ -121,6 +121,8 @@ def test_freshness_features_and_prediction(
         "0",
         "--max-rates",
         "",
+        "--warmup-seconds",
+        "1",
         "--customers",
         "20",
     )
@@ -128,7 +130,9 @@ def test_freshness_features_and_prediction(
     assert row["rate"] == 20
     assert row["runs"][0]["live_changes_applied"] > 0
     _positive(row["lag_ms"]["p99"])
-    prediction = fresh["prediction"]["runs"][0]
+    (predicted,) = fresh["predictions"]
+    assert predicted["rate"] == 20
+    prediction = predicted["runs"][0]
     assert prediction["payments_scored"] > 0
     assert prediction["commit_to_prediction_ms"]["p50"] > 0
     assert fresh["batch"] is None
