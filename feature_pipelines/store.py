@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.fold import FOLD, FOLD_MANY, fold_args, prefer_fold_many, unfold_rows
@@ -28,7 +29,13 @@ from feature_pipelines.planner import WritePlan, entity_key
 from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
-__all__ = ["EntityFeatures", "FeatureStore", "PendingApply", "RedisBatchWriter"]
+__all__ = [
+    "AsyncFeatureStore",
+    "EntityFeatures",
+    "FeatureStore",
+    "PendingApply",
+    "RedisBatchWriter",
+]
 
 _APPLY = """
 -- Fields travel as NUL-separated strings (Postgres text cannot hold NUL): far fewer arguments
@@ -352,6 +359,55 @@ class EntityFeatures:
         return None if self.commit_ms is None else self.read_ms - self.commit_ms
 
 
+class _Read:
+    """One read worked out before any I/O: the plan, the Redis keys and the script to run."""
+
+    __slots__ = ("entity", "keys", "many", "names", "plan", "read_ms")
+
+    def __init__(
+        self, features: FeatureSet, ns: str, entity: str, keys: Sequence[Any], at: datetime | None
+    ) -> None:
+        if entity not in features.entities():
+            msg = f"unknown entity {entity!r}: choose from {', '.join(sorted(features.entities()))}"
+            raise KeyError(msg)
+        self.entity = entity
+        self.keys = keys
+        self.read_ms = _now_ms()
+        t_us = self.read_ms * 1000 if at is None else (at - _EPOCH) // timedelta(microseconds=1)
+        self.plan = ReadPlan(features.for_entity(entity), t_us)
+        self.names = [entity_key(ns, entity, key) for key in keys]
+        self.many = prefer_fold_many(self.plan, len(self.names))
+
+    def from_fold(self, rows: Sequence[Sequence[int]]) -> list[EntityFeatures]:
+        """The script's answer as values."""
+        entity, read_ms = self.entity, self.read_ms
+        return [
+            EntityFeatures(entity, str(key), values, commit, written, read_ms)
+            for key, (values, commit, written) in zip(
+                self.keys, unfold_rows(self.plan, rows), strict=True
+            )
+        ]
+
+    def from_hashes(self, hashes: Sequence[Mapping[Any, Any]]) -> list[EntityFeatures]:
+        """Whole entity hashes (the Redis Cluster path) folded in Python."""
+        commit_field, written_field = COMMIT_FIELD.encode(), WRITTEN_FIELD.encode()
+        out = []
+        for key, raw in zip(self.keys, hashes, strict=True):
+            commit = raw.get(commit_field) or raw.get(COMMIT_FIELD)
+            written = raw.get(written_field) or raw.get(WRITTEN_FIELD)
+            out.append(
+                EntityFeatures(
+                    self.entity,
+                    str(key),
+                    self.plan.values(raw),
+                    int(commit) if commit else None,
+                    int(written) if written else None,
+                    self.read_ms,
+                )
+            )
+        return out
+
+
 class FeatureStore:
     """Reads features: ``get(entity, key)`` and ``get_many(entity, keys)``, one round trip."""
 
@@ -388,39 +444,50 @@ class FeatureStore:
     def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        if entity not in self.features.entities():
-            msg = f"unknown entity {entity!r}: choose from {', '.join(self.entities())}"
-            raise KeyError(msg)
-        feats = self.features.for_entity(entity)
-        read_ms = _now_ms()
-        t_us = read_ms * 1000 if at is None else (at - _EPOCH) // timedelta(microseconds=1)
-        plan = ReadPlan(feats, t_us)
-        names = [entity_key(self.ns, entity, key) for key in keys]
-        out = []
+        read = _Read(self.features, self.ns, entity, keys, at)
+        if not read.names:
+            return []
         if self.server_fold:
-            script = self._fold_many if prefer_fold_many(plan, len(names)) else self._fold
-            rows = script(keys=names, args=fold_args(plan)) if names else []
-            return [
-                EntityFeatures(entity, str(key), values, commit, written, read_ms)
-                for key, (values, commit, written) in zip(
-                    keys, unfold_rows(plan, rows), strict=True
-                )
-            ]
+            script = self._fold_many if read.many else self._fold
+            return read.from_fold(script(keys=read.names, args=fold_args(read.plan)))
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
+        for name in read.names:
             pipe.hgetall(name)
-        commit_field, written_field = COMMIT_FIELD.encode(), WRITTEN_FIELD.encode()
-        for key, raw in zip(keys, pipe.execute(), strict=True):
-            commit = raw.get(commit_field) or raw.get(COMMIT_FIELD)
-            written = raw.get(written_field) or raw.get(WRITTEN_FIELD)
-            out.append(
-                EntityFeatures(
-                    entity,
-                    str(key),
-                    plan.values(raw),
-                    int(commit) if commit else None,
-                    int(written) if written else None,
-                    read_ms,
-                )
-            )
-        return out
+        return read.from_hashes(pipe.execute())
+
+
+class AsyncFeatureStore:
+    """``FeatureStore``'s reads for asyncio code (the API): same scripts, same answers, with a
+    ``redis.asyncio`` client, so a read waits on Redis without a thread of its own."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        features: FeatureSet,
+        ns: str,
+        *,
+        server_fold: bool = True,
+    ) -> None:
+        self.client = client
+        self.features = features
+        self.ns = ns
+        self.server_fold = server_fold
+        self._fold = client.register_script(FOLD)
+        self._fold_many = client.register_script(FOLD_MANY)
+
+    async def get(self, entity: str, key: Any, at: datetime | None = None) -> EntityFeatures:
+        return (await self.get_many(entity, [key], at))[0]
+
+    async def get_many(
+        self, entity: str, keys: Sequence[Any], at: datetime | None = None
+    ) -> list[EntityFeatures]:
+        read = _Read(self.features, self.ns, entity, keys, at)
+        if not read.names:
+            return []
+        if self.server_fold:
+            script = self._fold_many if read.many else self._fold
+            return read.from_fold(await script(keys=read.names, args=fold_args(read.plan)))
+        pipe = self.client.pipeline(transaction=False)
+        for name in read.names:
+            pipe.hgetall(name)
+        return read.from_hashes(await pipe.execute())

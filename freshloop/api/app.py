@@ -81,7 +81,7 @@ def create_app(settings: Settings, features: FeatureSet | None = None) -> FastAP
         try:
             yield
         finally:
-            backends.close()
+            await backends.aclose()
 
     app = FastAPI(
         title="Freshloop",

@@ -14,10 +14,11 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import redis
+import redis.asyncio
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from feature_pipelines import FeatureSet, FeatureStore
+from feature_pipelines import AsyncFeatureStore, FeatureSet
 from freshloop.api.exceptions import DependencyUnavailable
 from freshloop.api.models import DependencyState
 from freshloop.settings import Settings
@@ -90,8 +91,15 @@ class Backends:
                 "options": "-c statement_timeout=5000",
             },
         )
+        # Feature reads run on the event loop with their own asyncio client: a read is one
+        # short Redis round trip, shorter than a hop to a worker thread and back.
+        self.aredis = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=_CONNECT_TIMEOUT_S,
+        )
         self.features = features
-        self.store = FeatureStore(self.redis, features, self.ns)
+        self.astore = AsyncFeatureStore(self.aredis, features, self.ns)
         self.registry = ModelRegistry(
             self.engine, self.ns, settings.model_signing_key.get_secret_value().encode()
         )
@@ -101,6 +109,10 @@ class Backends:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
         self.redis.close()
+
+    async def aclose(self) -> None:
+        await self.aredis.aclose()
+        self.close()
 
     # -- /healthz -------------------------------------------------------------------------
     def health(self) -> dict[str, DependencyState]:

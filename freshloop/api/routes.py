@@ -1,5 +1,6 @@
-"""The API's routes. Handlers are synchronous (FastAPI runs them in its thread pool) and thin:
-each reads through ``Backends`` and the stages' own readers."""
+"""The API's routes, thin: each reads through ``Backends`` and the stages' own readers. Feature
+reads are async (one Redis round trip on the event loop, ``AsyncFeatureStore``); the others are
+synchronous (FastAPI runs them in its thread pool)."""
 
 from __future__ import annotations
 
@@ -105,10 +106,10 @@ def _check_entity(b: Backends, entity: str) -> None:
     tags=["features"],
     summary="Feature values of one entity, with freshness",
 )
-def get_features(request: Request, entity: str, key: Key) -> Response:
+async def get_features(request: Request, entity: str, key: Key) -> Response:
     b = _backends(request)
     _check_entity(b, entity)
-    return _json(_feature_dict(b.store.get(entity, key)))
+    return _json(_feature_dict(await b.astore.get(entity, key)))
 
 
 @router.post(
@@ -118,10 +119,10 @@ def get_features(request: Request, entity: str, key: Key) -> Response:
     tags=["features"],
     summary="Feature values of many entities of one kind, in one Redis round trip",
 )
-def post_features_batch(request: Request, entity: str, body: BatchRequest) -> Response:
+async def post_features_batch(request: Request, entity: str, body: BatchRequest) -> Response:
     b = _backends(request)
     _check_entity(b, entity)
-    found = b.store.get_many(entity, body.keys)
+    found = await b.astore.get_many(entity, body.keys)
     return _json({"entity": entity, "results": [_feature_dict(f) for f in found]})
 
 

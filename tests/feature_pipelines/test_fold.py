@@ -9,6 +9,7 @@ the same values, commit time and write time.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+import redis.asyncio
 
-from feature_pipelines import SAMPLE_FEATURES, FeatureStore
+from feature_pipelines import SAMPLE_FEATURES, AsyncFeatureStore, EntityFeatures, FeatureStore
 from feature_pipelines.fold import prefer_fold_many
 from feature_pipelines.planner import entity_key
 from feature_pipelines.readout import ReadPlan
@@ -107,3 +109,37 @@ def test_server_fold_equals_python_fold(client: redis.Redis, seed: int) -> None:
 def test_empty_read(client: redis.Redis) -> None:
     store = FeatureStore(client, SAMPLE_FEATURES, f"fold{uuid.uuid4().hex[:8]}")
     assert store.get_many("customer", []) == []
+
+
+@pytest.mark.parametrize("server_fold", [True, False])
+def test_async_reads_equal_sync_reads(
+    client: redis.Redis, stack_settings: Settings, server_fold: bool
+) -> None:
+    """``AsyncFeatureStore`` (the API's reads) answers what ``FeatureStore`` does, for reads of
+    one key, a few and many, on both fold paths."""
+    rng = random.Random(11)
+    ns = f"fold{uuid.uuid4().hex[:8]}"
+    keys = list(range(30))
+    for key in keys[:-3]:
+        client.hset(entity_key(ns, "customer", key), mapping=_random_hash(rng, "customer"))
+
+    async def read_async() -> list[list[EntityFeatures]]:
+        aclient = redis.asyncio.Redis.from_url(stack_settings.redis_url)
+        try:
+            store = AsyncFeatureStore(aclient, SAMPLE_FEATURES, ns, server_fold=server_fold)
+            return [await store.get_many("customer", keys[:n], at=AT) for n in (0, 1, 3, 30)]
+        finally:
+            await aclient.aclose()
+
+    try:
+        sync = FeatureStore(client, SAMPLE_FEATURES, ns, server_fold=server_fold)
+        want = [sync.get_many("customer", keys[:n], at=AT) for n in (0, 1, 3, 30)]
+        got = asyncio.run(read_async())
+        strip = [[(e.key, e.values, e.commit_ms, e.written_ms) for e in part] for part in want]
+        assert [
+            [(e.key, e.values, e.commit_ms, e.written_ms) for e in part] for part in got
+        ] == strip
+        assert any(e.found for e in want[-1]) and not want[-1][-1].found
+    finally:
+        for key in client.scan_iter(match=f"{ns}:*", count=1000):
+            client.delete(key)
