@@ -338,7 +338,7 @@ class FeaturePipeline:
             self.on_applied(plan.applied_events)
         now_ms = time.time() * 1000
         lags_ms = [now_ms - commit_ms for commit_ms in plan.applied_commit_ms]
-        APPLY_LAG.observe_many([lag / 1000 for lag in lags_ms])
+        APPLY_LAG.observe_many(lag / 1000 for lag in lags_ms)
         started_ms = self.stats.started_ms
         self.stats.lags_ms.extend(
             lag

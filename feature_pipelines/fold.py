@@ -20,15 +20,46 @@ from feature_pipelines.readout import FeatureValue, ReadPlan, mean_value
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
-__all__ = ["FOLD", "FOLD_MANY", "fold_args", "prefer_fold_many", "unfold", "unfold_rows"]
+__all__ = ["FOLD", "FOLD_MANY", "fold_args", "prefer_fold_many", "unfold_rows"]
 
 _AGG = {"count": "c", "sum": "s", "mean": "m", "distinct": "d"}
+
+# Both fold scripts share the walk over each key's fields (the script in between decides what
+# a field ``f`` adds to counts/totals/distinct of its feature slot, and picks up commit/written)
+# and the reply: per key {commit, written, a1, b1, ...}.
+_EACH_KEY = """
+local out = {}
+for k = 1, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[k])
+  local counts, totals, distinct = {}, {}, {}
+  for i = 1, nf do counts[i] = 0; totals[i] = 0 end
+  local commit, written = '', ''
+  for j = 1, #flat, 2 do
+    local f = flat[j]
+"""
+_REPLY = """  end
+  local row = {tonumber(commit) or -1, tonumber(written) or -1}
+  for i = 1, nf do
+    local c = counts[i]
+    if distinct[i] then
+      c = 0
+      for _, n in pairs(distinct[i]) do if n > 0 then c = c + 1 end end
+    end
+    row[#row + 1] = c
+    row[#row + 1] = totals[i]
+  end
+  out[k] = row
+end
+return out
+"""
 
 # ARGV: n_features, then per feature: name, agg code, windowed (1|0), lo, hi.
 # Returns per key: {commit, written, a1, b1, a2, b2, ...} as integers (Redis turns a Lua number
 # into an integer reply): a = count (or distinct values with a positive count), b = scaled
 # total; commit/written are -1 when absent. Integers spare the client a parse per number.
-FOLD = """
+FOLD = (
+    (
+        """
 local nf = tonumber(ARGV[1])
 local spec = {}
 for i = 0, nf - 1 do
@@ -58,15 +89,9 @@ local function parse(f)
   end
   return false
 end
-local out = {}
-for k = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[k])
-  local counts, totals, distinct = {}, {}, {}
-  for i = 1, nf do counts[i] = 0; totals[i] = 0 end
-  local commit, written = '', ''
-  for j = 1, #flat, 2 do
-    local f = flat[j]
-    if string.byte(f, 1) == 95 then
+"""
+        + _EACH_KEY
+        + """    if string.byte(f, 1) == 95 then
       if f == '@COMMIT@' then commit = flat[j + 1]
       elseif f == '@WRITTEN@' then written = flat[j + 1] end
     else
@@ -85,21 +110,12 @@ for k = 1, #KEYS do
         end
       end
     end
-  end
-  local row = {tonumber(commit) or -1, tonumber(written) or -1}
-  for i = 1, nf do
-    local c = counts[i]
-    if distinct[i] then
-      c = 0
-      for _, n in pairs(distinct[i]) do if n > 0 then c = c + 1 end end
-    end
-    row[#row + 1] = c
-    row[#row + 1] = totals[i]
-  end
-  out[k] = row
-end
-return out
-""".replace("@COMMIT@", COMMIT_FIELD).replace("@WRITTEN@", WRITTEN_FIELD)
+"""
+        + _REPLY
+    )
+    .replace("@COMMIT@", COMMIT_FIELD)
+    .replace("@WRITTEN@", WRITTEN_FIELD)
+)
 
 
 # The same fold, faster for reads of many keys: instead of taking each field name apart, it
@@ -108,7 +124,9 @@ return out
 # there (a distinct value, a bucket outside the window, bookkeeping) is looked at further. Writing
 # the names costs about as much as taking apart a few entities' fields, so ``prefer_fold_many``
 # picks this script for reads of several keys and ``FOLD`` for one or a few. Same ARGV, same reply.
-FOLD_MANY = """
+FOLD_MANY = (
+    (
+        """
 local nf = tonumber(ARGV[1])
 local names = {}  -- field name -> {slot, kind}; kind 1 = count, 2 = total
 local distinct_slot = {}  -- name (or name@bucket) before '#' -> slot of a distinct feature
@@ -132,15 +150,9 @@ for i = 0, nf - 1 do
   end
 end
 local find, sub, byte = string.find, string.sub, string.byte
-local out = {}
-for k = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[k])
-  local counts, totals, distinct = {}, {}, {}
-  for i = 1, nf do counts[i] = 0; totals[i] = 0 end
-  local commit, written = '', ''
-  for j = 1, #flat, 2 do
-    local f = flat[j]
-    local e = names[f]
+"""
+        + _EACH_KEY
+        + """    local e = names[f]
     if e then
       if e[2] == 1 then counts[e[1]] = counts[e[1]] + tonumber(flat[j + 1])
       else totals[e[1]] = totals[e[1]] + tonumber(flat[j + 1]) end
@@ -159,21 +171,12 @@ for k = 1, #KEYS do
         end
       end
     end
-  end
-  local row = {tonumber(commit) or -1, tonumber(written) or -1}
-  for i = 1, nf do
-    local c = counts[i]
-    if distinct[i] then
-      c = 0
-      for _, n in pairs(distinct[i]) do if n > 0 then c = c + 1 end end
-    end
-    row[#row + 1] = c
-    row[#row + 1] = totals[i]
-  end
-  out[k] = row
-end
-return out
-""".replace("@COMMIT@", COMMIT_FIELD).replace("@WRITTEN@", WRITTEN_FIELD)
+"""
+        + _REPLY
+    )
+    .replace("@COMMIT@", COMMIT_FIELD)
+    .replace("@WRITTEN@", WRITTEN_FIELD)
+)
 
 # FOLD_MANY writes down this many names per key read at most (a name costs about what taking
 # one field apart does; an entity has tens of fields, most shared with other entities).
@@ -225,13 +228,6 @@ def _converters(plan: ReadPlan) -> list[tuple[str, Callable[[int, int], FeatureV
             conv = _CONVERTERS[f] = _converter(f)
         out.append((f.name, conv))
     return out
-
-
-def unfold(
-    plan: ReadPlan, row: Sequence[int]
-) -> tuple[dict[str, FeatureValue], int | None, int | None]:
-    """One key's script answer -> (values, commit_ms, written_ms)."""
-    return unfold_rows(plan, [row])[0]
 
 
 def unfold_rows(

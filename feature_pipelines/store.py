@@ -360,12 +360,22 @@ class EntityFeatures:
 
 
 class _Read:
-    """One read worked out before any I/O: the plan, the Redis keys and the script to run."""
+    """One read worked out before any I/O: the plan, the Redis keys and the script to run.
 
-    __slots__ = ("entity", "keys", "many", "names", "plan", "read_ms")
+    ``send`` issues the read on a sync or an asyncio client alike (for the latter it returns
+    the awaitable), ``receive`` turns the answer into values: both stores share everything
+    but the ``await``."""
+
+    __slots__ = ("entity", "keys", "many", "names", "plan", "read_ms", "server_fold")
 
     def __init__(
-        self, features: FeatureSet, ns: str, entity: str, keys: Sequence[Any], at: datetime | None
+        self,
+        features: FeatureSet,
+        ns: str,
+        entity: str,
+        keys: Sequence[Any],
+        at: datetime | None,
+        server_fold: bool,
     ) -> None:
         if entity not in features.entities():
             msg = f"unknown entity {entity!r}: choose from {', '.join(sorted(features.entities()))}"
@@ -377,6 +387,20 @@ class _Read:
         self.plan = ReadPlan(features.for_entity(entity), t_us)
         self.names = [entity_key(ns, entity, key) for key in keys]
         self.many = prefer_fold_many(self.plan, len(self.names))
+        self.server_fold = server_fold
+
+    def send(self, client: Any, scripts: tuple[Any, Any]) -> Any:
+        """The script call (``scripts`` = FOLD, FOLD_MANY as registered on ``client``), or the
+        pipelined HGETALLs of the Redis Cluster path."""
+        if self.server_fold:
+            return scripts[self.many](keys=self.names, args=fold_args(self.plan))
+        pipe = client.pipeline(transaction=False)
+        for name in self.names:
+            pipe.hgetall(name)
+        return pipe.execute()
+
+    def receive(self, reply: Any) -> list[EntityFeatures]:
+        return self.from_fold(reply) if self.server_fold else self.from_hashes(reply)
 
     def from_fold(self, rows: Sequence[Sequence[int]]) -> list[EntityFeatures]:
         """The script's answer as values."""
@@ -421,8 +445,7 @@ class FeatureStore:
         self.features = features
         self.ns = ns
         self.server_fold = server_fold
-        self._fold = client.register_script(FOLD)
-        self._fold_many = client.register_script(FOLD_MANY)
+        self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
 
     @classmethod
     def connect(cls, redis_url: str, features: FeatureSet, ns: str) -> FeatureStore:
@@ -444,16 +467,8 @@ class FeatureStore:
     def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        read = _Read(self.features, self.ns, entity, keys, at)
-        if not read.names:
-            return []
-        if self.server_fold:
-            script = self._fold_many if read.many else self._fold
-            return read.from_fold(script(keys=read.names, args=fold_args(read.plan)))
-        pipe = self.client.pipeline(transaction=False)
-        for name in read.names:
-            pipe.hgetall(name)
-        return read.from_hashes(pipe.execute())
+        read = _Read(self.features, self.ns, entity, keys, at, self.server_fold)
+        return read.receive(read.send(self.client, self._scripts)) if read.names else []
 
 
 class AsyncFeatureStore:
@@ -472,8 +487,7 @@ class AsyncFeatureStore:
         self.features = features
         self.ns = ns
         self.server_fold = server_fold
-        self._fold = client.register_script(FOLD)
-        self._fold_many = client.register_script(FOLD_MANY)
+        self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
 
     async def get(self, entity: str, key: Any, at: datetime | None = None) -> EntityFeatures:
         return (await self.get_many(entity, [key], at))[0]
@@ -481,13 +495,5 @@ class AsyncFeatureStore:
     async def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        read = _Read(self.features, self.ns, entity, keys, at)
-        if not read.names:
-            return []
-        if self.server_fold:
-            script = self._fold_many if read.many else self._fold
-            return read.from_fold(await script(keys=read.names, args=fold_args(read.plan)))
-        pipe = self.client.pipeline(transaction=False)
-        for name in read.names:
-            pipe.hgetall(name)
-        return read.from_hashes(await pipe.execute())
+        read = _Read(self.features, self.ns, entity, keys, at, self.server_fold)
+        return read.receive(await read.send(self.client, self._scripts)) if read.names else []
