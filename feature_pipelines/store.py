@@ -14,6 +14,7 @@ that each lives in one Redis Cluster slot; the batch script itself needs every k
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import redis
 import redis.asyncio
 
 from feature_pipelines.catalog import FeatureSet
-from feature_pipelines.fold import FOLD, FOLD_MANY, fold_args, prefer_fold_many, unfold_rows
+from feature_pipelines.fold import FOLD, FOLD_MANY, FoldRead
 from feature_pipelines.planner import WritePlan, entity_key
 from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
@@ -359,6 +360,38 @@ class EntityFeatures:
         return None if self.commit_ms is None else self.read_ms - self.commit_ms
 
 
+class _Plans:
+    """Read plans by entity and read time, each made ready for the fold scripts once.
+
+    A windowed feature's bucket range at ``t`` depends only on ``t // width``, so every read in
+    one granule (the greatest common divisor of the entity's bucket widths, 10 s for the sample
+    features) shares a plan: a read builds nothing but its key names. An entity with lifetime
+    features only has one plan (granule 0)."""
+
+    _KEEP = 64  # plans kept (reads at explicit past times add theirs)
+
+    def __init__(self, features: FeatureSet) -> None:
+        self.features = {e: features.for_entity(e) for e in features.entities()}
+        self.granule: dict[str, int] = {
+            e: math.gcd(*(f.bucket_seconds * 1_000_000 for f in fs if f.window is not None))
+            for e, fs in self.features.items()
+        }
+        self._ready: dict[tuple[str, int], FoldRead] = {}
+
+    def at(self, entity: str, t_us: int) -> FoldRead:
+        granule = self.granule.get(entity)
+        if granule is None:
+            msg = f"unknown entity {entity!r}: choose from {', '.join(sorted(self.features))}"
+            raise KeyError(msg)
+        slot = (entity, t_us // granule if granule else 0)
+        ready = self._ready.get(slot)
+        if ready is None:
+            if len(self._ready) >= self._KEEP:
+                self._ready.clear()
+            ready = self._ready[slot] = FoldRead(ReadPlan(self.features[entity], t_us))
+        return ready
+
+
 class _Read:
     """One read worked out before any I/O: the plan, the Redis keys and the script to run.
 
@@ -366,34 +399,31 @@ class _Read:
     the awaitable), ``receive`` turns the answer into values: both stores share everything
     but the ``await``."""
 
-    __slots__ = ("entity", "keys", "many", "names", "plan", "read_ms", "server_fold")
+    __slots__ = ("entity", "fold", "keys", "many", "names", "read_ms", "server_fold")
 
     def __init__(
         self,
-        features: FeatureSet,
+        plans: _Plans,
         ns: str,
         entity: str,
         keys: Sequence[Any],
         at: datetime | None,
         server_fold: bool,
     ) -> None:
-        if entity not in features.entities():
-            msg = f"unknown entity {entity!r}: choose from {', '.join(sorted(features.entities()))}"
-            raise KeyError(msg)
-        self.entity = entity
-        self.keys = keys
         self.read_ms = _now_ms()
         t_us = self.read_ms * 1000 if at is None else (at - _EPOCH) // timedelta(microseconds=1)
-        self.plan = ReadPlan(features.for_entity(entity), t_us)
+        self.fold = plans.at(entity, t_us)
+        self.entity = entity
+        self.keys = keys
         self.names = [entity_key(ns, entity, key) for key in keys]
-        self.many = prefer_fold_many(self.plan, len(self.names))
+        self.many = self.fold.prefer_many(len(self.names))
         self.server_fold = server_fold
 
     def send(self, client: Any, scripts: tuple[Any, Any]) -> Any:
         """The script call (``scripts`` = FOLD, FOLD_MANY as registered on ``client``), or the
         pipelined HGETALLs of the Redis Cluster path."""
         if self.server_fold:
-            return scripts[self.many](keys=self.names, args=fold_args(self.plan))
+            return scripts[self.many](keys=self.names, args=self.fold.args)
         pipe = client.pipeline(transaction=False)
         for name in self.names:
             pipe.hgetall(name)
@@ -408,13 +438,14 @@ class _Read:
         return [
             EntityFeatures(entity, str(key), values, commit, written, read_ms)
             for key, (values, commit, written) in zip(
-                self.keys, unfold_rows(self.plan, rows), strict=True
+                self.keys, self.fold.unfold(rows), strict=True
             )
         ]
 
     def from_hashes(self, hashes: Sequence[Mapping[Any, Any]]) -> list[EntityFeatures]:
         """Whole entity hashes (the Redis Cluster path) folded in Python."""
         commit_field, written_field = COMMIT_FIELD.encode(), WRITTEN_FIELD.encode()
+        plan = self.fold.plan
         out = []
         for key, raw in zip(self.keys, hashes, strict=True):
             commit = raw.get(commit_field) or raw.get(COMMIT_FIELD)
@@ -423,7 +454,7 @@ class _Read:
                 EntityFeatures(
                     self.entity,
                     str(key),
-                    self.plan.values(raw),
+                    plan.values(raw),
                     int(commit) if commit else None,
                     int(written) if written else None,
                     self.read_ms,
@@ -446,6 +477,7 @@ class FeatureStore:
         self.ns = ns
         self.server_fold = server_fold
         self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
+        self._plans = _Plans(features)
 
     @classmethod
     def connect(cls, redis_url: str, features: FeatureSet, ns: str) -> FeatureStore:
@@ -467,7 +499,7 @@ class FeatureStore:
     def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        read = _Read(self.features, self.ns, entity, keys, at, self.server_fold)
+        read = _Read(self._plans, self.ns, entity, keys, at, self.server_fold)
         return read.receive(read.send(self.client, self._scripts)) if read.names else []
 
 
@@ -488,6 +520,7 @@ class AsyncFeatureStore:
         self.ns = ns
         self.server_fold = server_fold
         self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
+        self._plans = _Plans(features)
 
     async def get(self, entity: str, key: Any, at: datetime | None = None) -> EntityFeatures:
         return (await self.get_many(entity, [key], at))[0]
@@ -495,5 +528,5 @@ class AsyncFeatureStore:
     async def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        read = _Read(self.features, self.ns, entity, keys, at, self.server_fold)
+        read = _Read(self._plans, self.ns, entity, keys, at, self.server_fold)
         return read.receive(await read.send(self.client, self._scripts)) if read.names else []

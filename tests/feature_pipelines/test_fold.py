@@ -19,8 +19,16 @@ import pytest
 import redis
 import redis.asyncio
 
-from feature_pipelines import SAMPLE_FEATURES, AsyncFeatureStore, EntityFeatures, FeatureStore
-from feature_pipelines.fold import prefer_fold_many
+from feature_pipelines import (
+    SAMPLE_FEATURES,
+    AsyncFeatureStore,
+    EntityFeatures,
+    Feature,
+    FeatureSet,
+    FeatureStore,
+)
+from feature_pipelines.catalog import CUSTOMER
+from feature_pipelines.fold import FoldRead
 from feature_pipelines.planner import entity_key
 from feature_pipelines.readout import ReadPlan
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD, bucket_range
@@ -29,12 +37,19 @@ from freshloop.settings import Settings
 pytestmark = pytest.mark.integration
 
 AT = datetime(2026, 5, 4, 12, 30, 15, 123456, tzinfo=UTC)
+# The sample features and a lifetime distinct count (fields 'name#value', no bucket).
+FEATURES = FeatureSet.of(
+    [
+        *SAMPLE_FEATURES,
+        Feature("channels_lifetime", CUSTOMER, "payments", "created_at", "distinct", "channel"),
+    ]
+)
 T_US = int(AT.timestamp() * 1_000_000)
 
 
 def _random_hash(rng: random.Random, entity: str) -> dict[str, int]:
     fields: dict[str, int] = {}
-    for f in SAMPLE_FEATURES.for_entity(entity):
+    for f in FEATURES.for_entity(entity):
         parts = [":s", ":n"] if f.agg == "mean" else [""]
         if f.window is None:
             buckets: list[str] = [""]
@@ -47,7 +62,7 @@ def _random_hash(rng: random.Random, entity: str) -> dict[str, int]:
             if rng.random() < 0.3:
                 continue
             if f.agg == "distinct":
-                for value in rng.sample(["m1", "m2", "m3", "ü-7", "x"], k=3):
+                for value in rng.sample(["m1", "n1", "m2", "m3", "ü-7", "x", "a@1", "b#c@2"], k=4):
                     fields[f"{f.name}{bucket}#{value}"] = rng.choice([-1, 0, 1, 1, 2, 5])
             else:
                 for part in parts:
@@ -60,7 +75,7 @@ def _random_hash(rng: random.Random, entity: str) -> dict[str, int]:
 
 
 def _plan(entity: str) -> ReadPlan:
-    return ReadPlan(SAMPLE_FEATURES.for_entity(entity), T_US)
+    return ReadPlan(FEATURES.for_entity(entity), T_US)
 
 
 @pytest.fixture
@@ -79,13 +94,13 @@ def test_server_fold_equals_python_fold(client: redis.Redis, seed: int) -> None:
             keys = list(range(40))
             for key in keys[:-5]:  # the last five entities have no state at all
                 client.hset(entity_key(ns, entity, key), mapping=_random_hash(rng, entity))
-            server = FeatureStore(client, SAMPLE_FEATURES, ns, server_fold=True)
-            python = FeatureStore(client, SAMPLE_FEATURES, ns, server_fold=False)
+            server = FeatureStore(client, FEATURES, ns, server_fold=True)
+            python = FeatureStore(client, FEATURES, ns, server_fold=False)
             want = python.get_many(entity, keys, at=AT)
             many = server.get_many(entity, keys, at=AT)  # FOLD_MANY
             few = [r for key in keys for r in server.get_many(entity, [key], at=AT)]  # FOLD
-            assert prefer_fold_many(_plan(entity), len(keys))
-            assert not prefer_fold_many(_plan(entity), 1)
+            assert FoldRead(_plan(entity)).prefer_many(len(keys))
+            assert not FoldRead(_plan(entity)).prefer_many(1)
             for g, w in [*zip(many, want, strict=True), *zip(few, want, strict=True)]:
                 assert (g.key, g.values, g.commit_ms, g.written_ms) == (
                     w.key,
