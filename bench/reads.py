@@ -164,6 +164,8 @@ def measure_freshloop(
     for key in keys[:50]:  # warm up (script load, connections)
         store.get("customer", key)
     out: dict[str, Any] = {
+        # the floor under every read: a Redis round trip from the same client, same moment
+        "redis_ping": percentiles(_time_calls(lambda _k: store.client.ping(), singles)),
         "python": {
             "one": percentiles(_time_calls(lambda k: store.get("customer", k), singles)),
             f"batch{BATCH}": percentiles(
@@ -282,6 +284,9 @@ def run(
         "batch_reads": batch_reads,
         "batch": BATCH,
         "latency": table,
+        "redis_ping_ms": {
+            q: spread([run["redis_ping"][q] for run in ours]) for q in ("p50", "p99")
+        },
         "feast_write_rows_per_s": spread([f["write"]["rows_per_s"] for f in feast]),
         "feast": feast_meta,
         "freshloop_http_same_values": http_ok,

@@ -325,6 +325,15 @@ def _reads(d: dict[str, Any], aims: list[Any]) -> list[str]:
         aims.append(
             (f"read p99 ≤ ½ Feast's ({name})", f"{_r(r)} ×", None if r is None else r <= 0.5)
         )
+    ping = d.get("redis_ping_ms")
+    if ping:
+        out += [
+            "",
+            f"Floor, same runs: a Redis PING from the same client took p50 "
+            f"{_s(ping['p50'], 3)} ms and p99 {_s(ping['p99'], 3)} ms. A single read's p99 sits on "
+            "this scheduling noise of the shared cores (Feast's as much as Freshloop's), so the "
+            "one-entity ratios move from run to run more than the batch ones.",
+        ]
     out += [
         "",
         f"Feast write path: `write_to_online_store` of the {d['entities']:,} entity rows: "
