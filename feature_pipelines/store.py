@@ -399,7 +399,7 @@ class _Read:
     the awaitable), ``receive`` turns the answer into values: both stores share everything
     but the ``await``."""
 
-    __slots__ = ("entity", "fold", "keys", "many", "names", "read_ms", "server_fold")
+    __slots__ = ("entity", "fold", "keys", "many", "names", "read_ms", "server_fold", "unique")
 
     def __init__(
         self,
@@ -416,20 +416,26 @@ class _Read:
         self.entity = entity
         self.keys = keys
         self.names = [entity_key(ns, entity, key) for key in keys]
-        self.many = self.fold.prefer_many(len(self.names))
+        # each entity is read once, however often it is asked for (a batch of payments names
+        # a busy merchant many times)
+        self.unique = list(dict.fromkeys(self.names))
+        self.many = self.fold.prefer_many(len(self.unique))
         self.server_fold = server_fold
 
     def send(self, client: Any, scripts: tuple[Any, Any]) -> Any:
         """The script call (``scripts`` = FOLD, FOLD_MANY as registered on ``client``), or the
         pipelined HGETALLs of the Redis Cluster path."""
         if self.server_fold:
-            return scripts[self.many](keys=self.names, args=self.fold.args)
+            return scripts[self.many](keys=self.unique, args=self.fold.args)
         pipe = client.pipeline(transaction=False)
-        for name in self.names:
+        for name in self.unique:
             pipe.hgetall(name)
         return pipe.execute()
 
     def receive(self, reply: Any) -> list[EntityFeatures]:
+        if len(self.unique) != len(self.names):  # one answer per key asked for, in order
+            by_name = dict(zip(self.unique, reply, strict=True))
+            reply = [by_name[name] for name in self.names]
         return self.from_fold(reply) if self.server_fold else self.from_hashes(reply)
 
     def from_fold(self, rows: Sequence[Sequence[int]]) -> list[EntityFeatures]:

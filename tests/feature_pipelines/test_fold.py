@@ -121,6 +121,48 @@ def test_server_fold_equals_python_fold(client: redis.Redis, seed: int) -> None:
             client.delete(key)
 
 
+@pytest.mark.parametrize("server_fold", [True, False])
+@pytest.mark.parametrize("n_distinct", [3, 30])  # FOLD and FOLD_MANY
+def test_a_key_asked_for_twice_is_read_once_and_answered_twice(
+    client: redis.Redis, server_fold: bool, n_distinct: int
+) -> None:
+    rng = random.Random(n_distinct)
+    ns = f"fold{uuid.uuid4().hex[:8]}"
+    try:
+        for key in range(n_distinct - 1):  # the last key has no state
+            client.hset(entity_key(ns, "customer", key), mapping=_random_hash(rng, "customer"))
+        store = FeatureStore(client, FEATURES, ns, server_fold=server_fold)
+        asked: list[int | str] = [rng.randrange(n_distinct) for _ in range(3 * n_distinct)]
+        asked += [str(asked[0]), n_distinct - 1, n_distinct - 1]  # '7' and 7 are one entity
+        got = store.get_many("customer", asked, at=AT)
+        assert [g.key for g in got] == [str(k) for k in asked]
+        for g in got:
+            alone = store.get("customer", g.key, at=AT)
+            assert (g.values, g.commit_ms, g.written_ms) == (
+                alone.values,
+                alone.commit_ms,
+                alone.written_ms,
+            )
+        assert not got[-1].found and any(g.found for g in got)
+        # one script key / one HGETALL per distinct entity, as the server saw the commands
+        before = client.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
+        client.config_set("slowlog-log-slower-than", 0)
+        try:
+            client.slowlog_reset()
+            store.get_many("customer", asked, at=AT)
+            seen = [e["command"].split() for e in client.slowlog_get(200)]
+        finally:
+            client.config_set("slowlog-log-slower-than", before)
+        if server_fold:
+            (evalsha,) = [c for c in seen if c[0].upper() == b"EVALSHA"]
+            assert int(evalsha[2]) == n_distinct  # numkeys
+        else:
+            assert sum(c[0].upper() == b"HGETALL" for c in seen) == n_distinct
+    finally:
+        for key in client.scan_iter(match=f"{ns}:*", count=1000):
+            client.delete(key)
+
+
 def test_empty_read(client: redis.Redis) -> None:
     store = FeatureStore(client, SAMPLE_FEATURES, f"fold{uuid.uuid4().hex[:8]}")
     assert store.get_many("customer", []) == []
