@@ -6,9 +6,11 @@ import math
 import random
 
 import pytest
-from river import metrics
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import metrics, utils
 
-from online_learning.evaluation import DriftMonitor, ProgressiveMetrics
+from online_learning.evaluation import BinnedROCAUC, DriftMonitor, ProgressiveMetrics
 
 # Error rate 0.1 for 1000 examples, then 0.4 (seed 42): ADWIN(delta=0.002) fires once, at the
 # 56th example after the change (0-based index 1055). Recorded from river 0.26.1.
@@ -85,3 +87,37 @@ def test_metrics_match_river_metrics() -> None:
     assert report["log_loss"] == loss.get()
     assert report["rolling_log_loss"] == pytest.approx(rolling.get(), abs=1e-9)
     assert all(math.isfinite(v) for v in report.values())
+
+
+# Scores on and next to River's thresholds (i/9, the outer two moved by 1e-7), at 0 and 1, and
+# anywhere in between; labels as bools and as 0/1.
+_SCORES = st.one_of(
+    st.floats(min_value=0.0, max_value=1.0),
+    st.sampled_from([i / 9 for i in range(10)] + [-1e-7, 1e-7, 1 + 1e-7, 1 - 1e-7, 0.5]),
+)
+_EXAMPLES = st.lists(st.tuples(st.booleans() | st.sampled_from([0, 1]), _SCORES), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(examples=_EXAMPLES, window=st.integers(min_value=1, max_value=40))
+def test_binned_roc_auc_is_rivers_roc_auc(examples: list[tuple[bool, float]], window: int) -> None:
+    """The same value as River's, exactly, after every example: cumulative and rolling (where
+    examples leave the window through ``revert``)."""
+    ours, theirs = BinnedROCAUC(), metrics.ROCAUC()
+    ours_rolling = utils.Rolling(BinnedROCAUC, window_size=window)
+    theirs_rolling = utils.Rolling(metrics.ROCAUC, window_size=window)
+    for y, p in examples:
+        ours.update(y, p)
+        theirs.update(y, p)
+        ours_rolling.update(y, p)
+        theirs_rolling.update(y, p)
+        assert ours.get() == theirs.get()
+        assert ours_rolling.get() == theirs_rolling.get()
+
+
+def test_binned_roc_auc_separates_good_from_bad_scores() -> None:
+    good, inverted = BinnedROCAUC(), BinnedROCAUC()
+    for y, p in [(True, 0.9), (True, 0.7), (False, 0.2), (False, 0.4)]:
+        good.update(y, p)
+        inverted.update(y, 1 - p)
+    assert good.get() == 1.0 and inverted.get() == 0.0
