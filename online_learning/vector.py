@@ -22,6 +22,7 @@ order for the same ``served_names``):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC
@@ -68,6 +69,11 @@ def _served_float(name: str, value: object) -> float | None:
     return out if math.isfinite(out) else None
 
 
+@functools.lru_cache(maxsize=64)
+def _with_missing(served_names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, f"{name}_missing") for name in served_names)
+
+
 def build_vector(
     payment: Payment,
     served: Mapping[str, FeatureValue],
@@ -109,10 +115,21 @@ def build_vector(
     x["dow_sin"] = math.sin(_TAU * utc.weekday() / 7.0)
     x["dow_cos"] = math.cos(_TAU * utc.weekday() / 7.0)
 
-    for name in served_names:
-        value = _served_float(name, served.get(name))
+    for name, missing in _with_missing(tuple(served_names)):
+        raw = served.get(name)
+        # the common cases first: a count (int) or an exact decimal, both finite as floats
+        # unless a decimal is huge or special
+        kind = type(raw)
+        if kind is int:
+            value: float | None = float(raw)  # type: ignore[arg-type]
+        elif kind is Decimal:
+            value = float(raw)  # type: ignore[arg-type]
+            if not math.isfinite(value):
+                value = None
+        else:
+            value = _served_float(name, raw)
         x[name] = 0.0 if value is None else value
-        x[f"{name}_missing"] = 1.0 if value is None else 0.0
+        x[missing] = 1.0 if value is None else 0.0
 
     mean = _served_float("amount_mean_24h", served.get("amount_mean_24h"))
     x["amount_to_mean_24h"] = amount / mean if mean is not None and mean > 0.0 else 0.0

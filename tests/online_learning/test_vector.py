@@ -99,3 +99,26 @@ def test_deterministic_and_finite(amount: Decimal, values: dict, minutes: int) -
     x = build_vector(p, values)
     assert x == build_vector(p, dict(reversed(list(values.items()))))
     assert all(math.isfinite(v) for v in x.values())
+
+
+@given(
+    values=st.dictionaries(
+        st.sampled_from(SERVED_FEATURES),
+        st.none()
+        | st.integers(-(10**15), 10**15)
+        | st.decimals(allow_nan=True, allow_infinity=True, places=6).filter(
+            lambda d: not d.is_snan()
+        )
+        | st.floats(allow_nan=True, allow_infinity=True),
+    ),
+)
+def test_each_served_value_follows_the_rule(values: dict) -> None:
+    """The fast paths for ints and decimals give what the general rule (``_served_float``)
+    gives: the value as a float, or 0.0 with the missing indicator when None or not finite."""
+    from online_learning.vector import _served_float
+
+    x = build_vector(make_payment(), values)
+    for name in SERVED_FEATURES:
+        want = _served_float(name, values.get(name))
+        assert x[f"{name}_missing"] == (1.0 if want is None else 0.0)
+        assert x[name] == (0.0 if want is None else want)
