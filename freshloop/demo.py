@@ -129,16 +129,37 @@ def _catch_up(service: Service, console: Console, timeout: float = 900.0) -> Non
         {"bootstrap.servers": service.settings.kafka_bootstrap, "group.id": "freshloop-probe"}
     )
     try:
-        deadline = time.monotonic() + timeout
-        backlog = _backlog(service, probe)
+        started = time.monotonic()
+        deadline = started + timeout
+        backlog = first = _backlog(service, probe)
         if backlog > 50:
-            console.print(f"  catching up with {backlog} change events already on the topics")
+            console.print(
+                f"  catching up with {backlog} change events already on the topics "
+                "(earlier runs, tests and benchmarks wrote them; a new namespace replays them)"
+            )
         while backlog > 50 and time.monotonic() < deadline:
             time.sleep(3.0)
             backlog = _backlog(service, probe)
-            console.print(f"  {backlog} to go ({service.pipeline.stats.applied} applied)")
+            elapsed = time.monotonic() - started
+            per_s = (first - backlog) / elapsed if elapsed > 0 else None
+            console.print(f"  {_catch_up_line(backlog, service.pipeline.stats.applied, per_s)}")
+        if backlog > 50:
+            console.print(
+                f"  {backlog} change events still to apply after {timeout:.0f}s: the demo goes "
+                "on while the pipeline catches up"
+            )
     finally:
         probe.close()
+
+
+def _catch_up_line(backlog: int, applied: int, per_s: float | None) -> str:
+    """One progress line of the catch-up: what is left, the rate so far, the time left."""
+    line = f"{backlog} to go ({applied} applied"
+    if per_s is None or per_s <= 0:
+        return line + ")"
+    left = backlog / per_s
+    eta = f"{left:.0f}s" if left < 120 else f"{left / 60:.0f} min"
+    return line + f", {per_s:,.0f}/s, about {eta} left)"
 
 
 def _fmt(value: float | None, spec: str = ".0f", unit: str = "") -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from rich.console import Console
 
-from freshloop.demo import run_demo
+from freshloop.demo import _catch_up_line, run_demo
 from freshloop.settings import Settings
 from tests.fixtures import drop_namespace
 
@@ -57,3 +57,13 @@ def test_short_demo_shows_the_loop(demo_ns: Settings) -> None:
     assert snap.drift_reports >= 1, text
     assert summary.dashboard is not None and summary.dashboard.startswith("http://127.0.0.1:")
     assert "summary" in text and "verify" in text
+
+
+def test_catch_up_progress_says_the_rate_and_the_time_left() -> None:
+    assert _catch_up_line(1200, 300, None) == "1200 to go (300 applied)"
+    assert _catch_up_line(1200, 300, 0.0) == "1200 to go (300 applied)"
+    assert _catch_up_line(1200, 300, 40.0) == "1200 to go (300 applied, 40/s, about 30s left)"
+    assert (
+        _catch_up_line(1_200_000, 3_000_000, 4_000.0)
+        == "1200000 to go (3000000 applied, 4,000/s, about 5 min left)"
+    )
