@@ -29,15 +29,17 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -63,6 +65,37 @@ __all__ = ["LearnerService", "ServiceCounts", "learner_status", "run_learner"]
 log = logging.getLogger(__name__)
 
 _TICK_S = 1.0
+_T = TypeVar("_T")
+# Errors a broker gives while a new topic's partition leaders are being elected, or while a
+# broker restarts: worth asking again.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def _asking_again(ask: Callable[[], _T], what: str, timeout_s: float = 30.0) -> _T:
+    """``ask()``, asked again for up to ``timeout_s`` while Kafka answers with a transient
+    error; any other error, or one still there at the end, is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and (
+                error.code() in _TRANSIENT or error.retriable()
+            )
+            if not transient or time.monotonic() >= deadline:
+                raise
+            log.info("kafka_transient_error what=%s error=%s: asking again", what, error)
+            time.sleep(0.5)
 
 
 @dataclass
@@ -173,9 +206,21 @@ class LearnerService:
             time.sleep(0.5)
 
     def _partitions(self) -> list[tuple[str, int]]:
-        meta = self._consumer.list_topics(timeout=10).topics
+        topics = (self.predictions_topic, self.outcomes_topic)
+
+        def ask() -> Any:
+            meta = self._consumer.list_topics(timeout=10).topics
+            for topic in topics:  # a new topic without its leaders yet: ask again
+                if topic in meta and meta[topic].error is not None:
+                    raise KafkaException(meta[topic].error)
+            return meta
+
+        try:
+            meta = _asking_again(ask, "topic metadata")
+        except KafkaException:
+            meta = self._consumer.list_topics(timeout=10).topics  # named below
         out = []
-        for topic in (self.predictions_topic, self.outcomes_topic):
+        for topic in topics:
             if topic not in meta or meta[topic].error is not None:
                 msg = f"topic {topic} does not exist yet: apply the connector / start a scorer"
                 raise OnlineLearningError(msg)
@@ -186,8 +231,10 @@ class LearnerService:
         latest = self.settings.learner_start == "latest"
         out = {}
         for topic, partition in self._partitions():
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10
+            tp = TopicPartition(topic, partition)
+            low, high = _asking_again(
+                lambda: self._consumer.get_watermark_offsets(tp, timeout=10),  # noqa: B023 - called at once
+                f"watermarks of {topic}:{partition}",
             )
             out[f"{topic}:{partition}"] = high if latest else low
         return out
