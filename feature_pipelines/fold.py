@@ -53,6 +53,17 @@ end
 return out
 """
 
+
+def _script(setup: str, per_field: str) -> str:
+    """A fold script: ``setup`` (reads ARGV), the shared walk with ``per_field`` inside, the
+    shared reply; bookkeeping field names filled in."""
+    return (
+        (setup + _EACH_KEY + per_field + _REPLY)
+        .replace("@COMMIT@", COMMIT_FIELD)
+        .replace("@WRITTEN@", WRITTEN_FIELD)
+    )
+
+
 # ARGV: n_features, then per feature: name, agg code, windowed (1|0), lo, hi.
 # Returns per key: {commit, written, a1, b1, a2, b2, ...} as integers (Redis turns a Lua number
 # into an integer reply): a = count (or distinct values with a positive count), b = scaled
@@ -60,9 +71,8 @@ return out
 # A field is looked up by its head (the name before '@', or a lifetime field's whole name), so
 # the usual field costs one find, two subs and a table lookup; only a distinct value is taken
 # apart further (its value may hold '@' or '#').
-FOLD = (
-    (
-        """
+FOLD = _script(
+    """
 local nf = tonumber(ARGV[1])
 -- head -> {slot, kind, windowed, lo, hi, distinct}; kind 1 = count, 2 = total
 local heads = {}
@@ -78,9 +88,8 @@ for i = 0, nf - 1 do
   end
 end
 local find, sub, byte = string.find, string.sub, string.byte
-"""
-        + _EACH_KEY
-        + """    if byte(f, 1) == 95 then
+""",
+    """    if byte(f, 1) == 95 then
       if f == '@COMMIT@' then commit = flat[j + 1]
       elseif f == '@WRITTEN@' then written = flat[j + 1] end
     else
@@ -123,11 +132,7 @@ local find, sub, byte = string.find, string.sub, string.byte
         end
       end
     end
-"""
-        + _REPLY
-    )
-    .replace("@COMMIT@", COMMIT_FIELD)
-    .replace("@WRITTEN@", WRITTEN_FIELD)
+""",
 )
 
 
@@ -135,11 +140,10 @@ local find, sub, byte = string.find, string.sub, string.byte
 # first writes down the name of every field the read counts (each windowed feature's buckets in
 # the window, each lifetime feature's name) and looks fields up by name; only a field not found
 # there (a distinct value, a bucket outside the window, bookkeeping) is looked at further. Writing
-# the names costs about as much as taking apart a few entities' fields, so ``prefer_fold_many``
-# picks this script for reads of several keys and ``FOLD`` for one or a few. Same ARGV, same reply.
-FOLD_MANY = (
-    (
-        """
+# the names costs about as much as taking apart a few entities' fields, so ``FoldRead.prefer_many``
+# picks this script for reads of many keys and ``FOLD`` for a few. Same ARGV, same reply.
+FOLD_MANY = _script(
+    """
 local nf = tonumber(ARGV[1])
 local names = {}  -- field name -> {slot, kind}; kind 1 = count, 2 = total
 local distinct_slot = {}  -- name (or name@bucket) before '#' -> slot of a distinct feature
@@ -163,9 +167,8 @@ for i = 0, nf - 1 do
   end
 end
 local find, sub, byte = string.find, string.sub, string.byte
-"""
-        + _EACH_KEY
-        + """    local e = names[f]
+""",
+    """    local e = names[f]
     if e then
       if e[2] == 1 then counts[e[1]] = counts[e[1]] + tonumber(flat[j + 1])
       else totals[e[1]] = totals[e[1]] + tonumber(flat[j + 1]) end
@@ -184,11 +187,7 @@ local find, sub, byte = string.find, string.sub, string.byte
         end
       end
     end
-"""
-        + _REPLY
-    )
-    .replace("@COMMIT@", COMMIT_FIELD)
-    .replace("@WRITTEN@", WRITTEN_FIELD)
+""",
 )
 
 # FOLD_MANY writes down this many names per key read at most (a name costs about what taking

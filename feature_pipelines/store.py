@@ -469,8 +469,25 @@ class _Read:
         return out
 
 
-class FeatureStore:
+class _Reads:
+    """What both stores keep: the client, the fold scripts registered on it, the read plans."""
+
+    def __init__(self, client: Any, features: FeatureSet, ns: str, server_fold: bool) -> None:
+        self.client = client
+        self.features = features
+        self.ns = ns
+        self.server_fold = server_fold
+        self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
+        self._plans = _Plans(features)
+
+    def _read(self, entity: str, keys: Sequence[Any], at: datetime | None) -> _Read:
+        return _Read(self._plans, self.ns, entity, keys, at, self.server_fold)
+
+
+class FeatureStore(_Reads):
     """Reads features: ``get(entity, key)`` and ``get_many(entity, keys)``, one round trip."""
+
+    client: redis.Redis
 
     def __init__(
         self, client: redis.Redis, features: FeatureSet, ns: str, *, server_fold: bool = True
@@ -478,12 +495,7 @@ class FeatureStore:
         """``server_fold``: fold each entity's fields inside Redis with one script call per
         read (fast; needs every key on one primary). False folds in Python after a pipelined
         HGETALL per key, which also works on Redis Cluster."""
-        self.client = client
-        self.features = features
-        self.ns = ns
-        self.server_fold = server_fold
-        self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
-        self._plans = _Plans(features)
+        super().__init__(client, features, ns, server_fold)
 
     @classmethod
     def connect(cls, redis_url: str, features: FeatureSet, ns: str) -> FeatureStore:
@@ -505,13 +517,15 @@ class FeatureStore:
     def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        read = _Read(self._plans, self.ns, entity, keys, at, self.server_fold)
+        read = self._read(entity, keys, at)
         return read.receive(read.send(self.client, self._scripts)) if read.names else []
 
 
-class AsyncFeatureStore:
+class AsyncFeatureStore(_Reads):
     """``FeatureStore``'s reads for asyncio code (the API): same scripts, same answers, with a
     ``redis.asyncio`` client, so a read waits on Redis without a thread of its own."""
+
+    client: redis.asyncio.Redis
 
     def __init__(
         self,
@@ -521,12 +535,7 @@ class AsyncFeatureStore:
         *,
         server_fold: bool = True,
     ) -> None:
-        self.client = client
-        self.features = features
-        self.ns = ns
-        self.server_fold = server_fold
-        self._scripts = (client.register_script(FOLD), client.register_script(FOLD_MANY))
-        self._plans = _Plans(features)
+        super().__init__(client, features, ns, server_fold)
 
     async def get(self, entity: str, key: Any, at: datetime | None = None) -> EntityFeatures:
         return (await self.get_many(entity, [key], at))[0]
@@ -534,5 +543,5 @@ class AsyncFeatureStore:
     async def get_many(
         self, entity: str, keys: Sequence[Any], at: datetime | None = None
     ) -> list[EntityFeatures]:
-        read = _Read(self._plans, self.ns, entity, keys, at, self.server_fold)
+        read = self._read(entity, keys, at)
         return read.receive(await read.send(self.client, self._scripts)) if read.names else []

@@ -56,16 +56,20 @@ _TAU = 2.0 * math.pi
 
 def _served_float(name: str, value: object) -> float | None:
     """The served value as a finite float, or None when it counts as missing."""
-    if value is None:
-        return None
-    # bool is an int subclass; a served True/False is a bug upstream, not a count.
-    if isinstance(value, bool) or not isinstance(value, int | Decimal | float):
-        msg = (
-            f"served feature {name!r} must be int, Decimal, float or None, got "
-            f"{type(value).__name__}; fix the feature readout"
-        )
-        raise VectorError(msg)
-    out = float(value)
+    kind = type(value)
+    if kind is int:  # a count: the common case first
+        return float(value)  # type: ignore[arg-type]
+    if kind is not Decimal and kind is not float:
+        if value is None:
+            return None
+        # bool is an int subclass; a served True/False is a bug upstream, not a count.
+        if isinstance(value, bool) or not isinstance(value, int | Decimal | float):
+            msg = (
+                f"served feature {name!r} must be int, Decimal, float or None, got "
+                f"{type(value).__name__}; fix the feature readout"
+            )
+            raise VectorError(msg)
+    out = float(value)  # type: ignore[arg-type]
     return out if math.isfinite(out) else None
 
 
@@ -116,18 +120,7 @@ def build_vector(
     x["dow_cos"] = math.cos(_TAU * utc.weekday() / 7.0)
 
     for name, missing in _with_missing(tuple(served_names)):
-        raw = served.get(name)
-        # the common cases first: a count (int) or an exact decimal, both finite as floats
-        # unless a decimal is huge or special
-        kind = type(raw)
-        if kind is int:
-            value: float | None = float(raw)  # type: ignore[arg-type]
-        elif kind is Decimal:
-            value = float(raw)  # type: ignore[arg-type]
-            if not math.isfinite(value):
-                value = None
-        else:
-            value = _served_float(name, raw)
+        value = _served_float(name, served.get(name))
         x[name] = 0.0 if value is None else value
         x[missing] = 1.0 if value is None else 0.0
 
