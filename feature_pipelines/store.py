@@ -25,10 +25,9 @@ import redis
 import redis.asyncio
 
 from feature_pipelines.catalog import FeatureSet
-from feature_pipelines.fold import FOLD, FOLD_MANY, FoldRead
+from feature_pipelines.fold import FEW, FOLD, FOLD_MANY, LOCAL, MANY, FoldRead
 from feature_pipelines.planner import WritePlan, entity_key
 from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
-from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
 __all__ = [
     "AsyncFeatureStore",
@@ -393,13 +392,13 @@ class _Plans:
 
 
 class _Read:
-    """One read worked out before any I/O: the plan, the Redis keys and the script to run.
+    """One read worked out before any I/O: the plan, the Redis keys and how to fold them.
 
     ``send`` issues the read on a sync or an asyncio client alike (for the latter it returns
     the awaitable), ``receive`` turns the answer into values: both stores share everything
     but the ``await``."""
 
-    __slots__ = ("entity", "fold", "keys", "many", "names", "read_ms", "server_fold", "unique")
+    __slots__ = ("entity", "fold", "keys", "names", "read_ms", "unique", "way")
 
     def __init__(
         self,
@@ -419,27 +418,33 @@ class _Read:
         # each entity is read once, however often it is asked for (a batch of payments names
         # a busy merchant many times)
         self.unique = list(dict.fromkeys(self.names))
-        self.many = self.fold.prefer_many(len(self.unique))
-        self.server_fold = server_fold
+        self.way = self.fold.way(len(self.unique)) if server_fold else LOCAL
 
     def send(self, client: Any, scripts: tuple[Any, Any]) -> Any:
-        """The script call (``scripts`` = FOLD, FOLD_MANY as registered on ``client``), or the
-        pipelined HGETALLs of the Redis Cluster path."""
-        if self.server_fold:
-            return scripts[self.many](keys=self.unique, args=self.fold.args)
+        """The script call (``scripts`` = FOLD, FOLD_MANY as registered on ``client``), or one
+        HGETALL per key (pipelined: one round trip, and the Redis Cluster path)."""
+        if self.way == FEW:
+            return scripts[0](keys=self.unique, args=self.fold.args)
+        if self.way == MANY:
+            return scripts[1](keys=self.unique, args=self.fold.args)
+        if len(self.unique) == 1:
+            return client.hgetall(self.unique[0])
         pipe = client.pipeline(transaction=False)
         for name in self.unique:
             pipe.hgetall(name)
         return pipe.execute()
 
     def receive(self, reply: Any) -> list[EntityFeatures]:
+        if self.way == LOCAL:
+            hashes = [reply] if len(self.unique) == 1 else reply
+            reply = [self.fold.fold_fields(fields) for fields in hashes]
         if len(self.unique) != len(self.names):  # one answer per key asked for, in order
             by_name = dict(zip(self.unique, reply, strict=True))
             reply = [by_name[name] for name in self.names]
-        return self.from_fold(reply) if self.server_fold else self.from_hashes(reply)
+        return self.from_fold(reply)
 
     def from_fold(self, rows: Sequence[Sequence[int]]) -> list[EntityFeatures]:
-        """The script's answer as values."""
+        """Fold rows (``[commit, written, a1, b1, ...]`` per key) as values."""
         entity, read_ms = self.entity, self.read_ms
         return [
             EntityFeatures(entity, str(key), values, commit, written, read_ms)
@@ -447,26 +452,6 @@ class _Read:
                 self.keys, self.fold.unfold(rows), strict=True
             )
         ]
-
-    def from_hashes(self, hashes: Sequence[Mapping[Any, Any]]) -> list[EntityFeatures]:
-        """Whole entity hashes (the Redis Cluster path) folded in Python."""
-        commit_field, written_field = COMMIT_FIELD.encode(), WRITTEN_FIELD.encode()
-        plan = self.fold.plan
-        out = []
-        for key, raw in zip(self.keys, hashes, strict=True):
-            commit = raw.get(commit_field) or raw.get(COMMIT_FIELD)
-            written = raw.get(written_field) or raw.get(WRITTEN_FIELD)
-            out.append(
-                EntityFeatures(
-                    self.entity,
-                    str(key),
-                    plan.values(raw),
-                    int(commit) if commit else None,
-                    int(written) if written else None,
-                    self.read_ms,
-                )
-            )
-        return out
 
 
 class _Reads:

@@ -1,0 +1,52 @@
+"""Random entity hashes holding every kind of field the writer produces, for the fold tests.
+
+Buckets inside, at the edges of and outside each window, mean parts, distinct values with
+positive, zero and negative counts (values holding '@' and '#'), lifetime fields, bookkeeping
+fields and fields of unknown features.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+from feature_pipelines import SAMPLE_FEATURES, Feature, FeatureSet
+from feature_pipelines.catalog import CUSTOMER
+from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD, bucket_range
+
+AT = datetime(2026, 5, 4, 12, 30, 15, 123456, tzinfo=UTC)
+T_US = int(AT.timestamp() * 1_000_000)
+# The sample features and a lifetime distinct count (fields 'name#value', no bucket).
+FEATURES = FeatureSet.of(
+    [
+        *SAMPLE_FEATURES,
+        Feature("channels_lifetime", CUSTOMER, "payments", "created_at", "distinct", "channel"),
+    ]
+)
+
+
+def random_hash(rng: random.Random, entity: str) -> dict[str, int]:
+    fields: dict[str, int] = {}
+    for f in FEATURES.for_entity(entity):
+        parts = [":s", ":n"] if f.agg == "mean" else [""]
+        if f.window is None:
+            buckets: list[str] = [""]
+        else:
+            lo, hi = bucket_range(f, T_US)
+            picks = {lo - 1, lo, lo + 1, hi - 1, hi, hi + 1}
+            picks |= {rng.randint(lo - 5, hi + 5) for _ in range(4)}
+            buckets = [f"@{b}" for b in picks]
+        for bucket in buckets:
+            if rng.random() < 0.3:
+                continue
+            if f.agg == "distinct":
+                for value in rng.sample(["m1", "n1", "m2", "m3", "ü-7", "x", "a@1", "b#c@2"], k=4):
+                    fields[f"{f.name}{bucket}#{value}"] = rng.choice([-1, 0, 1, 1, 2, 5])
+            else:
+                for part in parts:
+                    fields[f"{f.name}{part}{bucket}"] = rng.randint(-3, 10**9)
+    fields["not_a_feature@1"] = 7
+    fields[COMMIT_FIELD] = rng.randint(1, 10**13)
+    if rng.random() < 0.8:
+        fields[WRITTEN_FIELD] = rng.randint(1, 10**13)
+    return fields

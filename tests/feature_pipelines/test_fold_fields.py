@@ -1,0 +1,52 @@
+"""``FoldRead.fold_fields`` (the fold of reads of a few keys and of Redis Cluster) agrees with
+the reference fold ``ReadPlan.values`` on random hashes, whatever type the client gives the
+field names and values in (bytes, text, or ints as tests write them)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from feature_pipelines.fold import FEW, LOCAL, MANY, FoldRead
+from feature_pipelines.readout import ReadPlan
+from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
+from tests.feature_pipelines.fold_hashes import FEATURES, T_US, random_hash
+
+
+def _reference(plan: ReadPlan, fields: dict[str, int]) -> tuple[dict, int | None, int | None]:
+    return plan.values(fields), fields.get(COMMIT_FIELD), fields.get(WRITTEN_FIELD)
+
+
+@pytest.mark.parametrize("entity", ["customer", "merchant"])
+@pytest.mark.parametrize("seed", range(20))
+def test_fold_fields_equals_the_reference(entity: str, seed: int) -> None:
+    rng = random.Random(seed)
+    plan = ReadPlan(FEATURES.for_entity(entity), T_US)
+    fold = FoldRead(plan)
+    hashes = [random_hash(rng, entity) for _ in range(6)] + [{}]
+    want = [_reference(plan, h) for h in hashes]
+    as_text = [{k: str(v) for k, v in h.items()} for h in hashes]
+    as_bytes = [{k.encode(): str(v).encode() for k, v in h.items()} for h in hashes]
+    for shape in (hashes, as_text, as_bytes):
+        got = fold.unfold([fold.fold_fields(h) for h in shape])
+        assert got == want
+    # not degenerate: windowed, lifetime and distinct values are counted
+    names = [f.name for f in plan.features if f.agg in ("count", "distinct")]
+    for name in names:
+        assert any(values[name] for values, _c, _w in want[:-1]), name
+
+
+def test_a_fold_row_is_per_key_type() -> None:
+    """A client with ``decode_responses`` (text) and one without (bytes) share one plan."""
+    rng = random.Random(3)
+    plan = ReadPlan(FEATURES.for_entity("customer"), T_US)
+    fold = FoldRead(plan)
+    h = random_hash(rng, "customer")
+    as_bytes = {k.encode(): str(v).encode() for k, v in h.items()}
+    assert fold.fold_fields(as_bytes) == fold.fold_fields(h) == fold.fold_fields(as_bytes)
+
+
+def test_reads_of_a_few_keys_fold_in_the_client() -> None:
+    fold = FoldRead(ReadPlan(FEATURES.for_entity("customer"), T_US))
+    assert [fold.way(n) for n in (1, 7, 8, 11, 12, 100)] == [LOCAL, LOCAL, FEW, FEW, MANY, MANY]
