@@ -9,14 +9,19 @@ both topics, so one consumer owns both sides of their join (co-partitioning).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.exceptions import ConnectError
 
-__all__ = ["ensure_topics"]
+__all__ = ["asking_again", "ensure_topics"]
+
+log = logging.getLogger(__name__)
 
 
 def ensure_topics(
@@ -57,3 +62,36 @@ def ensure_topics(
                 msg = f"could not create topic {topic}: {exc}"
                 raise ConnectError(msg) from exc
     return created
+
+
+_T = TypeVar("_T")
+# Errors a broker gives while a new topic's partition leaders are being elected, or while a
+# broker restarts: worth asking again.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def asking_again(ask: Callable[[], _T], what: str, timeout_s: float = 30.0) -> _T:
+    """``ask()``, asked again for up to ``timeout_s`` while Kafka answers with a transient
+    error; any other error, or one still there at the end, is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and (
+                error.code() in _TRANSIENT or error.retriable()
+            )
+            if not transient or time.monotonic() >= deadline:
+                raise
+            log.info("kafka_transient_error what=%s error=%s: asking again", what, error)
+            time.sleep(0.5)

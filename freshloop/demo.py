@@ -29,6 +29,7 @@ from rich.table import Table
 from sqlalchemy import create_engine, text
 
 from connectors import apply_connector
+from connectors.topics import asking_again
 from feature_pipelines import FeatureStore, verify_until_clean
 from freshloop.db import init_database
 from freshloop.service import LoopSnapshot, Service
@@ -114,10 +115,16 @@ def _backlog(service: Service, probe: Consumer) -> int:
     stored = service.pipeline.writer.offsets()
     total = 0
     for topic in service.pipeline.topics:
-        meta = probe.list_topics(topic, timeout=10).topics[topic]
+        # the stack may have just started: a partition without its leader yet is asked again
+        meta = asking_again(
+            lambda: probe.list_topics(topic, timeout=10).topics[topic],  # noqa: B023 - called at once
+            f"metadata of {topic}",
+        )
         for p in meta.partitions:
-            low, high = probe.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=10, cached=False
+            tp = TopicPartition(topic, p)
+            low, high = asking_again(
+                lambda: probe.get_watermark_offsets(tp, timeout=10, cached=False),  # noqa: B023
+                f"watermarks of {topic}:{p}",
             )
             total += max(0, high - max(low, stored.get(f"{topic}:{p}", low)))
     return total

@@ -29,10 +29,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from confluent_kafka import (
@@ -47,6 +46,7 @@ from confluent_kafka import (
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
+from connectors.topics import asking_again
 from feature_pipelines.dead_letter import DeadLetters
 from freshloop.db import connect
 from freshloop.settings import Settings
@@ -65,37 +65,6 @@ __all__ = ["LearnerService", "ServiceCounts", "learner_status", "run_learner"]
 log = logging.getLogger(__name__)
 
 _TICK_S = 1.0
-_T = TypeVar("_T")
-# Errors a broker gives while a new topic's partition leaders are being elected, or while a
-# broker restarts: worth asking again.
-_TRANSIENT = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-    }
-)
-
-
-def _asking_again(ask: Callable[[], _T], what: str, timeout_s: float = 30.0) -> _T:
-    """``ask()``, asked again for up to ``timeout_s`` while Kafka answers with a transient
-    error; any other error, or one still there at the end, is raised."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ask()
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            transient = isinstance(error, KafkaError) and (
-                error.code() in _TRANSIENT or error.retriable()
-            )
-            if not transient or time.monotonic() >= deadline:
-                raise
-            log.info("kafka_transient_error what=%s error=%s: asking again", what, error)
-            time.sleep(0.5)
 
 
 @dataclass
@@ -216,7 +185,7 @@ class LearnerService:
             return meta
 
         try:
-            meta = _asking_again(ask, "topic metadata")
+            meta = asking_again(ask, "topic metadata")
         except KafkaException:
             meta = self._consumer.list_topics(timeout=10).topics  # named below
         out = []
@@ -232,7 +201,7 @@ class LearnerService:
         out = {}
         for topic, partition in self._partitions():
             tp = TopicPartition(topic, partition)
-            low, high = _asking_again(
+            low, high = asking_again(
                 lambda: self._consumer.get_watermark_offsets(tp, timeout=10),  # noqa: B023 - called at once
                 f"watermarks of {topic}:{partition}",
             )

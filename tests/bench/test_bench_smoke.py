@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bench.peers.batch_sql import BatchRecompute
+from bench.report import _under_floor
 from feature_pipelines import SAMPLE_FEATURES
 from freshloop.settings import Settings
 
@@ -145,3 +146,13 @@ def test_batch_lag_is_the_end_of_the_first_recompute_started_after_the_commit() 
     # committed before the first start -> its end; during a cycle -> the next one's end;
     # after the last start -> never covered, left out
     assert job.lags_ms([-50.0, 10.0, 1000.0, 1999.0, 2500.0]) == [450.0, 1490.0, 1300.0, 301.0]
+
+
+def test_an_aim_below_the_round_trip_floor_says_so() -> None:
+    def row(feast_p99: float) -> dict[str, Any]:
+        return {"p99": {"feast_ms": {"median": feast_p99}}}
+
+    ping = {"p99": {"median": 1.08}}
+    assert "below a bare Redis PING's p99 of 1.08 ms" in _under_floor(row(1.5), ping)
+    assert _under_floor(row(2.2), ping) == ""  # half of it, 1.1 ms, is above the floor
+    assert _under_floor(row(1.5), None) == ""
