@@ -144,7 +144,7 @@ local find, sub, byte = string.find, string.sub, string.byte
 # first writes down the name of every field the read counts (each windowed feature's buckets in
 # the window, each lifetime feature's name) and looks fields up by name; only a field not found
 # there (a distinct value, a bucket outside the window, bookkeeping) is looked at further. Writing
-# the names costs about as much as taking apart a few entities' fields, so ``FoldRead.prefer_many``
+# the names costs about as much as taking apart a few entities' fields, so ``FoldRead.way``
 # picks this script for reads of many keys and ``FOLD`` for a few. Same ARGV, same reply.
 FOLD_MANY = _script(
     """
@@ -234,16 +234,14 @@ class FoldRead:
                 self.n_names += (hi - lo) * (2 if f.agg == "mean" else 1)
         self.convs = [(f.name, _converter(f)) for f in plan.features]
 
-    def prefer_many(self, n_keys: int) -> bool:
-        """Whether ``FOLD_MANY`` is the cheaper script for a read of ``n_keys`` keys."""
-        return n_keys >= _MANY_FROM and self.n_names <= _NAMES_PER_KEY * n_keys
-
     def way(self, n_keys: int) -> int:
         """How a read of ``n_keys`` keys is cheapest: ``LOCAL`` (HGETALL, fold in Python),
         ``FEW`` (the FOLD script) or ``MANY`` (FOLD_MANY)."""
         if n_keys < _LOCAL_BELOW:
             return LOCAL
-        return MANY if self.prefer_many(n_keys) else FEW
+        if n_keys >= _MANY_FROM and self.n_names <= _NAMES_PER_KEY * n_keys:
+            return MANY
+        return FEW
 
     def fold_fields(self, fields: Fields) -> list[int]:
         """One entity hash folded as the scripts fold it: ``[commit, written, a1, b1, ...]``."""
@@ -254,7 +252,7 @@ class FoldRead:
         if lookup is None:
             lookup = self._lookups[type(first)] = _lookup(self.plan, type(first) is bytes)
         row = self._empty()
-        slots, heads, commit, written = lookup
+        slots, heads, commit, written, hash_sign = lookup
         distinct: dict[int, dict[Any, int]] | None = None
         for name, value in fields.items():
             at = slots.get(name)
@@ -265,7 +263,7 @@ class FoldRead:
             elif name == written:
                 row[1] = int(value)
             elif heads:
-                head, sep, dval = name.partition(lookup.hash_sign)
+                head, sep, dval = name.partition(hash_sign)
                 at = heads.get(head) if sep else None
                 if at is not None:
                     if distinct is None:
@@ -303,10 +301,7 @@ class _Lookup(NamedTuple):
     heads: dict[Any, int]  # name (or name@bucket) before '#' of a distinct feature -> a_i
     commit: Any
     written: Any
-
-    @property
-    def hash_sign(self) -> Any:
-        return b"#" if type(self.commit) is bytes else "#"
+    hash_sign: Any  # '#' in the key type
 
 
 def _lookup(plan: ReadPlan, as_bytes: bool) -> _Lookup:
@@ -329,7 +324,7 @@ def _lookup(plan: ReadPlan, as_bytes: bool) -> _Lookup:
             else:
                 for b in range(lo + 1, hi + 1):
                     into[key(f"{head}@{b}")] = at
-    return _Lookup(slots, heads, key(COMMIT_FIELD), key(WRITTEN_FIELD))
+    return _Lookup(slots, heads, key(COMMIT_FIELD), key(WRITTEN_FIELD), key("#"))
 
 
 def _converter(feature: Feature) -> Callable[[int, int], FeatureValue]:

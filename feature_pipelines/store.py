@@ -477,9 +477,10 @@ class FeatureStore(_Reads):
     def __init__(
         self, client: redis.Redis, features: FeatureSet, ns: str, *, server_fold: bool = True
     ) -> None:
-        """``server_fold``: fold each entity's fields inside Redis with one script call per
-        read (fast; needs every key on one primary). False folds in Python after a pipelined
-        HGETALL per key, which also works on Redis Cluster."""
+        """``server_fold``: reads of 8 keys or more fold each entity's fields inside Redis
+        with one script call (needs every key on one primary), smaller reads fold in Python
+        after a pipelined HGETALL per key. False folds every read in Python, which also works
+        on Redis Cluster."""
         super().__init__(client, features, ns, server_fold)
 
     @classmethod

@@ -186,8 +186,12 @@ class LearnerService:
 
         try:
             meta = asking_again(ask, "topic metadata")
-        except KafkaException:
-            meta = self._consumer.list_topics(timeout=10).topics  # named below
+        except KafkaException as exc:
+            msg = (
+                f"topics {', '.join(topics)} are not ready ({exc.args[0] if exc.args else exc}): "
+                "apply the connector / start a scorer"
+            )
+            raise OnlineLearningError(msg) from exc
         out = []
         for topic in topics:
             if topic not in meta or meta[topic].error is not None:
