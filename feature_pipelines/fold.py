@@ -1,152 +1,44 @@
-"""The read fold: an entity's stored fields into feature states, in Redis or in the client.
+"""The read fold: an entity's stored fields into feature states, in the client or in Redis.
 
 A windowed feature keeps one field per bucket (and per distinct value), so an entity hash holds
-tens of fields. For a read of many entities ``FOLD`` / ``FOLD_MANY`` do the fold of
-``readout.ReadPlan.states`` in one Lua call and return two numbers per feature, so a batch read
-moves little data and little Python work. For a read of a few entities, and on Redis Cluster
-(where one script cannot touch keys of many slots), ``FoldRead.fold_fields`` does the same fold
-in Python on each entity's HGETALL, looking every field up by name. ``ReadPlan`` stays the
-reference; tests check all three agree with it on random hashes.
+tens of fields. A read takes each entity's hash with HGETALL (all of a read's in one round trip)
+and ``FoldRead.fold_fields`` folds it in Python, looking every field up by name in a table made
+once per read plan. Redis then does the least it can per read: it is one thread shared by every
+reader and by the pipeline's writes, while readers scale out. On request (``server_fold``) a
+read of many keys folds inside Redis instead, with ``FOLD_MANY``: one Lua call returning two
+numbers per feature, for clients far from Redis where the hashes' bytes cost more than Redis's
+time. ``readout.ReadPlan`` stays the reference; tests check both folds against it on random
+hashes.
 
 Numbers travel as decimal strings; Lua keeps them as doubles, exact below 2**53 (a sum of
-amounts in cents up to about 90 trillion).
+amounts in cents up to about 90 trillion); the client fold is exact at any size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 from feature_pipelines.readout import FeatureValue, Fields, ReadPlan, mean_value
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
-__all__ = ["FEW", "FOLD", "FOLD_MANY", "LOCAL", "MANY", "FoldRead"]
+__all__ = ["FOLD_MANY", "LOCAL", "MANY", "FoldRead"]
 
-LOCAL, FEW, MANY = 0, 1, 2  # how a read folds: see ``FoldRead.way``
+LOCAL, MANY = 0, 1  # how a read folds: see ``FoldRead.way``
 
 _AGG = {"count": "c", "sum": "s", "mean": "m", "distinct": "d"}
-
-# Both fold scripts share the walk over each key's fields (the script in between decides what
-# a field ``f`` adds to counts/totals/distinct of its feature slot, and picks up commit/written)
-# and the reply: per key {commit, written, a1, b1, ...}.
-_EACH_KEY = """
-local out = {}
-for k = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[k])
-  local counts, totals, distinct = {}, {}, {}
-  for i = 1, nf do counts[i] = 0; totals[i] = 0 end
-  local commit, written = '', ''
-  for j = 1, #flat, 2 do
-    local f = flat[j]
-"""
-_REPLY = """  end
-  local row = {tonumber(commit) or -1, tonumber(written) or -1}
-  for i = 1, nf do
-    local c = counts[i]
-    if distinct[i] then
-      c = 0
-      for _, n in pairs(distinct[i]) do if n > 0 then c = c + 1 end end
-    end
-    row[#row + 1] = c
-    row[#row + 1] = totals[i]
-  end
-  out[k] = row
-end
-return out
-"""
-
-
-def _script(setup: str, per_field: str) -> str:
-    """A fold script: ``setup`` (reads ARGV), the shared walk with ``per_field`` inside, the
-    shared reply; bookkeeping field names filled in."""
-    return (
-        (setup + _EACH_KEY + per_field + _REPLY)
-        .replace("@COMMIT@", COMMIT_FIELD)
-        .replace("@WRITTEN@", WRITTEN_FIELD)
-    )
-
 
 # ARGV: n_features, then per feature: name, agg code, windowed (1|0), lo, hi.
 # Returns per key: {commit, written, a1, b1, a2, b2, ...} as integers (Redis turns a Lua number
 # into an integer reply): a = count (or distinct values with a positive count), b = scaled
 # total; commit/written are -1 when absent. Integers spare the client a parse per number.
-# A field is looked up by its head (the name before '@', or a lifetime field's whole name), so
-# the usual field costs one find, two subs and a table lookup; only a distinct value is taken
-# apart further (its value may hold '@' or '#').
-FOLD = _script(
-    """
-local nf = tonumber(ARGV[1])
--- head -> {slot, kind, windowed, lo, hi, distinct}; kind 1 = count, 2 = total
-local heads = {}
-for i = 0, nf - 1 do
-  local base = 2 + i * 5
-  local name, agg, windowed = ARGV[base], ARGV[base + 1], ARGV[base + 2] == '1'
-  local lo, hi = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  if agg == 'm' then
-    heads[name .. ':n'] = {i + 1, 1, windowed, lo, hi, false}
-    heads[name .. ':s'] = {i + 1, 2, windowed, lo, hi, false}
-  else
-    heads[name] = {i + 1, agg == 'c' and 1 or 2, windowed, lo, hi, agg == 'd'}
-  end
-end
-local find, sub, byte = string.find, string.sub, string.byte
-""",
-    """    if byte(f, 1) == 95 then
-      if f == '@COMMIT@' then commit = flat[j + 1]
-      elseif f == '@WRITTEN@' then written = flat[j + 1] end
-    else
-      local p = find(f, '@', 1, true)
-      local s, dval
-      if p then
-        s = heads[sub(f, 1, p - 1)]
-        if s then
-          local q
-          if s[6] then
-            q = find(f, '#', p + 1, true)
-            if q then dval = sub(f, q + 1) else s = nil end
-          end
-          if s and s[3] then
-            local bucket = tonumber(sub(f, p + 1, (q or 0) - 1))
-            if not (bucket and bucket > s[4] and bucket <= s[5]) then s = nil end
-          end
-        end
-      else
-        s = heads[f]
-        if s and s[6] then s = nil end  -- a distinct field always holds '#'
-      end
-      if not s then  -- 'name#value' of a lifetime distinct feature (the value may hold '@')
-        local q = find(f, '#', 1, true)
-        if q and (not p or q < p) then
-          s = heads[sub(f, 1, q - 1)]
-          if s and s[6] and not s[3] then dval = sub(f, q + 1) else s = nil end
-        end
-      end
-      if s then
-        local v = tonumber(flat[j + 1])
-        if dval then
-          local d = distinct[s[1]]
-          if not d then d = {}; distinct[s[1]] = d end
-          d[dval] = (d[dval] or 0) + v
-        elseif s[2] == 1 then
-          counts[s[1]] = counts[s[1]] + v
-        else
-          totals[s[1]] = totals[s[1]] + v
-        end
-      end
-    end
-""",
-)
-
-
-# The same fold, faster for reads of many keys: instead of taking each field name apart, it
-# first writes down the name of every field the read counts (each windowed feature's buckets in
-# the window, each lifetime feature's name) and looks fields up by name; only a field not found
-# there (a distinct value, a bucket outside the window, bookkeeping) is looked at further. Writing
-# the names costs about as much as taking apart a few entities' fields, so ``FoldRead.way``
-# picks this script for reads of many keys and ``FOLD`` for a few. Same ARGV, same reply.
-FOLD_MANY = _script(
+# It first writes down the name of every field the read counts (each windowed feature's buckets
+# in the window, each lifetime feature's name) and looks fields up by name; only a field not
+# found there (a distinct value, a bucket outside the window, bookkeeping) is looked at further.
+# Writing the names costs about as much as folding a few entities: it pays for many keys only.
+FOLD_MANY = (
     """
 local nf = tonumber(ARGV[1])
 local names = {}  -- field name -> {slot, kind}; kind 1 = count, 2 = total
@@ -171,8 +63,15 @@ for i = 0, nf - 1 do
   end
 end
 local find, sub, byte = string.find, string.sub, string.byte
-""",
-    """    local e = names[f]
+local out = {}
+for k = 1, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[k])
+  local counts, totals, distinct = {}, {}, {}
+  for i = 1, nf do counts[i] = 0; totals[i] = 0 end
+  local commit, written = '', ''
+  for j = 1, #flat, 2 do
+    local f = flat[j]
+    local e = names[f]
     if e then
       if e[2] == 1 then counts[e[1]] = counts[e[1]] + tonumber(flat[j + 1])
       else totals[e[1]] = totals[e[1]] + tonumber(flat[j + 1]) end
@@ -191,33 +90,41 @@ local find, sub, byte = string.find, string.sub, string.byte
         end
       end
     end
-""",
+  end
+  local row = {tonumber(commit) or -1, tonumber(written) or -1}
+  for i = 1, nf do
+    local c = counts[i]
+    if distinct[i] then
+      c = 0
+      for _, n in pairs(distinct[i]) do if n > 0 then c = c + 1 end end
+    end
+    row[#row + 1] = c
+    row[#row + 1] = totals[i]
+  end
+  out[k] = row
+end
+return out
+""".replace("@COMMIT@", COMMIT_FIELD).replace("@WRITTEN@", WRITTEN_FIELD)
 )
 
-# FOLD_MANY writes down this many names per key read at most (a name costs about what taking
-# one field apart does; an entity has tens of fields, most shared with other entities). Below
-# _MANY_FROM keys FOLD is cheaper. Server time per call on 2 cores, sample customers (~55 fields):
-# FOLD takes 0.3x FOLD_MANY's for one key and 0.8x for 8; about even at 16; 1.3x at 64.
+# With ``server_fold``, reads of this many keys or more fold in Redis, unless the plan has more
+# than _NAMES_PER_KEY names per key for FOLD_MANY to write down (a name costs about what
+# taking one field apart does). Below it the client fold is faster whatever the protocol.
+# Sample customers (~55 fields), 2 cores, p50 of a sync read, client fold on RESP3 against
+# FOLD_MANY: 32 keys 5.4 against 6.3 ms, 100 keys 15.5 against 14.4 ms; on RESP2 the client
+# fold is faster at every size (100 keys: 11.8 ms).
 _NAMES_PER_KEY = 150
-_MANY_FROM = 12
-
-
-# Reads of fewer keys than this fold in the client: a plain HGETALL per key (pipelined) and a
-# name lookup per field in Python cost less, client and server together, than a script call,
-# whose Lua walk costs about 3 us per field. Sample customers (~55 fields), 2 cores, p50: one
-# key 0.22-0.32 ms in Python against 0.43 ms by FOLD, 6 keys 0.79 against 1.08-1.17 ms, even at
-# 8; from there one script reply beats many hash replies.
-_LOCAL_BELOW = 8
+_MANY_FROM = 64
 
 
 class FoldRead:
-    """A read plan made ready for the fold scripts, once: the scripts' ARGV, how many names
-    FOLD_MANY would write down, and a converter per feature. A plan only changes when the read
-    time crosses a bucket edge, so reads in between share one (``FeatureStore`` keeps them).
+    """A read plan made ready for folding, once: a converter per feature, the table of field
+    names of the client fold (made on first use, per key type), FOLD_MANY's ARGV and how many
+    names it would write down. A plan only changes when the read time crosses a bucket edge, so
+    reads in between share one (``FeatureStore`` keeps them).
 
-    ``fold_fields`` is the same fold done in Python on an entity hash (reads of one key, and
-    every read on Redis Cluster); ``readout.ReadPlan.states`` stays the reference all three
-    are tested against."""
+    ``fold_fields`` folds one entity hash in Python; ``FOLD_MANY`` does the same in Redis;
+    ``readout.ReadPlan.states`` stays the reference both are tested against."""
 
     __slots__ = ("_lookups", "args", "convs", "n_names", "plan")
 
@@ -235,44 +142,44 @@ class FoldRead:
         self.convs = [(f.name, _converter(f)) for f in plan.features]
 
     def way(self, n_keys: int) -> int:
-        """How a read of ``n_keys`` keys is cheapest: ``LOCAL`` (HGETALL, fold in Python),
-        ``FEW`` (the FOLD script) or ``MANY`` (FOLD_MANY)."""
-        if n_keys < _LOCAL_BELOW:
-            return LOCAL
+        """Where a read of ``n_keys`` keys folds when the store may fold in Redis: ``LOCAL``
+        (HGETALL, fold in Python) or ``MANY`` (FOLD_MANY)."""
         if n_keys >= _MANY_FROM and self.n_names <= _NAMES_PER_KEY * n_keys:
             return MANY
-        return FEW
+        return LOCAL
 
-    def fold_fields(self, fields: Fields) -> list[int]:
-        """One entity hash folded as the scripts fold it: ``[commit, written, a1, b1, ...]``."""
+    def fold_fields(self, fields: Fields | Sequence[Any]) -> list[int]:
+        """One entity hash folded as FOLD_MANY folds it: ``[commit, written, a1, b1, ...]``.
+
+        ``fields`` is the hash as a mapping, or as HGETALL's flat ``[name, value, ...]`` list
+        (RESP2), which spares building a dict per entity."""
         if not fields:
             return self._empty()
-        first = next(iter(fields))
-        lookup = self._lookups.get(type(first))
+        if isinstance(fields, Mapping):
+            names: Sequence[Any] = list(fields)
+            values: Any = fields.values()
+        else:
+            names, values = fields[0::2], fields[1::2]
+        lookup = self._lookups.get(type(names[0]))
         if lookup is None:
-            lookup = self._lookups[type(first)] = _lookup(self.plan, type(first) is bytes)
+            lookup = self._lookups[type(names[0])] = _Lookup(self.plan, type(names[0]) is bytes)
+        codes = lookup.codes(names)
         row = self._empty()
-        slots, heads, commit, written, hash_sign = lookup
-        distinct: dict[int, dict[Any, int]] | None = None
-        for name, value in fields.items():
-            at = slots.get(name)
-            if at is not None:
-                row[at] += int(value)
-            elif name == commit:
-                row[0] = int(value)
-            elif name == written:
-                row[1] = int(value)
-            elif heads:
-                head, sep, dval = name.partition(hash_sign)
-                at = heads.get(head) if sep else None
-                if at is not None:
-                    if distinct is None:
-                        distinct = {}
-                    counts = distinct.setdefault(at, {})
-                    counts[dval] = counts.get(dval, 0) + int(value)
+        distinct: dict[tuple[int, Any], int] | None = None  # (a_i, value) -> rows with it
+        for code, value in zip(codes, values, strict=True):
+            if code >= 2:  # the usual field: a count or total of one feature
+                row[code] += int(value)
+            elif code >= 0:  # commit or written time
+                row[code] = int(value)
+            elif code != _NOT_COUNTED:
+                pair = lookup.distinct[_DISTINCT - code]
+                if distinct is None:
+                    distinct = {}
+                distinct[pair] = distinct.get(pair, 0) + int(value)
         if distinct:
-            for at, counts in distinct.items():
-                row[at] = sum(1 for n in counts.values() if n > 0)
+            for (at, _value), n in distinct.items():
+                if n > 0:
+                    row[at] += 1
         return row
 
     def _empty(self) -> list[int]:
@@ -294,37 +201,73 @@ class FoldRead:
         return out
 
 
-class _Lookup(NamedTuple):
-    """Field name -> where it counts in a fold row, for one key type (bytes or str)."""
-
-    slots: dict[Any, int]  # a counted field -> its row index (count a_i, or total b_i)
-    heads: dict[Any, int]  # name (or name@bucket) before '#' of a distinct feature -> a_i
-    commit: Any
-    written: Any
-    hash_sign: Any  # '#' in the key type
+_NOT_COUNTED = -1  # the code of a field no feature of the read counts
+_DISTINCT = -2  # codes from here down: distinct values, numbered by _Lookup.distinct
+_KEPT = 100_000  # codes a lookup remembers (counted fields aside) before it starts again
 
 
-def _lookup(plan: ReadPlan, as_bytes: bool) -> _Lookup:
-    def key(text: str) -> Any:
-        return text.encode() if as_bytes else text
+class _Lookup:
+    """Field name -> what it adds to a fold row (a code), for one key type (bytes or str).
 
-    slots: dict[Any, int] = {}
-    heads: dict[Any, int] = {}
-    for i, f in enumerate(plan.features):
-        _feature, lo, hi = plan.wanted[f.name]
-        count_at, total_at = 2 + 2 * i, 3 + 2 * i
-        if f.agg == "mean":
-            parts = [(f"{f.name}:n", count_at), (f"{f.name}:s", total_at)]
-        else:
-            parts = [(f.name, count_at if f.agg in ("count", "distinct") else total_at)]
-        into = heads if f.agg == "distinct" else slots
-        for head, at in parts:
-            if f.window is None:
-                into[key(head)] = at
+    A code >= 2 is the row index the field adds to (count a_i or total b_i), 0 and 1 the
+    commit and written times, ``_NOT_COUNTED`` a field the read does not count, and from
+    ``_DISTINCT`` down a (row index, value) pair of a distinct feature in ``distinct``. The
+    counted fields are written down from the plan; every other field gets its code the first
+    time it is seen. Names repeat across the entities one plan reads (buckets are shared), so
+    a distinct field is taken apart once per plan, not once per entity."""
+
+    __slots__ = ("_base", "_hash", "_heads", "distinct", "places")
+
+    def __init__(self, plan: ReadPlan, as_bytes: bool) -> None:
+        def key(text: str) -> Any:
+            return text.encode() if as_bytes else text
+
+        places: dict[Any, int] = {key(COMMIT_FIELD): 0, key(WRITTEN_FIELD): 1}
+        heads: dict[Any, int] = {}  # name (or name@bucket) before '#' of a distinct feature
+        for i, f in enumerate(plan.features):
+            _feature, lo, hi = plan.wanted[f.name]
+            count_at, total_at = 2 + 2 * i, 3 + 2 * i
+            if f.agg == "mean":
+                parts = [(f"{f.name}:n", count_at), (f"{f.name}:s", total_at)]
             else:
-                for b in range(lo + 1, hi + 1):
-                    into[key(f"{head}@{b}")] = at
-    return _Lookup(slots, heads, key(COMMIT_FIELD), key(WRITTEN_FIELD), key("#"))
+                parts = [(f.name, count_at if f.agg in ("count", "distinct") else total_at)]
+            into = heads if f.agg == "distinct" else places
+            for head, at in parts:
+                if f.window is None:
+                    into[key(head)] = at
+                else:
+                    for b in range(lo + 1, hi + 1):
+                        into[key(f"{head}@{b}")] = at
+        self._base = places
+        self._heads = heads
+        self._hash = key("#")
+        self.places = dict(places)
+        self.distinct: list[tuple[int, Any]] = []
+
+    def codes(self, names: Sequence[Any]) -> list[int]:
+        """The code of each name, in order."""
+        codes = list(map(self.places.get, names))
+        if None not in codes:
+            return codes  # type: ignore[return-value]
+        if len(self.places) > len(self._base) + _KEPT:  # many distinct values seen: forget them
+            self.places = dict(self._base)
+            self.distinct = []
+            codes = list(map(self.places.get, names))
+        return [
+            self._code(name) if code is None else code
+            for name, code in zip(names, codes, strict=True)
+        ]
+
+    def _code(self, name: Any) -> int:
+        head, sep, dval = name.partition(self._hash)
+        at = self._heads.get(head) if sep else None
+        if at is None:
+            code = _NOT_COUNTED
+        else:
+            self.distinct.append((at, dval))
+            code = _DISTINCT - len(self.distinct) + 1
+        self.places[name] = code
+        return code
 
 
 def _converter(feature: Feature) -> Callable[[int, int], FeatureValue]:

@@ -1,6 +1,6 @@
-"""``FoldRead.fold_fields`` (the fold of reads of a few keys and of Redis Cluster) agrees with
-the reference fold ``ReadPlan.values`` on random hashes, whatever type the client gives the
-field names and values in (bytes, text, or ints as tests write them)."""
+"""``FoldRead.fold_fields`` (the client fold every read uses unless it folds in Redis) agrees
+with the reference fold ``ReadPlan.values`` on random hashes, whatever shape the client gives
+them in: a mapping or a flat RESP2 list, of bytes, text, or ints as tests write them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from feature_pipelines.fold import FEW, LOCAL, MANY, FoldRead
+from feature_pipelines import fold as fold_module
+from feature_pipelines.fold import LOCAL, MANY, FoldRead
 from feature_pipelines.readout import ReadPlan
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 from tests.feature_pipelines.fold_hashes import FEATURES, T_US, random_hash
@@ -28,7 +29,8 @@ def test_fold_fields_equals_the_reference(entity: str, seed: int) -> None:
     want = [_reference(plan, h) for h in hashes]
     as_text = [{k: str(v) for k, v in h.items()} for h in hashes]
     as_bytes = [{k.encode(): str(v).encode() for k, v in h.items()} for h in hashes]
-    for shape in (hashes, as_text, as_bytes):
+    flat = [[x for pair in h.items() for x in pair] for h in as_bytes]
+    for shape in (hashes, as_text, as_bytes, flat):
         got = fold.unfold([fold.fold_fields(h) for h in shape])
         assert got == want
     # not degenerate: windowed, lifetime and distinct values are counted
@@ -47,6 +49,20 @@ def test_a_fold_row_is_per_key_type() -> None:
     assert fold.fold_fields(as_bytes) == fold.fold_fields(h) == fold.fold_fields(as_bytes)
 
 
-def test_reads_of_a_few_keys_fold_in_the_client() -> None:
+def test_reads_of_many_keys_may_fold_in_redis() -> None:
     fold = FoldRead(ReadPlan(FEATURES.for_entity("customer"), T_US))
-    assert [fold.way(n) for n in (1, 7, 8, 11, 12, 100)] == [LOCAL, LOCAL, FEW, FEW, MANY, MANY]
+    assert [fold.way(n) for n in (1, 63, 64, 100)] == [LOCAL, LOCAL, MANY, MANY]
+
+
+def test_the_fields_seen_are_forgotten_past_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The codes a plan remembers for distinct values and uncounted fields are bounded: past
+    the bound they start again, and folds before, across and after agree with the reference."""
+    monkeypatch.setattr(fold_module, "_KEPT", 10)
+    rng = random.Random(5)
+    plan = ReadPlan(FEATURES.for_entity("customer"), T_US)
+    fold = FoldRead(plan)
+    hashes = [random_hash(rng, "customer") for _ in range(30)]
+    got = fold.unfold([fold.fold_fields(h) for h in hashes])
+    assert got == [_reference(plan, h) for h in hashes]
+    lookup = fold._lookups[str]
+    assert len(lookup.places) <= len(lookup._base) + 10 + 2 * max(len(h) for h in hashes)
