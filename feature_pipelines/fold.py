@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+
 from feature_pipelines.readout import FeatureValue, Fields, ReadPlan, mean_value
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
@@ -182,6 +184,62 @@ class FoldRead:
                     row[at] += 1
         return row
 
+    def fold_hashes(self, hashes: Sequence[Fields | Sequence[Any]]) -> list[list[int]]:
+        """``fold_fields`` of each hash. From ``_VECTOR_FROM`` hashes on, all at once with
+        numpy: the field names are looked up in one pass, the values parsed in one call and
+        summed by (key, row index) in another, where a field at a time in Python costs about
+        1 us. Same answer, exact as long as no sum can leave int64 (otherwise it folds hash by
+        hash, in Python's integers)."""
+        if len(hashes) < _VECTOR_FROM:
+            return [self.fold_fields(fields) for fields in hashes]
+        n_keys = len(hashes)
+        names: list[Any] = []
+        values: list[Any] = []
+        lengths: list[int] = []
+        for fields in hashes:
+            if isinstance(fields, Mapping):
+                names += fields
+                values += fields.values()
+                lengths.append(len(fields))
+            else:
+                names += fields[0::2]
+                values += fields[1::2]
+                lengths.append(len(fields) // 2)
+        if not names:
+            return [self._empty() for _ in hashes]
+        lookup = self._lookups.get(type(names[0]))
+        if lookup is None:
+            lookup = self._lookups[type(names[0])] = _Lookup(self.plan, type(names[0]) is bytes)
+        codes = np.array(lookup.codes(names), dtype=np.int64)
+        vals = _integers(values)
+        if vals is None or int(np.abs(vals).max()) > _INT64_SAFE // len(vals):
+            return [self.fold_fields(fields) for fields in hashes]
+        key = np.repeat(np.arange(n_keys), lengths)
+        rows = np.zeros((n_keys, 2 + 2 * len(self.plan.features)), dtype=np.int64)
+        rows[:, :2] = -1
+        counted = codes >= 2
+        np.add.at(rows, (key[counted], codes[counted]), vals[counted])
+        for at in (0, 1):  # commit and written times
+            found = codes == at
+            rows[key[found], at] = vals[found]
+        dist = codes <= _DISTINCT
+        if dist.any():
+            # one sum per key and (a_i, value) pair over its buckets; a feature counts the
+            # values whose sum is positive
+            which = (_DISTINCT - codes[dist]).tolist()
+            pair = np.array([lookup.pair_of[i] for i in which], dtype=np.int64)
+            slot = np.array([lookup.distinct[i][0] for i in which], dtype=np.int64)
+            n_pairs = int(pair.max()) + 1
+            pairs, first, inverse = np.unique(
+                key[dist] * n_pairs + pair, return_index=True, return_inverse=True
+            )
+            sums = np.zeros(len(pairs), dtype=np.int64)
+            np.add.at(sums, inverse, vals[dist])
+            positive = sums > 0
+            np.add.at(rows, (pairs[positive] // n_pairs, slot[first[positive]]), 1)
+        out: list[list[int]] = rows.tolist()
+        return out
+
     def _empty(self) -> list[int]:
         return [-1, -1, *([0] * (2 * len(self.plan.features)))]
 
@@ -216,7 +274,7 @@ class _Lookup:
     time it is seen. Names repeat across the entities one plan reads (buckets are shared), so
     a distinct field is taken apart once per plan, not once per entity."""
 
-    __slots__ = ("_base", "_hash", "_heads", "distinct", "places")
+    __slots__ = ("_counted", "_hash", "_heads", "_pairs", "distinct", "pair_of", "places")
 
     def __init__(self, plan: ReadPlan, as_bytes: bool) -> None:
         def key(text: str) -> Any:
@@ -238,25 +296,31 @@ class _Lookup:
                 else:
                     for b in range(lo + 1, hi + 1):
                         into[key(f"{head}@{b}")] = at
-        self._base = places
+        self._counted = places
         self._heads = heads
         self._hash = key("#")
         self.places = dict(places)
         self.distinct: list[tuple[int, Any]] = []
+        # the same value of a feature in different buckets is one (a_i, value) pair: its number
+        self.pair_of: list[int] = []
+        self._pairs: dict[tuple[int, Any], int] = {}
 
     def codes(self, names: Sequence[Any]) -> list[int]:
         """The code of each name, in order."""
         codes = list(map(self.places.get, names))
         if None not in codes:
             return codes  # type: ignore[return-value]
-        if len(self.places) > len(self._base) + _KEPT:  # many distinct values seen: forget them
-            self.places = dict(self._base)
-            self.distinct = []
+        if len(self.places) > len(self._counted) + _KEPT:  # many values seen: forget them
+            self.places = dict(self._counted)
+            self.distinct, self.pair_of, self._pairs = [], [], {}
             codes = list(map(self.places.get, names))
-        return [
-            self._code(name) if code is None else code
-            for name, code in zip(names, codes, strict=True)
-        ]
+        i = codes.index(None)
+        try:
+            while True:  # the names seen for the first time: few, once a plan has warmed up
+                codes[i] = self.places.get(names[i]) or self._code(names[i])  # a repeat: not 0
+                i = codes.index(None, i + 1)
+        except ValueError:
+            return codes  # type: ignore[return-value]
 
     def _code(self, name: Any) -> int:
         head, sep, dval = name.partition(self._hash)
@@ -265,9 +329,37 @@ class _Lookup:
             code = _NOT_COUNTED
         else:
             self.distinct.append((at, dval))
+            self.pair_of.append(self._pairs.setdefault((at, dval), len(self._pairs)))
             code = _DISTINCT - len(self.distinct) + 1
         self.places[name] = code
         return code
+
+
+# Reads of this many keys or more fold with numpy (``FoldRead.fold_hashes``): below it numpy's
+# fixed cost per call outweighs what it saves per field.
+_VECTOR_FROM = 16
+_INT64_SAFE = 2**62  # |value| * values below this: no sum of them leaves int64
+_I64 = np.iinfo(np.int64)
+
+
+def _integers(values: list[Any]) -> Any:
+    """Decimal text values (bytes or str, as Redis gives them) or ints as one int64 array,
+    parsed in one call; None if some value does not fit int64."""
+    first = values[0]
+    if isinstance(first, bytes | str):
+        text = (b" " if isinstance(first, bytes) else " ").join(values)
+        parsed = np.fromstring(text, dtype=np.int64, sep=" ")
+        if len(parsed) != len(values):
+            msg = "a feature field does not hold one integer"
+            raise ValueError(msg)
+        # fromstring saturates at the int64 bounds instead of failing: treat those as too big
+        if parsed.size and (parsed.max() == _I64.max or parsed.min() == _I64.min):
+            return None
+        return parsed
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        return None
 
 
 def _converter(feature: Feature) -> Callable[[int, int], FeatureValue]:

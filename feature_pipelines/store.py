@@ -469,8 +469,7 @@ class _Read:
 
     def receive(self, reply: Any) -> list[EntityFeatures]:
         if not self.server_fold:
-            hashes = [reply] if len(self.unique) == 1 else reply
-            reply = [self.fold.fold_fields(fields) for fields in hashes]
+            reply = self.fold.fold_hashes([reply] if len(self.unique) == 1 else reply)
         if len(self.unique) != len(self.names):  # one answer per key asked for, in order
             by_name = dict(zip(self.unique, reply, strict=True))
             reply = [by_name[name] for name in self.names]

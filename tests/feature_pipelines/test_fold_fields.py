@@ -5,6 +5,7 @@ them in: a mapping or a flat RESP2 list, of bytes, text, or ints as tests write 
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 
 import pytest
 
@@ -65,4 +66,57 @@ def test_the_fields_seen_are_forgotten_past_a_bound(monkeypatch: pytest.MonkeyPa
     got = fold.unfold([fold.fold_fields(h) for h in hashes])
     assert got == [_reference(plan, h) for h in hashes]
     lookup = fold._lookups[str]
-    assert len(lookup.places) <= len(lookup._base) + 10 + 2 * max(len(h) for h in hashes)
+    assert len(lookup.places) <= len(lookup._counted) + 10 + 2 * max(len(h) for h in hashes)
+
+
+@pytest.mark.parametrize("entity", ["customer", "merchant"])
+@pytest.mark.parametrize("seed", range(6))
+def test_fold_hashes_equals_the_reference(entity: str, seed: int) -> None:
+    """Reads of many keys fold with numpy, all hashes at once; a few keys hash by hash. Both
+    give the reference's answer, in every shape a client gives hashes in."""
+    rng = random.Random(100 + seed)
+    plan = ReadPlan(FEATURES.for_entity(entity), T_US)
+    fold = FoldRead(plan)
+    n = rng.choice([fold_module._VECTOR_FROM - 1, fold_module._VECTOR_FROM, 40])
+    hashes = [random_hash(rng, entity) if rng.random() < 0.9 else {} for _ in range(n)]
+    want = [_reference(plan, h) for h in hashes]
+    as_text = [{k: str(v) for k, v in h.items()} for h in hashes]
+    as_bytes = [{k.encode(): str(v).encode() for k, v in h.items()} for h in hashes]
+    flat = [[x for pair in h.items() for x in pair] for h in as_bytes]
+    for shape in (hashes, as_text, as_bytes, flat):
+        assert fold.unfold(fold.fold_hashes(shape)) == want
+
+
+def test_fold_hashes_of_empty_hashes() -> None:
+    fold = FoldRead(ReadPlan(FEATURES.for_entity("customer"), T_US))
+    many = fold_module._VECTOR_FROM + 3
+    assert fold.fold_hashes([{}] * many) == [fold.fold_fields({})] * many
+
+
+def test_sums_past_int64_stay_exact() -> None:
+    """numpy sums in int64: when values could carry a sum past it, the fold goes back to
+    Python's integers and the answer stays exact."""
+    rng = random.Random(9)
+    plan = ReadPlan(FEATURES.for_entity("customer"), T_US)
+    fold = FoldRead(plan)
+    hashes = [random_hash(rng, "customer") for _ in range(fold_module._VECTOR_FROM)]
+    for h in hashes[:3]:  # a lifetime sum holding 2**62 and 2**63 - 1 (HINCRBY's ceiling)
+        h["amount_sum_lifetime"] = 2**63 - 1 if h is hashes[0] else 2**62
+    as_bytes = [{k.encode(): str(v).encode() for k, v in h.items()} for h in hashes]
+    got = fold.unfold(fold.fold_hashes(as_bytes))
+    assert got == [_reference(plan, h) for h in hashes]
+    assert got[0][0]["amount_sum_lifetime"] == Decimal(2**63 - 1).scaleb(-2)
+
+
+def test_a_field_that_is_not_an_integer_is_an_error() -> None:
+    rng = random.Random(4)
+    fold = FoldRead(ReadPlan(FEATURES.for_entity("customer"), T_US))
+    hashes = [
+        {k.encode(): str(v).encode() for k, v in random_hash(rng, "customer").items()}
+        for _ in range(fold_module._VECTOR_FROM)
+    ]
+    hashes[5][b"amount_sum_lifetime"] = b"12.5"
+    with pytest.raises(ValueError):
+        fold.fold_hashes(hashes)
+    with pytest.raises(ValueError):
+        fold.fold_fields(hashes[5])
