@@ -261,7 +261,10 @@ class FoldRead:
 
 _NOT_COUNTED = -1  # the code of a field no feature of the read counts
 _DISTINCT = -2  # codes from here down: distinct values, numbered by _Lookup.distinct
-_KEPT = 100_000  # codes a lookup remembers (counted fields aside) before it starts again
+# Codes a lookup remembers beyond the counted fields before it starts again: a distinct value's
+# name with its code and pair takes ~350 bytes (tracemalloc), so a plan holds at most ~7 MB of
+# them, and a store at most 8 plans.
+_KEPT = 20_000
 
 
 class _Lookup:
