@@ -299,13 +299,19 @@ def _take_rows(out: dict[str, Mapping[str, str]], keys: list[str], reply: Any) -
 
 def _hashes(client: redis.Redis, names: Sequence[str]) -> list[Any]:
     """HGETALL of each name, in one round trip on one pooled connection: what a pipeline sends,
-    without its bookkeeping per command (a third of a 100-key read's time in redis-py). Each
-    hash comes as Redis sends it: a flat list on RESP2, a mapping on RESP3."""
+    without its bookkeeping per command (a third of a 100-key read's time in redis-py), and with
+    the client's retry on a broken connection, as a pipeline has (a read is safe to send again).
+    Each hash comes as Redis sends it: a flat list on RESP2, a mapping on RESP3."""
     pool = client.connection_pool
     conn = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands([("HGETALL", name) for name in names]))
+    packed = conn.pack_commands([("HGETALL", name) for name in names])
+
+    def once() -> list[Any]:
+        conn.send_packed_command(packed)
         return [conn.read_response() for _ in names]
+
+    try:
+        return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
     except BaseException:
         conn.disconnect()  # replies may be left unread: the connection is out of step
         raise
@@ -317,9 +323,17 @@ async def _hashes_async(client: redis.asyncio.Redis, names: Sequence[str]) -> li
     """``_hashes`` on an asyncio client."""
     pool = client.connection_pool
     conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(conn.pack_commands([("HGETALL", n) for n in names]))
+    packed = conn.pack_commands([("HGETALL", name) for name in names])
+
+    async def once() -> list[Any]:
+        await conn.send_packed_command(packed)
         return [await conn.read_response() for _ in names]
+
+    async def reset(_error: Exception) -> None:
+        await conn.disconnect()
+
+    try:
+        return await conn.retry.call_with_retry(once, reset)
     except BaseException:
         await conn.disconnect()
         raise

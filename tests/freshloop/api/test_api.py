@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from feature_pipelines.planner import entity_key
 from freshloop.settings import Settings
 from tests.freshloop.api.fixtures import (
     ApiHandle,
@@ -204,3 +207,41 @@ def test_a_dependency_down_is_a_503_naming_it(api_ns: Settings, unused_port: int
             assert "never-shown-4242" not in answer.text
         assert handle.http.get("/features/customer/1").status_code == 200  # Redis still is
         assert set(handle.http.get("/api/summary").json()["errors"]) == {"postgres"}
+
+
+def test_a_feature_read_survives_redis_dropping_its_connections(api: ApiHandle) -> None:
+    """Redis drops the API's connections (a restart, an idle timeout): the next feature reads,
+    one key and a batch, are sent again on new connections and answer as before."""
+    client = redis.Redis.from_url(api.settings.redis_url)
+    try:
+        for key in range(1, 21):
+            client.hset(
+                entity_key(api.settings.namespace, "customer", key),
+                mapping={"payment_count_lifetime": key, "_commit_ms": 1, "_written_ms": 2},
+            )
+        body = {"keys": list(range(1, 21))}
+        before = api.http.post("/features/customer/batch", json=body).json()
+        one = api.http.get("/features/customer/7").json()
+        assert [r["values"]["payment_count_lifetime"] for r in before["results"]] == list(
+            range(1, 21)
+        )
+        mine = client.client_id()
+        db = urlsplit(api.settings.redis_url).path.strip("/") or "0"
+        theirs = [c["id"] for c in client.client_list() if c["db"] == db and c["id"] != mine]
+        assert theirs  # the API's own connections, in its database
+        for client_id in theirs:
+            client.client_kill_filter(_id=client_id)
+        again = api.http.post("/features/customer/batch", json=body)
+        assert again.status_code == 200, again.text
+        assert [r["values"] for r in again.json()["results"]] == [
+            r["values"] for r in before["results"]
+        ]
+        # the single-key read too, on connections dropped afresh
+        for client_id in [c["id"] for c in client.client_list() if c["db"] == db]:
+            if client_id != mine:
+                client.client_kill_filter(_id=client_id)
+        single = api.http.get("/features/customer/7")
+        assert single.status_code == 200, single.text
+        assert single.json()["values"] == one["values"]
+    finally:
+        client.close()
