@@ -16,7 +16,7 @@ amounts in cents up to about 90 trillion); the client fold is exact at any size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -157,14 +157,8 @@ class FoldRead:
         (RESP2), which spares building a dict per entity."""
         if not fields:
             return self._empty()
-        if isinstance(fields, Mapping):
-            names: Sequence[Any] = list(fields)
-            values: Any = fields.values()
-        else:
-            names, values = fields[0::2], fields[1::2]
-        lookup = self._lookups.get(type(names[0]))
-        if lookup is None:
-            lookup = self._lookups[type(names[0])] = _Lookup(self.plan, type(names[0]) is bytes)
+        names, values = _names_values(fields)
+        lookup = self._lookup(names[0])
         codes = lookup.codes(names)
         row = self._empty()
         distinct: dict[tuple[int, Any], int] | None = None  # (a_i, value) -> rows with it
@@ -197,19 +191,13 @@ class FoldRead:
         values: list[Any] = []
         lengths: list[int] = []
         for fields in hashes:
-            if isinstance(fields, Mapping):
-                names += fields
-                values += fields.values()
-                lengths.append(len(fields))
-            else:
-                names += fields[0::2]
-                values += fields[1::2]
-                lengths.append(len(fields) // 2)
+            some_names, some_values = _names_values(fields)
+            names += some_names
+            values += some_values
+            lengths.append(len(some_names))
         if not names:
             return [self._empty() for _ in hashes]
-        lookup = self._lookups.get(type(names[0]))
-        if lookup is None:
-            lookup = self._lookups[type(names[0])] = _Lookup(self.plan, type(names[0]) is bytes)
+        lookup = self._lookup(names[0])
         codes = np.array(lookup.codes(names), dtype=np.int64)
         vals = _integers(values)
         if vals is None or int(np.abs(vals).max()) > _INT64_SAFE // len(vals):
@@ -240,6 +228,13 @@ class FoldRead:
         out: list[list[int]] = rows.tolist()
         return out
 
+    def _lookup(self, name: Any) -> _Lookup:
+        """The code table for names of ``name``'s type (bytes or str), made on first use."""
+        lookup = self._lookups.get(type(name))
+        if lookup is None:
+            lookup = self._lookups[type(name)] = _Lookup(self.plan, type(name) is bytes)
+        return lookup
+
     def _empty(self) -> list[int]:
         return [-1, -1, *([0] * (2 * len(self.plan.features)))]
 
@@ -257,6 +252,14 @@ class FoldRead:
             commit, written = row[0], row[1]
             out.append((values, commit if commit >= 0 else None, written if written >= 0 else None))
         return out
+
+
+def _names_values(fields: Fields | Sequence[Any]) -> tuple[Sequence[Any], Collection[Any]]:
+    """A hash's field names and values, in order: from a mapping, or from HGETALL's flat
+    ``[name, value, ...]`` list (RESP2)."""
+    if isinstance(fields, Mapping):
+        return list(fields), fields.values()
+    return fields[0::2], fields[1::2]
 
 
 _NOT_COUNTED = -1  # the code of a field no feature of the read counts
