@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import cached_property
 
@@ -15,7 +15,13 @@ __all__ = ["CUSTOMER", "MERCHANT", "SAMPLE_FEATURES", "FeatureSet"]
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """Feature definitions with unique names, indexed the ways the engine needs them."""
+    """Feature definitions with unique names, indexed the ways the engine needs them.
+
+    A mean over the same rows as a sum of the same value, or as a count, of the set keeps no
+    field of its own for that part: the set gives it ``total_from`` / ``count_from`` (the first
+    such feature declared), and it reads them from there (``windows.mean_parts``). A mean that
+    already has them (taken from another set) needs those features in this one too.
+    """
 
     features: tuple[Feature, ...]
 
@@ -30,6 +36,9 @@ class FeatureSet:
             if entities.setdefault(f.entity.name, f.entity) != f.entity:
                 msg = f"entity {f.entity.name} is declared with two key columns"
                 raise DefinitionError(msg)
+        object.__setattr__(
+            self, "features", tuple(_shared(f, self.features) for f in self.features)
+        )
 
     @classmethod
     def of(cls, features: Iterable[Feature]) -> FeatureSet:
@@ -97,6 +106,36 @@ class FeatureSet:
         return max(
             (f.window_seconds + f.bucket_seconds for f in self.for_entity(entity)), default=0
         )
+
+
+def _shared(feature: Feature, features: tuple[Feature, ...]) -> Feature:
+    """``feature`` with the fields it reads from other features of ``features`` (a mean)."""
+    if feature.agg != "mean":
+        return feature
+
+    def source(agg: str, given: str | None) -> str | None:
+        def fits(other: Feature) -> bool:
+            return (
+                other.agg == agg
+                and feature.same_rows(other)
+                and (agg == "count" or (other.value, other.scale) == (feature.value, feature.scale))
+            )
+
+        if given is None:
+            return next((f.name for f in features if fits(f)), None)
+        if not any(f.name == given and fits(f) for f in features):
+            msg = (
+                f"feature {feature.name} keeps its {'total' if agg == 'sum' else 'row count'} in "
+                f"the fields of {given}: put a {agg} {given} over the same rows in the same set"
+            )
+            raise DefinitionError(msg)
+        return given
+
+    total_from = source("sum", feature.total_from)
+    count_from = source("count", feature.count_from)
+    if (total_from, count_from) == (feature.total_from, feature.count_from):
+        return feature
+    return replace(feature, total_from=total_from, count_from=count_from)
 
 
 CUSTOMER = Entity("customer", "customer_id")

@@ -24,7 +24,7 @@ import numpy as np
 
 from feature_pipelines.readout import FeatureValue, Fields, ReadPlan, mean_value
 from feature_pipelines.spec import Feature
-from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
+from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD, mean_parts
 
 __all__ = ["FOLD_MANY", "LOCAL", "MANY", "FoldRead"]
 
@@ -32,7 +32,8 @@ LOCAL, MANY = 0, 1  # how a read folds: see ``FoldRead.way``
 
 _AGG = {"count": "c", "sum": "s", "mean": "m", "distinct": "d"}
 
-# ARGV: n_features, then per feature: name, agg code, windowed (1|0), lo, hi.
+# ARGV: n_features, then per feature: name, agg code (a mean's followed by its own parts,
+# ``windows.mean_parts``), windowed (1|0), lo, hi.
 # Returns per key: {commit, written, a1, b1, a2, b2, ...} as integers (Redis turns a Lua number
 # into an integer reply): a = count (or distinct values with a positive count), b = scaled
 # total; commit/written are -1 when absent. Integers spare the client a parse per number.
@@ -40,8 +41,8 @@ _AGG = {"count": "c", "sum": "s", "mean": "m", "distinct": "d"}
 # in the window, each lifetime feature's name) and looks fields up by name; only a field not
 # found there (a distinct value, a bucket outside the window, bookkeeping) is looked at further.
 # Writing the names costs about as much as folding a few entities: it pays for many keys only.
-FOLD_MANY = (
-    """
+FOLD_MANY = """
+local find, sub, byte = string.find, string.sub, string.byte
 local nf = tonumber(ARGV[1])
 local names = {}  -- field name -> {slot, kind}; kind 1 = count, 2 = total
 local distinct_slot = {}  -- name (or name@bucket) before '#' -> slot of a distinct feature
@@ -50,7 +51,12 @@ for i = 0, nf - 1 do
   local name, agg, windowed = ARGV[base], ARGV[base + 1], ARGV[base + 2] == '1'
   local lo, hi = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local heads
-  if agg == 'm' then heads = {{name .. ':n', 1}, {name .. ':s', 2}}
+  if sub(agg, 1, 1) == 'm' then  -- 'm' and the parts the mean keeps: n, z (into its count), s
+    heads = {}
+    for p = 2, #agg do
+      local part = sub(agg, p, p)
+      heads[#heads + 1] = {name .. ':' .. part, part == 's' and 2 or 1}
+    end
   elseif agg == 'c' then heads = {{name, 1}}
   else heads = {{name, 2}} end
   for _, head in ipairs(heads) do
@@ -64,7 +70,6 @@ for i = 0, nf - 1 do
     end
   end
 end
-local find, sub, byte = string.find, string.sub, string.byte
 local out = {}
 for k = 1, #KEYS do
   local flat = redis.call('HGETALL', KEYS[k])
@@ -107,7 +112,6 @@ for k = 1, #KEYS do
 end
 return out
 """.replace("@COMMIT@", COMMIT_FIELD).replace("@WRITTEN@", WRITTEN_FIELD)
-)
 
 # With ``server_fold``, reads of this many keys or more fold in Redis, unless the plan has more
 # than _NAMES_PER_KEY names per key for FOLD_MANY to write down (a name costs about what
@@ -138,10 +142,12 @@ class FoldRead:
         for f in plan.features:
             _feature, lo, hi = plan.wanted[f.name]
             windowed = "1" if f.window is not None else "0"
-            self.args += [f.name, _AGG[f.agg], windowed, str(lo), str(hi)]
+            agg = _AGG[f.agg] + ("".join(mean_parts(f)) if f.agg == "mean" else "")
+            self.args += [f.name, agg, windowed, str(lo), str(hi)]
             if f.window is not None and f.agg != "distinct":
-                self.n_names += (hi - lo) * (2 if f.agg == "mean" else 1)
-        self.convs = [(f.name, _converter(f)) for f in plan.features]
+                self.n_names += (hi - lo) * (len(agg) - 1 if f.agg == "mean" else 1)
+        at = {f.name: 2 + 2 * i for i, f in enumerate(plan.features)}
+        self.convs = [(f.name, *_converter(f, at)) for f in plan.features]
 
     def way(self, n_keys: int) -> int:
         """Where a read of ``n_keys`` keys folds when the store may fold in Redis: ``LOCAL``
@@ -245,10 +251,7 @@ class FoldRead:
         convs = self.convs
         out = []
         for row in rows:
-            values = {
-                name: conv(a, b)
-                for (name, conv), a, b in zip(convs, row[2::2], row[3::2], strict=True)
-            }
+            values = {name: conv(row, at) for name, conv, at in convs}
             commit, written = row[0], row[1]
             out.append((values, commit if commit >= 0 else None, written if written >= 0 else None))
         return out
@@ -291,8 +294,11 @@ class _Lookup:
         for i, f in enumerate(plan.features):
             _feature, lo, hi = plan.wanted[f.name]
             count_at, total_at = 2 + 2 * i, 3 + 2 * i
-            if f.agg == "mean":
-                parts = [(f"{f.name}:n", count_at), (f"{f.name}:s", total_at)]
+            if f.agg == "mean":  # ``z`` (rows of its count without a value) in the count
+                parts = [
+                    (f"{f.name}:{part}", total_at if part == "s" else count_at)
+                    for part in mean_parts(f)
+                ]
             else:
                 parts = [(f.name, count_at if f.agg in ("count", "distinct") else total_at)]
             into = heads if f.agg == "distinct" else places
@@ -368,12 +374,26 @@ def _integers(values: list[Any]) -> Any:
         return None
 
 
-def _converter(feature: Feature) -> Callable[[int, int], FeatureValue]:
-    """(count, scaled total) -> the value ``readout.finalize`` gives, without building a State."""
-    agg, shift = feature.agg, -feature.scale
+_Conv = Callable[[Sequence[int], int], FeatureValue]
+
+
+def _converter(feature: Feature, at: Mapping[str, int]) -> tuple[_Conv, int]:
+    """(fold row, index) -> the value ``readout.finalize`` gives, without building a State, and
+    the index of the feature's count a_i (its total b_i follows). A mean with ``total_from`` /
+    ``count_from`` takes them from those features' places (its own a_i then counts ``z``)."""
+    agg, shift, i = feature.agg, -feature.scale, at[feature.name]
     if agg in ("count", "distinct"):
-        return lambda a, _b: a
+        return (lambda row, i: row[i]), i
     if agg == "sum":
-        return lambda _a, b: Decimal(b).scaleb(shift)
+        return (lambda row, i: Decimal(row[i + 1]).scaleb(shift)), i
     scale = feature.scale
-    return lambda a, b: mean_value(b, a, scale)
+    if not (feature.total_from or feature.count_from):
+        return (lambda row, i: mean_value(row[i + 1], row[i], scale)), i
+    total_at = at[feature.total_from] + 1 if feature.total_from else i + 1
+    count_at = at[feature.count_from] if feature.count_from else None
+
+    def shared(row: Sequence[int], i: int) -> FeatureValue:
+        count = row[i] if count_at is None else row[count_at] - row[i]
+        return mean_value(row[total_at], count, scale)
+
+    return shared, i

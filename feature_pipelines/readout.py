@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from feature_pipelines.exceptions import DefinitionError
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import FieldRef, bucket_range, parse_field
 
@@ -41,6 +42,7 @@ class State:
     count: int = 0
     total: int = 0  # scaled by 10**scale
     values: dict[str, int] = field(default_factory=dict)  # distinct value -> row count
+    nulls: int = 0  # a mean with ``count_from``: rows of that count without a value
 
 
 def finalize(feature: Feature, state: State) -> FeatureValue:
@@ -94,6 +96,11 @@ class ReadPlan:
         for f in self.features:
             lo, hi = bucket_range(f, t_micros) if f.window is not None else (0, 0)
             self.wanted[f.name] = (f, lo, hi)
+        for f in self.features:
+            for source in (f.total_from, f.count_from):
+                if source and source not in self.wanted:
+                    msg = f"a read of {f.name} needs {source}, whose fields it reads: read both"
+                    raise DefinitionError(msg)
 
     def states(self, fields: Fields) -> dict[str, State]:
         """Fold the stored fields of the plan's features into states (the window rule)."""
@@ -118,8 +125,18 @@ class ReadPlan:
                 state.values[ref.value] = state.values.get(ref.value, 0) + amount
             elif feature.agg == "count" or ref.part == "n":
                 state.count += amount
+            elif ref.part == "z":
+                state.nulls += amount
             else:
                 state.total += amount
+        for f in self.features:  # a mean's parts kept by other features
+            if f.total_from or f.count_from:
+                state = states.get(f.name) or State()
+                if f.total_from:
+                    state.total = states.get(f.total_from, State()).total
+                if f.count_from:
+                    state.count = states.get(f.count_from, State()).count - state.nulls
+                states[f.name] = state
         return states
 
     def values(self, fields: Fields) -> dict[str, FeatureValue]:

@@ -95,6 +95,11 @@ class Feature:
     lookup: Lookup | None = None
     scale: int = 2  # decimal places kept exactly for sum and mean
     description: str = field(default="", compare=False)
+    # Storage only, set by ``FeatureSet``: a mean over the same rows as a sum (same value) or a
+    # count of its set reads its total / row count from that feature's fields instead of
+    # keeping its own (see ``windows``).
+    total_from: str | None = None
+    count_from: str | None = None
 
     def __post_init__(self) -> None:
         _ident(self.name, "feature name")
@@ -119,6 +124,9 @@ class Feature:
             if seconds < 60 or seconds % 60:
                 msg = f"feature {self.name}: window must be a whole number of minutes >= 1"
                 raise DefinitionError(msg)
+        if self.agg != "mean" and (self.total_from or self.count_from):
+            msg = f"feature {self.name}: only a mean takes its total or count from another feature"
+            raise DefinitionError(msg)
         if self.lookup is not None and self.lookup.table == self.table:
             msg = f"feature {self.name}: a lookup must read another table"
             raise DefinitionError(msg)
@@ -131,6 +139,18 @@ class Feature:
     @property
     def window_seconds(self) -> int:
         return 0 if self.window is None else int(self.window.total_seconds())
+
+    def same_rows(self, other: Feature) -> bool:
+        """Whether ``other`` aggregates exactly the rows this feature does, into the same
+        entity and buckets (same source, filter, event time, window and lookup)."""
+        return (
+            self.entity == other.entity
+            and self.table == other.table
+            and self.event_time == other.event_time
+            and self.where == other.where
+            and self.window == other.window
+            and self.lookup == other.lookup
+        )
 
     def columns(self) -> set[str]:
         """Columns of the source row this feature reads."""

@@ -15,7 +15,12 @@ b <= floor((t - W) / w) are expired: no read counts them again, and the sweeper 
 Field names inside one entity's hash (``<ns>:e:{<entity>:<key>}``):
 - count and sum: ``name`` (lifetime) or ``name@<bucket>``; sums are integers scaled by
   10**scale, so money stays exact;
-- mean: ``name:s`` / ``name:n`` (sum and count), with ``@<bucket>`` when windowed;
+- mean: ``name:s`` / ``name:n`` (sum and count of its non-NULL values), with ``@<bucket>`` when
+  windowed. A mean whose set also has a sum of the same value over the same rows reads its
+  total from that sum's fields (``total_from``), and one whose set has a count over the same
+  rows reads its row count from that count's fields (``count_from``) less ``name:z`` (rows
+  whose value is NULL, so usually none): it keeps only what no other feature stores
+  (``mean_parts``);
 - distinct: ``name#<value>`` or ``name@<bucket>#<value>``, each a count of rows with that value;
 - freshness: ``_commit_ms`` (commit time of the newest change applied), ``_written_ms``.
 """
@@ -41,6 +46,7 @@ __all__ = [
     "compiled",
     "contribution",
     "event_micros",
+    "mean_parts",
     "parse_field",
     "scaled",
 ]
@@ -115,6 +121,12 @@ def scaled(value: Any, scale: int, column: str) -> int:
     return int(units)
 
 
+def mean_parts(feature: Feature) -> tuple[str, ...]:
+    """The parts a mean keeps in fields of its own: ``s`` (total) unless it has ``total_from``,
+    and ``n`` (rows with a value), or ``z`` (rows without one) when it has ``count_from``."""
+    return ("z" if feature.count_from else "n",) + (() if feature.total_from else ("s",))
+
+
 def bucket_range(feature: Feature, t_micros: int) -> tuple[int, int]:
     """The buckets a read at ``t`` counts: ``lo < b <= hi``."""
     w = feature.bucket_seconds * 1_000_000
@@ -168,8 +180,10 @@ class Contributor:
         if agg == "count":
             return [(self.name + suffix, 1)]
         value = row[self.value]  # type: ignore[index]
-        if value is None:
-            return []  # SQL sum/avg/count(distinct) ignore NULLs too
+        if value is None:  # SQL sum/avg/count(distinct) ignore NULLs too
+            if agg == "mean" and self.feature.count_from:  # its count's row is not in the mean
+                return [(f"{self.name}:z{suffix}", 1)]
+            return []
         if agg == "distinct":
             return [(f"{self.name}{suffix}#{value}", 1)]
         memo_key = (self.value, self.scale)
@@ -178,7 +192,10 @@ class Contributor:
             units = memo[memo_key] = scaled(value, self.scale, self.value or "")
         if agg == "sum":
             return [(self.name + suffix, units)]
-        return [(f"{self.name}:s{suffix}", units), (f"{self.name}:n{suffix}", 1)]
+        out = [] if self.feature.total_from else [(f"{self.name}:s{suffix}", units)]
+        if not self.feature.count_from:
+            out.append((f"{self.name}:n{suffix}", 1))
+        return out
 
 
 GroupFn = Callable[[dict[str, Any], dict[Any, int]], list[tuple[str, int]]]
@@ -233,17 +250,20 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
                 "if v is not None:",
                 f"    out.append(({f.name!r} + {suffix} + '#' + str(v), 1))",
             ]
-        else:
+        elif f.agg == "sum":
             uvar = amounts[(f.value or "", f.scale)]
             tests.append(f"{uvar} is not None")
-            if f.agg == "sum":
-                body.append(f"out.append(({f.name!r} + {suffix}, {uvar}))")
-            else:
-                body += [
-                    f"sfx = {suffix}",
-                    f"out.append(({f.name + ':s'!r} + sfx, {uvar}))",
-                    f"out.append(({f.name + ':n'!r} + sfx, 1))",
-                ]
+            body.append(f"out.append(({f.name!r} + {suffix}, {uvar}))")
+        else:  # mean: its own parts only (``mean_parts``), in ``Contributor.pairs``' order
+            uvar = amounts[(f.value or "", f.scale)]
+            body.append(f"sfx = {suffix}")
+            if f.count_from:
+                body += [f"if {uvar} is None:", f"    out.append(({f.name + ':z'!r} + sfx, 1))"]
+            own = [] if f.total_from else [f"out.append(({f.name + ':s'!r} + sfx, {uvar}))"]
+            if not f.count_from:
+                own.append(f"out.append(({f.name + ':n'!r} + sfx, 1))")
+            if own:
+                body += [f"if {uvar} is not None:", *(f"    {line}" for line in own)]
         lines.append(f"    if {' and '.join(tests) or 'True'}:")
         lines += [f"        {line}" for line in body]
     lines.append("    return out")

@@ -184,13 +184,12 @@ def oracle(
                 values[f.name] = len(items)
             elif f.agg == "distinct":
                 values[f.name] = len({str(v) for v in items if v is not None})
-            elif f.agg == "sum":
-                values[f.name] = sum((Decimal(v) for v in items), Decimal("0.00"))
+            elif f.agg == "sum":  # NULL values count for nothing, as in SQL
+                values[f.name] = sum((Decimal(v) for v in items if v is not None), Decimal("0.00"))
             else:
+                known = [Decimal(v) for v in items if v is not None]
                 values[f.name] = (
-                    (sum(Decimal(v) for v in items) / len(items)).quantize(Decimal("0.000001"))
-                    if items
-                    else None
+                    (sum(known) / len(known)).quantize(Decimal("0.000001")) if known else None
                 )
         out[(entity, key)] = values
     return out

@@ -8,19 +8,56 @@ fields and fields of unknown features.
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from feature_pipelines import SAMPLE_FEATURES, Feature, FeatureSet
-from feature_pipelines.catalog import CUSTOMER
+from feature_pipelines.catalog import CUSTOMER, MERCHANT
+from feature_pipelines.spec import Condition
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD, bucket_range
 
 AT = datetime(2026, 5, 4, 12, 30, 15, 123456, tzinfo=UTC)
 T_US = int(AT.timestamp() * 1_000_000)
-# The sample features and a lifetime distinct count (fields 'name#value', no bucket).
+_H24 = timedelta(hours=24)
+# Besides the sample's amount_mean_24h, which keeps only ':z' (a sum and a count over its rows
+# keep the rest), a mean of each other layout (``windows.mean_parts``): ':n' (a merchant's 24h
+# sum keeps its total), ':z' and ':s' (declined_count_24h keeps its row count, no sum of
+# declined amounts), ':n' and ':s' (no feature over web payments alone, and a lifetime one).
+LAYOUT_MEANS = (
+    Feature(
+        "merchant_amount_mean_24h",
+        MERCHANT,
+        "payments",
+        "created_at",
+        "mean",
+        "amount",
+        window=_H24,
+    ),
+    Feature(
+        "declined_amount_mean_24h",
+        CUSTOMER,
+        "payments",
+        "created_at",
+        "mean",
+        "amount",
+        where=(Condition("status", "declined"),),
+        window=_H24,
+    ),
+    Feature(
+        "web_amount_mean",
+        CUSTOMER,
+        "payments",
+        "created_at",
+        "mean",
+        "amount",
+        where=(Condition("channel", "web"),),
+    ),
+)
+# The sample features, a lifetime distinct count (fields 'name#value', no bucket), the means.
 FEATURES = FeatureSet.of(
     [
         *SAMPLE_FEATURES,
         Feature("channels_lifetime", CUSTOMER, "payments", "created_at", "distinct", "channel"),
+        *LAYOUT_MEANS,
     ]
 )
 
@@ -28,7 +65,9 @@ FEATURES = FeatureSet.of(
 def random_hash(rng: random.Random, entity: str) -> dict[str, int]:
     fields: dict[str, int] = {}
     for f in FEATURES.for_entity(entity):
-        parts = [":s", ":n"] if f.agg == "mean" else [""]
+        # a mean: its own parts, and those a mean of the other layouts keeps (left by an older
+        # layout, or the wrong ones to read): only its own may count
+        parts = [":s", ":n", ":z"] if f.agg == "mean" else [""]
         if f.window is None:
             buckets: list[str] = [""]
         else:

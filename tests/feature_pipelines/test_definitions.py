@@ -16,6 +16,7 @@ from feature_pipelines import (
     FeatureSet,
     Lookup,
 )
+from feature_pipelines.readout import ReadPlan
 
 H = timedelta(hours=1)
 CATALOG = {
@@ -122,3 +123,45 @@ def test_definitions_are_frozen_values() -> None:
         f.name = "y"  # type: ignore[misc]
     same = Feature("x", E, "orders", "placed_at", "count", where=(Condition("kind", "sale"),))
     assert f == same and hash(f) == hash(same)
+
+
+_C = Entity("customer", "customer_id")
+
+
+def _f(name: str, agg: str, value: str | None = None, **kw) -> Feature:
+    return Feature(name, _C, "payments", "created_at", agg, value, window=H, **kw)  # type: ignore[arg-type]
+
+
+def test_a_mean_keeps_only_what_no_feature_over_its_rows_keeps() -> None:
+    mean = SAMPLE_FEATURES.by_name("amount_mean_24h")
+    assert (mean.total_from, mean.count_from) == ("amount_sum_24h", "payment_count_24h")
+    declined = (Condition("status", "declined"),)
+    picked = FeatureSet.of(
+        [
+            _f("m", "mean", "amount"),
+            _f("s_other_scale", "sum", "amount", scale=3),  # not the same total
+            _f("c_filtered", "count", where=declined),  # not the same rows
+            _f("s1", "sum", "amount"),
+            _f("s2", "sum", "amount"),
+            _f("c1", "count"),
+            _f("m_declined", "mean", "amount", where=declined),
+            Feature("m_lifetime", _C, "payments", "created_at", "mean", "amount"),
+        ]
+    )
+    m, m_declined, m_lifetime = (picked.by_name(n) for n in ("m", "m_declined", "m_lifetime"))
+    assert (m.total_from, m.count_from) == ("s1", "c1")  # the first one declared
+    assert (m_declined.total_from, m_declined.count_from) == (None, "c_filtered")
+    assert (m_lifetime.total_from, m_lifetime.count_from) == (None, None)  # other window
+    # a set made of another's features keeps their layout
+    again = FeatureSet.of(picked.features)
+    assert again == picked
+
+
+def test_a_mean_needs_the_features_it_reads_in_its_set() -> None:
+    mean = SAMPLE_FEATURES.by_name("amount_mean_24h")
+    with pytest.raises(DefinitionError, match="put a sum amount_sum_24h over the same rows"):
+        FeatureSet.of([mean, SAMPLE_FEATURES.by_name("payment_count_24h")])
+    with pytest.raises(DefinitionError, match="only a mean takes its total or count"):
+        _f("s", "sum", "amount", total_from="x")
+    with pytest.raises(DefinitionError, match="needs amount_sum_24h, whose fields it reads"):
+        ReadPlan([mean, SAMPLE_FEATURES.by_name("payment_count_24h")], 0)

@@ -47,7 +47,7 @@ _op = st.one_of(
         st.integers(1, 6),
         st.integers(1, 3),
         st.integers(1, 3),
-        st.integers(0, 99_999),
+        st.one_of(st.none(), st.integers(0, 99_999)),  # amount in cents, or NULL
         st.sampled_from(["pending", "approved", "declined"]),
         st.sampled_from(_OFFSETS),
     ),
@@ -68,7 +68,7 @@ def _apply(db: Db, op: tuple) -> None:
             pk,
             customer_id=customer,
             merchant_id=merchant,
-            amount=amount(cents),
+            amount=None if cents is None else amount(cents),
             status=status,
             created_at=iso(moment(offset)),
         )

@@ -26,9 +26,20 @@ def _row(feature: Feature, e_us: int) -> dict:
     return row
 
 
+def _with_sources(feature: Feature) -> list[Feature]:
+    """``feature`` and the features whose fields it reads (the sample mean's sum and count)."""
+    names = [n for n in (feature.total_from, feature.count_from) if n]
+    return [feature, *(SAMPLE_FEATURES.by_name(n) for n in names)]
+
+
+def _fields(feature: Feature, row: dict) -> dict[str, str]:
+    """What ``row`` writes for ``feature`` and the features it reads from."""
+    return {name: str(n) for f in _with_sources(feature) for name, n in contribution(f, row)}
+
+
 def _counted(feature: Feature, e_us: int, t_us: int) -> bool:
-    fields = {name: str(n) for name, n in contribution(feature, _row(feature, e_us))}
-    value = read_values([feature], fields, t_us)[feature.name]
+    fields = _fields(feature, _row(feature, e_us))
+    value = read_values(_with_sources(feature), fields, t_us)[feature.name]
     return bool(value)
 
 
@@ -84,9 +95,8 @@ def test_counted_exactly_inside_the_interval(feature: Feature, t_us: int, delta:
     """Also before 1970: bucket numbers floor, they do not truncate toward zero."""
     e_us = t_us + delta
     first, end = _interval(feature, t_us)
-    row = _row(feature, e_us)
-    fields = {name: str(n) for name, n in contribution(feature, row)}
-    got = read_values([feature], fields, t_us)[feature.name]
+    fields = _fields(feature, _row(feature, e_us))
+    got = read_values(_with_sources(feature), fields, t_us)[feature.name]
     assert bool(got) == (first <= e_us < end)
 
 
@@ -100,12 +110,12 @@ def test_counted_exactly_inside_the_interval(feature: Feature, t_us: int, delta:
 def test_expired_fields_are_never_read_again(
     feature: Feature, e_us: int, t_us: int, later: int
 ) -> None:
-    fields = {name: str(n) for name, n in contribution(feature, _row(feature, e_us))}
+    fields = _fields(feature, _row(feature, e_us))
     lo, _hi = bucket_range(feature, t_us)
-    expired = expired_fields([feature], list(fields), t_us)
+    expired = expired_fields(_with_sources(feature), list(fields), t_us)
     assert bool(expired) == (e_us // (feature.bucket_seconds * S) <= lo)
     if expired:
-        assert not read_values([feature], fields, t_us + later)[feature.name]
+        assert not read_values(_with_sources(feature), fields, t_us + later)[feature.name]
 
 
 def test_cleanup_never_changes_a_read_and_windowed_entities_vanish() -> None:

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feature_pipelines import SAMPLE_FEATURES, DefinitionError, Entity, Feature
+from feature_pipelines import SAMPLE_FEATURES, DefinitionError, Entity, Feature, FeatureSet
 from feature_pipelines.readout import expired_fields, read_values
 from feature_pipelines.windows import bucket_range, compile_group, contribution, event_micros
+from tests.feature_pipelines.fold_hashes import LAYOUT_MEANS
 
 E = Entity("customer", "customer_id")
 W10 = timedelta(minutes=10)
@@ -102,6 +103,7 @@ def test_bad_definitions_say_what_to_fix(kwargs: dict, hint: str) -> None:
         Feature(**args)
 
 
+_LAYOUTS = FeatureSet.of([*SAMPLE_FEATURES, *LAYOUT_MEANS])  # a mean of every layout
 _AMOUNTS = st.one_of(st.none(), st.decimals("-999", "999", places=2).map(str), st.integers(-9, 9))
 _TIMES = st.one_of(st.none(), st.integers(0, 4_000_000_000 * S))
 
@@ -115,6 +117,7 @@ _TIMES = st.one_of(st.none(), st.integers(0, 4_000_000_000 * S))
                 "merchant_id": st.one_of(st.none(), st.integers(1, 3), st.text(max_size=3)),
                 "amount": _AMOUNTS,
                 "status": st.sampled_from(["declined", "approved", None]),
+                "channel": st.sampled_from(["web", "pos"]),
                 "created_at": _TIMES,
                 "is_fraud": st.booleans(),
                 "reported_at": _TIMES,
@@ -125,8 +128,8 @@ _TIMES = st.one_of(st.none(), st.integers(0, 4_000_000_000 * S))
 )
 def test_compiled_groups_give_exactly_the_per_feature_contributions(rows: list[dict]) -> None:
     """The planner's generated code and the reference ``contribution`` never disagree."""
-    for table in SAMPLE_FEATURES.tables():
-        feats = SAMPLE_FEATURES.for_table(table)
+    for table in _LAYOUTS.tables():
+        feats = _LAYOUTS.for_table(table)
         if not feats:
             continue
         contribute = compile_group(feats)

@@ -34,8 +34,8 @@ SOAK_RATE = float(os.environ.get("SOAK_RATE", "150"))
 SOAK_CONNECTIONS = int(os.environ.get("SOAK_CONNECTIONS", "2"))  # writer connections
 # Documented in README ("Redis memory"): windowed features keep at most 61 buckets each, so an
 # entity's hash is bounded by its features, not its traffic. A customer paying every 10 s for a
-# day takes ~58 KB, plus ~5.3 KB per distinct merchant of that day (distinct counts keep a field
-# per value and bucket); the soak workload stays well inside these.
+# day at 5 merchants takes ~52 KB, plus ~5.3 KB per further distinct merchant of that day
+# (distinct counts keep a field per value and bucket); the soak workload stays well inside these.
 ENTITY_BYTES_BOUND = {"customer": 65_536, "merchant": 16_384}
 RETAINED_WAL_BOUND = 256 * 1024 * 1024
 SAMPLE_EVERY_S = 5.0
