@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -193,18 +194,23 @@ class FoldRead:
         if len(hashes) < _VECTOR_FROM:
             return [self.fold_fields(fields) for fields in hashes]
         n_keys = len(hashes)
-        names: list[Any] = []
-        values: list[Any] = []
-        lengths: list[int] = []
-        for fields in hashes:
-            some_names, some_values = _names_values(fields)
-            names += some_names
-            values += some_values
-            lengths.append(len(some_names))
+        names: Sequence[Any]
+        values: Sequence[Any]
+        if all(type(fields) is list for fields in hashes):  # RESP2: flat lists, joined once
+            flat = list(chain.from_iterable(hashes))
+            names, values = flat[0::2], flat[1::2]
+            lengths = [len(fields) >> 1 for fields in hashes]
+        else:
+            names, values, lengths = [], [], []
+            for fields in hashes:
+                some_names, some_values = _names_values(fields)
+                names += some_names
+                values += some_values
+                lengths.append(len(some_names))
         if not names:
             return [self._empty() for _ in hashes]
         lookup = self._lookup(names[0])
-        codes = np.array(lookup.codes(names), dtype=np.int64)
+        codes = lookup.code_array(names)
         vals = _integers(values)
         if vals is None or int(np.abs(vals).max()) > _INT64_SAFE // len(vals):
             return [self.fold_fields(fields) for fields in hashes]
@@ -220,9 +226,9 @@ class FoldRead:
         if dist.any():
             # one sum per key and (a_i, value) pair over its buckets; a feature counts the
             # values whose sum is positive
-            which = (_DISTINCT - codes[dist]).tolist()
-            pair = np.array([lookup.pair_of[i] for i in which], dtype=np.int64)
-            slot = np.array([lookup.distinct[i][0] for i in which], dtype=np.int64)
+            which = _DISTINCT - codes[dist]
+            pair_of, slot_of = lookup.distinct_arrays()
+            pair, slot = pair_of[which], slot_of[which]
             n_pairs = int(pair.max()) + 1
             pairs, first, inverse = np.unique(
                 key[dist] * n_pairs + pair, return_index=True, return_inverse=True
@@ -266,6 +272,8 @@ def _names_values(fields: Fields | Sequence[Any]) -> tuple[Sequence[Any], Collec
 
 
 _NOT_COUNTED = -1  # the code of a field no feature of the read counts
+_UNSEEN = -(2**63)  # in ``_Lookup.code_array``: a name without a code yet
+_NO_INTS = np.zeros(0, dtype=np.int64)
 _DISTINCT = -2  # codes from here down: distinct values, numbered by _Lookup.distinct
 # Codes a lookup remembers beyond the counted fields before it starts again: a distinct value's
 # name with its code and pair takes ~350 bytes (tracemalloc), so a plan holds at most ~7 MB of
@@ -283,7 +291,16 @@ class _Lookup:
     time it is seen. Names repeat across the entities one plan reads (buckets are shared), so
     a distinct field is taken apart once per plan, not once per entity."""
 
-    __slots__ = ("_counted", "_hash", "_heads", "_pairs", "distinct", "pair_of", "places")
+    __slots__ = (
+        "_arrays",
+        "_counted",
+        "_hash",
+        "_heads",
+        "_pairs",
+        "distinct",
+        "pair_of",
+        "places",
+    )
 
     def __init__(self, plan: ReadPlan, as_bytes: bool) -> None:
         def key(text: str) -> Any:
@@ -316,15 +333,14 @@ class _Lookup:
         # the same value of a feature in different buckets is one (a_i, value) pair: its number
         self.pair_of: list[int] = []
         self._pairs: dict[tuple[int, Any], int] = {}
+        self._arrays = (_NO_INTS, _NO_INTS)  # pair_of and each distinct's a_i, as numpy
 
     def codes(self, names: Sequence[Any]) -> list[int]:
         """The code of each name, in order."""
         codes = list(map(self.places.get, names))
         if None not in codes:
             return codes  # type: ignore[return-value]
-        if len(self.places) > len(self._counted) + _KEPT:  # many values seen: forget them
-            self.places = dict(self._counted)
-            self.distinct, self.pair_of, self._pairs = [], [], {}
+        if self._full():  # many values seen: forget them
             codes = list(map(self.places.get, names))
         i = codes.index(None)
         try:
@@ -333,6 +349,42 @@ class _Lookup:
                 i = codes.index(None, i + 1)
         except ValueError:
             return codes  # type: ignore[return-value]
+
+    def code_array(self, names: Sequence[Any]) -> Any:
+        """``codes`` as a numpy array, made without a list in between."""
+        places, n = self.places, len(names)
+        codes = np.fromiter(map(places.get, names, repeat(_UNSEEN)), dtype=np.int64, count=n)
+        unseen = np.flatnonzero(codes == _UNSEEN)
+        if not unseen.size:
+            return codes
+        if self._full():  # the codes of remembered names were forgotten: take them again
+            places = self.places
+            codes = np.fromiter(map(places.get, names, repeat(_UNSEEN)), dtype=np.int64, count=n)
+            unseen = np.flatnonzero(codes == _UNSEEN)
+        for i in unseen.tolist():
+            codes[i] = places.get(names[i]) or self._code(names[i])  # a repeat: not 0
+        return codes
+
+    def distinct_arrays(self) -> tuple[Any, Any]:
+        """``pair_of`` and the a_i of each entry of ``distinct``, as numpy arrays indexed like
+        them (grown with the lists, never rebuilt whole)."""
+        pair_of, slot_of = self._arrays
+        have = len(pair_of)
+        if have < len(self.pair_of):
+            pair_of = np.concatenate((pair_of, np.array(self.pair_of[have:], dtype=np.int64)))
+            new_slots = np.array([at for at, _value in self.distinct[have:]], dtype=np.int64)
+            slot_of = np.concatenate((slot_of, new_slots))
+            self._arrays = (pair_of, slot_of)
+        return pair_of, slot_of
+
+    def _full(self) -> bool:
+        """Whether the remembered names are past the bound; if so, they are forgotten."""
+        if len(self.places) <= len(self._counted) + _KEPT:
+            return False
+        self.places = dict(self._counted)
+        self.distinct, self.pair_of, self._pairs = [], [], {}
+        self._arrays = (_NO_INTS, _NO_INTS)
+        return True
 
     def _code(self, name: Any) -> int:
         head, sep, dval = name.partition(self._hash)

@@ -69,6 +69,26 @@ def test_the_fields_seen_are_forgotten_past_a_bound(monkeypatch: pytest.MonkeyPa
     assert len(lookup.places) <= len(lookup._counted) + 10 + 2 * max(len(h) for h in hashes)
 
 
+@pytest.mark.parametrize("kept", [10, fold_module._KEPT])
+def test_hash_by_hash_and_numpy_folds_share_what_they_remember(
+    monkeypatch: pytest.MonkeyPatch, kept: int
+) -> None:
+    """Both folds of one plan add to and read the same remembered codes (the numpy one through
+    arrays grown with them), before and after the bound forgets them."""
+    monkeypatch.setattr(fold_module, "_KEPT", kept)
+    rng = random.Random(6)
+    plan = ReadPlan(FEATURES.for_entity("customer"), T_US)
+    fold = FoldRead(plan)
+    for i in range(8):
+        hashes = [random_hash(rng, "customer") for _ in range(fold_module._VECTOR_FROM + 4)]
+        want = [_reference(plan, h) for h in hashes]
+        as_bytes = [{k.encode(): str(v).encode() for k, v in h.items()} for h in hashes]
+        rows = fold.fold_hashes(as_bytes) if i % 3 else [fold.fold_fields(h) for h in as_bytes]
+        assert fold.unfold(rows) == want, i
+    lookup = fold._lookups[bytes]
+    assert len(lookup.places) <= len(lookup._counted) + kept + sum(len(h) for h in hashes)
+
+
 @pytest.mark.parametrize("entity", ["customer", "merchant"])
 @pytest.mark.parametrize("seed", range(6))
 def test_fold_hashes_equals_the_reference(entity: str, seed: int) -> None:
