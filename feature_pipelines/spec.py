@@ -191,4 +191,8 @@ def describe(feature: Feature) -> str:
     text = f"{feature.entity.name}.{feature.name}: {what} in {feature.table}{via}"
     if where:
         text += f" where {where}"
-    return f"{text}, by {feature.event_time}, {span}"
+    text += f", by {feature.event_time}, {span}"
+    shared = [name for name in (feature.total_from, feature.count_from) if name]
+    if shared:  # what an operator finds in Redis: see ``windows.mean_parts``
+        text += f"; reads the fields of {' and '.join(shared)}"
+    return text

@@ -125,3 +125,7 @@ def test_describe_is_one_line_per_feature() -> None:
     fraud = describe(SAMPLE_FEATURES.by_name("merchant_fraud_count_7d"))
     assert "via payments.merchant_id" in fraud and "is_fraud = True" in fraud and "7d" in fraud
     assert "lifetime" in describe(SAMPLE_FEATURES.by_name("amount_sum_lifetime"))
+    assert describe(SAMPLE_FEATURES.by_name("amount_mean_24h")).endswith(
+        "; reads the fields of amount_sum_24h and payment_count_24h"
+    )
+    assert "reads the fields" not in describe(SAMPLE_FEATURES.by_name("amount_sum_24h"))
