@@ -146,7 +146,7 @@ class FoldRead:
             agg = _AGG[f.agg] + ("".join(mean_parts(f)) if f.agg == "mean" else "")
             self.args += [f.name, agg, windowed, str(lo), str(hi)]
             if f.window is not None and f.agg != "distinct":
-                self.n_names += (hi - lo) * (len(agg) - 1 if f.agg == "mean" else 1)
+                self.n_names += (hi - lo) * (len(mean_parts(f)) if f.agg == "mean" else 1)
         at = {f.name: 2 + 2 * i for i, f in enumerate(plan.features)}
         self.convs = [(f.name, *_converter(f, at)) for f in plan.features]
 

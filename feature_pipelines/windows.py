@@ -255,15 +255,23 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
             tests.append(f"{uvar} is not None")
             body.append(f"out.append(({f.name!r} + {suffix}, {uvar}))")
         else:  # mean: its own parts only (``mean_parts``), in ``Contributor.pairs``' order
+            # (the bucket suffix is made only where a field is written: the sample mean,
+            # sharing both parts, writes nothing for a payment with an amount)
             uvar = amounts[(f.value or "", f.scale)]
-            body.append(f"sfx = {suffix}")
             if f.count_from:
-                body += [f"if {uvar} is None:", f"    out.append(({f.name + ':z'!r} + sfx, 1))"]
+                body += [
+                    f"if {uvar} is None:",
+                    f"    out.append(({f.name + ':z'!r} + {suffix}, 1))",
+                ]
             own = [] if f.total_from else [f"out.append(({f.name + ':s'!r} + sfx, {uvar}))"]
             if not f.count_from:
                 own.append(f"out.append(({f.name + ':n'!r} + sfx, 1))")
             if own:
-                body += [f"if {uvar} is not None:", *(f"    {line}" for line in own)]
+                body += [
+                    f"if {uvar} is not None:",
+                    f"    sfx = {suffix}",
+                    *(f"    {line}" for line in own),
+                ]
         lines.append(f"    if {' and '.join(tests) or 'True'}:")
         lines += [f"        {line}" for line in body]
     lines.append("    return out")
