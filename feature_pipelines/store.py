@@ -470,9 +470,7 @@ class _Read:
         awaitable."""
         if self.server_fold:
             return script(keys=self.unique, args=self.fold.args)
-        if len(self.unique) == 1:
-            return client.hgetall(self.unique[0])
-        if isinstance(client, redis.Redis):
+        if isinstance(client, redis.Redis):  # also for one key: no reply callback (a dict)
             return _hashes(client, self.unique)
         if isinstance(client, redis.asyncio.Redis):
             return _hashes_async(client, self.unique)
@@ -483,7 +481,7 @@ class _Read:
 
     def receive(self, reply: Any) -> list[EntityFeatures]:
         if not self.server_fold:
-            reply = self.fold.fold_hashes([reply] if len(self.unique) == 1 else reply)
+            reply = self.fold.fold_hashes(reply)
         if len(self.unique) != len(self.names):  # one answer per key asked for, in order
             by_name = dict(zip(self.unique, reply, strict=True))
             reply = [by_name[name] for name in self.names]
