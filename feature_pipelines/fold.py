@@ -143,12 +143,12 @@ class FoldRead:
         for f in plan.features:
             _feature, lo, hi = plan.wanted[f.name]
             windowed = "1" if f.window is not None else "0"
-            agg = _AGG[f.agg] + ("".join(mean_parts(f)) if f.agg == "mean" else "")
-            self.args += [f.name, agg, windowed, str(lo), str(hi)]
+            own = "".join(mean_parts(f)) if f.agg == "mean" else ""  # the mean's own parts
+            self.args += [f.name, _AGG[f.agg] + own, windowed, str(lo), str(hi)]
             if f.window is not None and f.agg != "distinct":
-                self.n_names += (hi - lo) * (len(mean_parts(f)) if f.agg == "mean" else 1)
+                self.n_names += (hi - lo) * (len(own) or 1)
         at = {f.name: 2 + 2 * i for i, f in enumerate(plan.features)}
-        self.convs = [(f.name, *_converter(f, at)) for f in plan.features]
+        self.convs = [(f.name, _converter(f, at)) for f in plan.features]
 
     def way(self, n_keys: int) -> int:
         """Where a read of ``n_keys`` keys folds when the store may fold in Redis: ``LOCAL``
@@ -257,7 +257,7 @@ class FoldRead:
         convs = self.convs
         out = []
         for row in rows:
-            values = {name: conv(row, at) for name, conv, at in convs}
+            values = {name: conv(row) for name, conv in convs}
             commit, written = row[0], row[1]
             out.append((values, commit if commit >= 0 else None, written if written >= 0 else None))
         return out
@@ -338,32 +338,33 @@ class _Lookup:
     def codes(self, names: Sequence[Any]) -> list[int]:
         """The code of each name, in order."""
         codes = list(map(self.places.get, names))
-        if None not in codes:
-            return codes  # type: ignore[return-value]
-        if self._full():  # many values seen: forget them
-            codes = list(map(self.places.get, names))
-        i = codes.index(None)
-        try:
-            while True:  # the names seen for the first time: few, once a plan has warmed up
-                codes[i] = self.places.get(names[i]) or self._code(names[i])  # a repeat: not 0
-                i = codes.index(None, i + 1)
-        except ValueError:
-            return codes  # type: ignore[return-value]
+        if None in codes:
+            if self._full():  # the codes of remembered names were forgotten: take them again
+                codes = list(map(self.places.get, names))
+            self._fill(codes, names, [i for i, code in enumerate(codes) if code is None])
+        return codes  # type: ignore[return-value]
 
     def code_array(self, names: Sequence[Any]) -> Any:
         """``codes`` as a numpy array, made without a list in between."""
-        places, n = self.places, len(names)
-        codes = np.fromiter(map(places.get, names, repeat(_UNSEEN)), dtype=np.int64, count=n)
+        codes = self._array(names)
         unseen = np.flatnonzero(codes == _UNSEEN)
-        if not unseen.size:
-            return codes
-        if self._full():  # the codes of remembered names were forgotten: take them again
-            places = self.places
-            codes = np.fromiter(map(places.get, names, repeat(_UNSEEN)), dtype=np.int64, count=n)
-            unseen = np.flatnonzero(codes == _UNSEEN)
-        for i in unseen.tolist():
-            codes[i] = places.get(names[i]) or self._code(names[i])  # a repeat: not 0
+        if unseen.size:
+            if self._full():
+                codes = self._array(names)
+                unseen = np.flatnonzero(codes == _UNSEEN)
+            self._fill(codes, names, unseen.tolist())
         return codes
+
+    def _array(self, names: Sequence[Any]) -> Any:
+        places = self.places
+        return np.fromiter(
+            map(places.get, names, repeat(_UNSEEN)), dtype=np.int64, count=len(names)
+        )
+
+    def _fill(self, codes: Any, names: Sequence[Any], unseen: list[int]) -> None:
+        """Codes for the names seen for the first time (few, once a plan has warmed up)."""
+        for i in unseen:
+            codes[i] = self.places.get(names[i]) or self._code(names[i])  # a repeat: not 0
 
     def distinct_arrays(self) -> tuple[Any, Any]:
         """``pair_of`` and the a_i of each entry of ``distinct``, as numpy arrays indexed like
@@ -426,26 +427,20 @@ def _integers(values: list[Any]) -> Any:
         return None
 
 
-_Conv = Callable[[Sequence[int], int], FeatureValue]
+_Conv = Callable[[Sequence[int]], FeatureValue]
 
 
-def _converter(feature: Feature, at: Mapping[str, int]) -> tuple[_Conv, int]:
-    """(fold row, index) -> the value ``readout.finalize`` gives, without building a State, and
-    the index of the feature's count a_i (its total b_i follows). A mean with ``total_from`` /
+def _converter(feature: Feature, at: Mapping[str, int]) -> _Conv:
+    """Fold row -> the value ``readout.finalize`` gives, without building a State. A feature's
+    count a_i is at ``at[name]`` and its total b_i next to it; a mean with ``total_from`` /
     ``count_from`` takes them from those features' places (its own a_i then counts ``z``)."""
-    agg, shift, i = feature.agg, -feature.scale, at[feature.name]
+    agg, shift, scale, i = feature.agg, -feature.scale, feature.scale, at[feature.name]
     if agg in ("count", "distinct"):
-        return (lambda row, i: row[i]), i
+        return lambda row: row[i]
     if agg == "sum":
-        return (lambda row, i: Decimal(row[i + 1]).scaleb(shift)), i
-    scale = feature.scale
-    if not (feature.total_from or feature.count_from):
-        return (lambda row, i: mean_value(row[i + 1], row[i], scale)), i
+        return lambda row: Decimal(row[i + 1]).scaleb(shift)
     total_at = at[feature.total_from] + 1 if feature.total_from else i + 1
-    count_at = at[feature.count_from] if feature.count_from else None
-
-    def shared(row: Sequence[int], i: int) -> FeatureValue:
-        count = row[i] if count_at is None else row[count_at] - row[i]
-        return mean_value(row[total_at], count, scale)
-
-    return shared, i
+    if not feature.count_from:
+        return lambda row: mean_value(row[total_at], row[i], scale)
+    count_at = at[feature.count_from]
+    return lambda row: mean_value(row[total_at], row[count_at] - row[i], scale)
