@@ -27,6 +27,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -40,6 +41,7 @@ from feature_pipelines.live_stats import StatsPublisher
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
 from feature_pipelines.planner import Planner, WritePlan, row_after
 from feature_pipelines.recovery import RedisLossGuard
+from feature_pipelines.row_cache import RowCache
 from feature_pipelines.store import RedisBatchWriter
 from freshloop.settings import Settings
 
@@ -70,6 +72,12 @@ class PipelineStats:
     tombstones: int = 0
     skipped: int = 0  # events of tables no feature reads
     overlapped: int = 0  # batches written while the next one was planned (``process``)
+    refused: int = 0  # writes refused (a row state was not as planned) and planned again
+    # row states a batch needed: remembered from this process's own writes, inserts taken as
+    # new rows, and read from Redis (``row_cache``)
+    rows_remembered: int = 0
+    rows_taken_as_new: int = 0
+    rows_read: int = 0
     # commit -> visible lags of changes committed after this process started (a replay of
     # older history is catch-up, not freshness); the Prometheus histogram keeps them all
     lags_ms: list[float] = field(default_factory=list)
@@ -89,6 +97,12 @@ class PipelineStats:
             "dead_lettered": self.dead_lettered,
             "skipped": self.skipped,
             "overlapped": self.overlapped,
+            "refused": self.refused,
+            "rows": {
+                "remembered": self.rows_remembered,
+                "taken_as_new": self.rows_taken_as_new,
+                "read": self.rows_read,
+            },
             "live_events": len(self.lags_ms),
             "lag_ms": {f"p{int(q * 100)}": self.percentile(q) for q in (0.5, 0.95, 0.99)},
         }
@@ -102,13 +116,16 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
-        "fetch.wait.max.ms": 5,
+        # The broker answers a fetch as soon as one byte is there (fetch.min.bytes=1), so the
+        # wait only bounds how often an idle consumer asks again: a short one adds no freshness
+        # and costs the broker (at 5 ms an idle pipeline kept ~17 % of a core busy; at 100, 3 %)
+        "fetch.wait.max.ms": 100,
         "fetch.min.bytes": 1,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 60_000,
         # throughput: keep up to 100k messages (or 64 MB) prefetched per partition queue, so
-        # a batch is always there to take at once; fetch.wait.max.ms stays low for latency
+        # a batch is always there to take at once
         "queued.min.messages": 100_000,
         "queued.max.messages.kbytes": 65_536,
     }
@@ -118,6 +135,9 @@ class FeaturePipeline:
     """One consumer process of the feature pipeline."""
 
     HOLD_MIN_BATCH = 500  # batches this large are held back to overlap with the next (process)
+    # Kafka's committed offsets (lag monitoring, and where a rebuild after a Redis loss starts)
+    # trail Redis's positions by at most this long: one commit per interval, not per batch
+    KAFKA_COMMIT_EVERY_S = 1.0
 
     def __init__(
         self,
@@ -161,6 +181,9 @@ class FeaturePipeline:
         # Redis restarts and wipes: detected, positions re-read, features rebuilt (recovery.py)
         self.recovery = RedisLossGuard(self)
         self._held: _Held | None = None  # a planned batch waiting to be written (``process``)
+        self._uncommitted: dict[str, int] = {}  # next offsets written to Redis, not yet to Kafka
+        self.rows = RowCache(settings.row_cache_rows)  # row states this process wrote last
+        self._next_commit = 0.0
 
     # ---- assignment: positions come from Redis --------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -168,6 +191,7 @@ class FeaturePipeline:
         for tp in partitions:
             tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
         self.assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self.rows.clear()  # rows of these partitions may have been written by another consumer
         log.info(
             "assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions]
         )
@@ -181,6 +205,8 @@ class FeaturePipeline:
             # not written: its messages come again to whoever owns them next (Redis positions)
             log.warning("held batch dropped at revoke error=%s", exc)
             self.drop_held()
+        self.commit_offsets()
+        self.rows.clear()
         self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
     # ---- the loop --------------------------------------------------------------------------
@@ -203,6 +229,7 @@ class FeaturePipeline:
                 self.flush_held()
             except redis.RedisError as exc:
                 log.warning("held batch not written at stop error=%s: it is read again", exc)
+            self.commit_offsets()
             self.live.remove()
             self.consumer.close()
             self.dead_letters.flush()
@@ -243,17 +270,22 @@ class FeaturePipeline:
         keys = self.planner.keys_needed(events)
         held, self._held = self._held, None
         if held is None:
-            states = self.writer.read_rows(keys)
+            states, unknown = self.rows.split(keys, self.planner.inserted_rows(events))
+            if unknown:
+                states.update(self.writer.read_rows(unknown))
         else:
-            # rows the held batch writes come from its plan, the rest are read before it runs
+            # rows the held batch writes come from its plan, the rest are remembered or read
+            # before it runs (the cache holds only rows of batches already written)
             written = held.plan.rows
-            fresh, overlaid = [], {}
+            others, overlaid = [], {}
             for key in keys:
                 if key in written:
                     overlaid[key] = row_after(held.states.get(key), written[key])
                 else:
-                    fresh.append(key)
-            states, pending = self.writer.read_then_apply(fresh, held.plan, held.offsets)
+                    others.append(key)
+            states, unknown = self.rows.split(others, self.planner.inserted_rows(events))
+            read, pending = self.writer.read_then_apply(unknown, held.plan, held.offsets)
+            states.update(read)
             states.update(overlaid)
         plan = self.planner.plan(events, states)  # overlaps the held batch's write
         if held is not None:
@@ -266,7 +298,9 @@ class FeaturePipeline:
                     if pending.unloaded
                     else "row state changed under the batch",
                 )
-                held.plan = self._write(held.events, held.offsets)
+                self.rows.refused()
+                self.stats.refused += 1
+                held.plan, held.states = self._write(held.events, held.offsets)
                 states = self.writer.read_rows(keys)
                 plan = self.planner.plan(events, states)
             self.stats.overlapped += 1
@@ -287,10 +321,19 @@ class FeaturePipeline:
         """Forget a held batch (its messages come again after a seek to Redis's positions)."""
         self._held = None
 
+    def forget_written(self) -> None:
+        """Positions are re-read from Redis: forget what this process knows of Redis's state
+        (remembered rows), and do not claim in Kafka progress not committed there yet (a Redis
+        that lost its state must not have that progress recorded in Kafka after it)."""
+        self._uncommitted = {}
+        self.rows.clear()
+
     def _flush(self, batch: _Held) -> None:
         if not self.writer.apply(batch.plan, batch.offsets):
             log.info("row state changed under the batch, re-planning")
-            batch.plan = self._write(batch.events, batch.offsets)
+            self.rows.refused()
+            self.stats.refused += 1
+            batch.plan, batch.states = self._write(batch.events, batch.offsets)
         self._finish(batch)
 
     def _decode(self, messages: list[Message]) -> tuple[list[ChangeEvent], dict[str, int]]:
@@ -334,6 +377,7 @@ class FeaturePipeline:
     def _finish(self, batch: _Held) -> None:
         """After a batch's write: hooks, lags, counters, and Kafka's (monitoring) offsets."""
         plan, offsets = batch.plan, batch.offsets
+        self.rows.remember(batch.states, plan)
         if self.on_applied is not None and plan.applied_events:
             self.on_applied(plan.applied_events)
         now_ms = time.time() * 1000
@@ -353,13 +397,33 @@ class FeaturePipeline:
         self.stats.applied += plan.applied
         self.stats.duplicates += plan.duplicates
         self.stats.batches += 1
+        stats, rows = self.stats, self.rows
+        stats.rows_remembered, stats.rows_taken_as_new, stats.rows_read = (
+            rows.hits,
+            rows.guessed,
+            rows.reads,
+        )
         EVENTS.labels("applied").inc(plan.applied)
         EVENTS.labels("duplicate").inc(plan.duplicates)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
-        self.consumer.commit(
-            offsets=[TopicPartition(*_split(name), offset) for name, offset in offsets.items()],
-            asynchronous=True,
-        )
+        self._uncommitted.update(offsets)
+        if time.monotonic() >= self._next_commit:
+            self.commit_offsets()
+
+    def commit_offsets(self) -> None:
+        """Commit to Kafka the offsets already written to Redis (asynchronously; best effort)."""
+        self._next_commit = time.monotonic() + self.KAFKA_COMMIT_EVERY_S
+        if not self._uncommitted:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(*_split(name), at) for name, at in offsets.items()],
+                asynchronous=True,
+            )
+        except KafkaException as exc:
+            log.warning("kafka offset commit failed error=%s: tried again next time", exc)
+            self._uncommitted = {**offsets, **self._uncommitted}
 
     def publish_stats(self) -> None:
         """Write this consumer's live stats hash (``live_stats``); best effort."""
@@ -369,12 +433,15 @@ class FeaturePipeline:
             assigned_partitions=len(self.assigned),
         )
 
-    def _write(self, events: list[ChangeEvent], offsets: dict[str, int]) -> WritePlan:
+    def _write(
+        self, events: list[ChangeEvent], offsets: dict[str, int]
+    ) -> tuple[WritePlan, Mapping[str, Mapping[str, str]]]:
+        """Read every row, plan and write, until the write is not refused: (plan, states)."""
         for attempt in range(50):
             states = self.writer.read_rows(self.planner.keys_needed(events))
             plan = self.planner.plan(events, states)
             if self.writer.apply(plan, offsets):
-                return plan
+                return plan, states
             log.info("row state changed under the batch, re-planning attempt=%d", attempt + 1)
         msg = "a batch could not be written after 50 attempts: another consumer keeps racing"
         raise FeaturePipelineError(msg)

@@ -223,6 +223,12 @@ class Planner:
                         keys[f"{ns}:r:{{{table}:{row[column]}}}"] = None
         return list(keys)
 
+    def inserted_rows(self, events: Iterable[ChangeEvent]) -> set[str]:
+        """Row-state keys of the batch's inserts (op ``c``): rows a live stream has never seen,
+        which a row cache may take as new instead of reading (``row_cache.RowCache.split``)."""
+        ns = self.ns
+        return {f"{ns}:r:{{{ev.table}:{ev.key}}}" for ev in events if ev.op == "c"}
+
     def _changed_groups(
         self, table: str, before: dict[str, Any], after: dict[str, Any]
     ) -> tuple[_Group, ...]:

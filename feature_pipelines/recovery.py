@@ -351,6 +351,7 @@ class RedisLossGuard:
     def _reseek(self) -> None:
         """Seek every assigned partition to the position Redis holds (Redis is the truth)."""
         self.pipeline.drop_held()  # planned from messages before the seek: they come again
+        self.pipeline.forget_written()
         consumer = self.pipeline.consumer
         assigned = consumer.assignment()
         if not assigned:

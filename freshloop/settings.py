@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         default=60, ge=2, le=3600,
         description="Expiry of a pipeline's live stats hash (a dead consumer vanishes after it).",
     )
+    row_cache_rows: int = Field(
+        default=100_000, ge=0, le=10_000_000,
+        description="Row states each feature pipeline keeps in memory after writing them, so a "
+        "live batch is planned without reading them back from Redis (0: read every batch's rows).",
+    )
     poll_interval_ms: int = Field(
         default=5,
         ge=1,

@@ -1,0 +1,105 @@
+"""Row states this consumer wrote, kept in process so a live batch needs no read round trip.
+
+The planner needs the stored state of every row a batch touches (positions for de-duplication,
+lookup values for joins). Read from Redis, that is one round trip per batch before the write.
+But while a consumer owns its partitions, the rows of its keys are written by nobody else: the
+state it wrote last is the state Redis holds. So the pipeline remembers the states its own
+successful writes left (``remember``) and reads only what it does not know (``split``).
+
+A row that a batch inserts (op ``c``) and that is not remembered is taken as new, not read:
+live, an insert is a row never seen before. Where that is wrong (a replay after a restart
+brings an insert already applied) the batch script refuses the write, since it checks every
+written row's version, and the pipeline plans again from what it reads, without guessing for
+a while (``RowCache.refused``).
+
+Nothing here is trusted beyond that check for the rows a batch only reads (a lookup: an
+outcome reading its payment's merchant). Those rows are written by this consumer too (the
+tables of a join share their partition key), and the cache is cleared whenever that could stop
+being true: a partition assignment changes, positions are re-read from Redis, or a write is
+refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from feature_pipelines.planner import RowState, WritePlan, row_after
+
+__all__ = ["RowCache"]
+
+
+class RowCache:
+    """Row-state hashes as this consumer's writes left them, the newest ``capacity`` rows.
+
+    ``guess_new_after``: after a refused write, inserts are read (not taken as new) for this
+    many batches, so a replay of inserts already applied is not refused batch after batch.
+    """
+
+    def __init__(self, capacity: int, guess_new_after: int = 100) -> None:
+        self.capacity = capacity
+        self.guess_new_after = guess_new_after
+        self._rows: dict[str, RowState] = {}
+        self._no_guess = 0  # batches left without taking unknown inserted rows as new
+        self.hits = 0
+        self.guessed = 0
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def split(
+        self, keys: Sequence[str], inserted: Iterable[str] = ()
+    ) -> tuple[dict[str, RowState], list[str]]:
+        """(states known without reading, keys to read). ``inserted``: row keys of the batch's
+        inserts, taken as new rows (no state) when not remembered."""
+        if self.capacity <= 0:
+            return {}, list(keys)
+        rows = self._rows
+        known: dict[str, RowState] = {}
+        unknown: list[str] = []
+        for key in keys:
+            state = rows.get(key)
+            if state is None:
+                unknown.append(key)
+            else:
+                known[key] = state
+        self.hits += len(known)
+        if self._no_guess > 0:
+            self._no_guess -= 1
+        elif unknown:
+            new = set(inserted).intersection(unknown)
+            if new:
+                self.guessed += len(new)
+                unknown = [key for key in unknown if key not in new]
+        self.reads += len(unknown)
+        return known, unknown
+
+    def remember(self, states: Mapping[str, RowState], plan: WritePlan) -> None:
+        """After ``plan`` was written: its rows as the write left them (``states``: what the
+        plan was made from)."""
+        if self.capacity <= 0:
+            return
+        rows = self._rows
+        for key, write in plan.rows.items():
+            rows.pop(key, None)  # re-inserted last: the newest rows stay
+            rows[key] = row_after(states.get(key), write)
+        excess = len(rows) - self.capacity
+        if excess > 0:
+            for key in list(_first(rows, excess)):
+                del rows[key]
+
+    def refused(self) -> None:
+        """A write was refused (a row state was not as planned): forget everything, and read
+        inserted rows for the next ``guess_new_after`` batches."""
+        self._rows.clear()
+        self._no_guess = self.guess_new_after
+
+    def clear(self) -> None:
+        """Forget every row (a new assignment, or positions re-read from Redis)."""
+        self._rows.clear()
+
+
+def _first(rows: Mapping[str, RowState], n: int) -> Iterable[str]:
+    it = iter(rows)
+    for _ in range(n):
+        yield next(it)
