@@ -220,6 +220,8 @@ class FeaturePipeline:
                     self.recovery.process(messages)
                     if on_batch is not None:
                         on_batch(self.stats)
+                if self._uncommitted and time.monotonic() >= self._next_commit:
+                    self.commit_offsets()  # also when idle: the last batches' offsets too
                 if time.monotonic() >= self._next_sweep:
                     self.recovery.sweep()
                 if self.live.due():

@@ -31,15 +31,16 @@ __all__ = ["RowCache"]
 class RowCache:
     """Row-state hashes as this consumer's writes left them, the newest ``capacity`` rows.
 
-    ``guess_new_after``: after a refused write, inserts are read (not taken as new) for this
-    many batches, so a replay of inserts already applied is not refused batch after batch.
+    ``read_after_refusal``: after a refused write, this many unknown inserted rows are read
+    (not taken as new) before guessing again, so a replay of inserts already applied is not
+    refused batch after batch.
     """
 
-    def __init__(self, capacity: int, guess_new_after: int = 100) -> None:
+    def __init__(self, capacity: int, read_after_refusal: int = 10_000) -> None:
         self.capacity = capacity
-        self.guess_new_after = guess_new_after
+        self.read_after_refusal = read_after_refusal
         self._rows: dict[str, RowState] = {}
-        self._no_guess = 0  # batches left without taking unknown inserted rows as new
+        self._to_read = 0  # unknown inserted rows still to read rather than take as new
         self.hits = 0
         self.guessed = 0
         self.reads = 0
@@ -53,6 +54,7 @@ class RowCache:
         """(states known without reading, keys to read). ``inserted``: row keys of the batch's
         inserts, taken as new rows (no state) when not remembered."""
         if self.capacity <= 0:
+            self.reads += len(keys)
             return {}, list(keys)
         rows = self._rows
         known: dict[str, RowState] = {}
@@ -64,11 +66,11 @@ class RowCache:
             else:
                 known[key] = state
         self.hits += len(known)
-        if self._no_guess > 0:
-            self._no_guess -= 1
-        elif unknown:
+        if unknown:
             new = set(inserted).intersection(unknown)
-            if new:
+            if new and self._to_read > 0:
+                self._to_read = max(0, self._to_read - len(new))
+            elif new:
                 self.guessed += len(new)
                 unknown = [key for key in unknown if key not in new]
         self.reads += len(unknown)
@@ -90,9 +92,9 @@ class RowCache:
 
     def refused(self) -> None:
         """A write was refused (a row state was not as planned): forget everything, and read
-        inserted rows for the next ``guess_new_after`` batches."""
+        the next ``read_after_refusal`` unknown inserted rows."""
         self._rows.clear()
-        self._no_guess = self.guess_new_after
+        self._to_read = self.read_after_refusal
 
     def clear(self) -> None:
         """Forget every row (a new assignment, or positions re-read from Redis)."""

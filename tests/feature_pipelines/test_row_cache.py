@@ -34,14 +34,14 @@ def test_an_unknown_inserted_row_is_taken_as_new_but_a_remembered_one_is_not() -
     assert cache.guessed == 1
 
 
-def test_a_refused_write_forgets_and_stops_guessing_for_a_while() -> None:
-    cache = RowCache(10, guess_new_after=2)
+def test_a_refused_write_forgets_and_reads_inserts_for_a_while() -> None:
+    cache = RowCache(10, read_after_refusal=3)
     cache.remember({}, _plan(a=RowWrite(None, {"pos": "1:1"})))
     cache.refused()
     assert len(cache) == 0
-    assert cache.split(["a", "b"], inserted={"b"}) == ({}, ["a", "b"])
-    assert cache.split(["b"], inserted={"b"}) == ({}, ["b"])
-    assert cache.split(["b"], inserted={"b"}) == ({}, [])  # guessing again
+    assert cache.split(["a", "b", "c"], inserted={"b", "c"}) == ({}, ["a", "b", "c"])
+    assert cache.split(["d"], inserted={"d"}) == ({}, ["d"])  # the third insert read
+    assert cache.split(["e", "f"], inserted={"e"}) == ({}, ["f"])  # guessing again
 
 
 def test_the_oldest_written_rows_go_first_past_the_capacity() -> None:
@@ -61,6 +61,7 @@ def test_capacity_zero_reads_everything() -> None:
     cache = RowCache(0)
     cache.remember({}, _plan(a=RowWrite(None, {"pos": "1:1"})))
     assert cache.split(["a", "b"], inserted={"a", "b"}) == ({}, ["a", "b"])
+    assert cache.reads == 2 and cache.hits == 0 and cache.guessed == 0
 
 
 def test_clear_forgets_every_row() -> None:
