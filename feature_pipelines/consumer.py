@@ -221,7 +221,7 @@ class FeaturePipeline:
                     if on_batch is not None:
                         on_batch(self.stats)
                 if self._uncommitted and time.monotonic() >= self._next_commit:
-                    self.commit_offsets()  # also when idle: the last batches' offsets too
+                    self.commit_offsets()  # after a batch, or idle: the last batches' too
                 if time.monotonic() >= self._next_sweep:
                     self.recovery.sweep()
                 if self.live.due():
@@ -269,10 +269,10 @@ class FeaturePipeline:
         """
         started = time.perf_counter()
         events, offsets = self._decode(messages)
-        keys = self.planner.keys_needed(events)
+        keys, inserted = self.planner.rows_needed(events)
         held, self._held = self._held, None
         if held is None:
-            states, unknown = self.rows.split(keys, self.planner.inserted_rows(events))
+            states, unknown = self.rows.split(keys, inserted)
             if unknown:
                 states.update(self.writer.read_rows(unknown))
         else:
@@ -285,7 +285,7 @@ class FeaturePipeline:
                     overlaid[key] = row_after(held.states.get(key), written[key])
                 else:
                     others.append(key)
-            states, unknown = self.rows.split(others, self.planner.inserted_rows(events))
+            states, unknown = self.rows.split(others, inserted)
             read, pending = self.writer.read_then_apply(unknown, held.plan, held.offsets)
             states.update(read)
             states.update(overlaid)
@@ -408,9 +408,7 @@ class FeaturePipeline:
         EVENTS.labels("applied").inc(plan.applied)
         EVENTS.labels("duplicate").inc(plan.duplicates)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
-        self._uncommitted.update(offsets)
-        if time.monotonic() >= self._next_commit:
-            self.commit_offsets()
+        self._uncommitted.update(offsets)  # committed by the run loop once a second
 
     def commit_offsets(self) -> None:
         """Commit to Kafka the offsets already written to Redis (asynchronously; best effort)."""

@@ -212,22 +212,29 @@ class Planner:
 
     def keys_needed(self, events: Iterable[ChangeEvent]) -> list[str]:
         """Row-state keys to read before planning these events."""
-        ns = self.ns
-        keys: dict[str, None] = {}
-        refs = self._lookup_refs
-        for ev in events:
-            keys[f"{ns}:r:{{{ev.table}:{ev.key}}}"] = None
-            for table, column in refs.get(ev.table, ()):
-                for row in (ev.before, ev.after):
-                    if row is not None and row[column] is not None:
-                        keys[f"{ns}:r:{{{table}:{row[column]}}}"] = None
-        return list(keys)
+        return self.rows_needed(events)[0]
 
     def inserted_rows(self, events: Iterable[ChangeEvent]) -> set[str]:
         """Row-state keys of the batch's inserts (op ``c``): rows a live stream has never seen,
         which a row cache may take as new instead of reading (``row_cache.RowCache.split``)."""
+        return self.rows_needed(events)[1]
+
+    def rows_needed(self, events: Iterable[ChangeEvent]) -> tuple[list[str], set[str]]:
+        """``keys_needed`` and ``inserted_rows`` at once, each event's key made once."""
         ns = self.ns
-        return {f"{ns}:r:{{{ev.table}:{ev.key}}}" for ev in events if ev.op == "c"}
+        keys: dict[str, None] = {}
+        inserted: set[str] = set()
+        refs = self._lookup_refs
+        for ev in events:
+            own = f"{ns}:r:{{{ev.table}:{ev.key}}}"
+            keys[own] = None
+            if ev.op == "c":
+                inserted.add(own)
+            for table, column in refs.get(ev.table, ()):
+                for row in (ev.before, ev.after):
+                    if row is not None and row[column] is not None:
+                        keys[f"{ns}:r:{{{table}:{row[column]}}}"] = None
+        return list(keys), inserted
 
     def _changed_groups(
         self, table: str, before: dict[str, Any], after: dict[str, Any]

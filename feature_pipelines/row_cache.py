@@ -12,16 +12,16 @@ brings an insert already applied) the batch script refuses the write, since it c
 written row's version, and the pipeline plans again from what it reads, without guessing for
 a while (``RowCache.refused``).
 
-Nothing here is trusted beyond that check for the rows a batch only reads (a lookup: an
-outcome reading its payment's merchant). Those rows are written by this consumer too (the
-tables of a join share their partition key), and the cache is cleared whenever that could stop
-being true: a partition assignment changes, positions are re-read from Redis, or a write is
-refused.
+Rows a batch only reads (a lookup: an outcome reading its payment's merchant) are not checked
+by the script. They come from the cache only because this consumer wrote them (the tables of a
+join share their partition key), and the cache is cleared whenever that could stop being true:
+a partition assignment changes, positions are re-read from Redis, or a write is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 
 from feature_pipelines.planner import RowState, WritePlan, row_after
 
@@ -87,7 +87,7 @@ class RowCache:
             rows[key] = row_after(states.get(key), write)
         excess = len(rows) - self.capacity
         if excess > 0:
-            for key in list(_first(rows, excess)):
+            for key in list(islice(rows, excess)):
                 del rows[key]
 
     def refused(self) -> None:
@@ -100,8 +100,3 @@ class RowCache:
         """Forget every row (a new assignment, or positions re-read from Redis)."""
         self._rows.clear()
 
-
-def _first(rows: Mapping[str, RowState], n: int) -> Iterable[str]:
-    it = iter(rows)
-    for _ in range(n):
-        yield next(it)
