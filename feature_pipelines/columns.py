@@ -23,7 +23,7 @@ from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.exceptions import DecodeError
 from feature_pipelines.windows import event_micros, scaled
 
-__all__ = ["Rule", "check_row", "rules_for"]
+__all__ = ["Checker", "Rule", "check_row", "checker_for", "rules_for"]
 
 # (column, kind, argument); kind is one of time, decimal, key, scalar, equals
 Rule = tuple[str, str, Any]
@@ -63,10 +63,18 @@ def _fail(where: str, column: str, expected: str, value: Any) -> None:
     raise DecodeError(msg)
 
 
-_CHECKERS: dict[tuple[Rule, ...], Callable[[Mapping[str, Any], str], dict[Any, int]]] = {}
+# check(row, where) -> what it parsed; raises DecodeError
+Checker = Callable[[Mapping[str, Any], str], dict[Any, int]]
+_CHECKERS: dict[tuple[Rule, ...], Checker] = {}
 
 
-def _checker(rules: tuple[Rule, ...]) -> Callable[[Mapping[str, Any], str], dict[Any, int]]:
+def checker_for(features: FeatureSet, table: str) -> Checker:
+    """``check_row`` for ``table``'s rows as one function, for a caller to keep (a row that is
+    None is the caller's to skip)."""
+    return _checker(rules_for(features, table))
+
+
+def _checker(rules: tuple[Rule, ...]) -> Checker:
     """``rules`` as one generated function of straight-line checks (decoding's hot path).
 
     Common values pass with one inline type test; anything else goes to ``_check_one``, which

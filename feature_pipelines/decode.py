@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from feature_pipelines.catalog import FeatureSet
-from feature_pipelines.columns import check_row, rules_for
+from feature_pipelines.columns import Checker, checker_for
 from feature_pipelines.exceptions import DecodeError
 
 __all__ = ["ChangeEvent", "Position", "decode", "format_position", "parse_position"]
@@ -68,9 +68,14 @@ def parse_position(text: str | bytes | None) -> Position | None:
 
 
 def _position(source: dict[str, Any]) -> Position:
+    sequence = source.get("sequence")
+    if type(sequence) is str and sequence[:2] == '["' and sequence[-2:] == '"]':
+        # the usual '["<last commit lsn>","<lsn>"]', without a JSON parse
+        first, sep, second = sequence[2:-2].partition('","')
+        if sep and first.isascii() and first.isdigit() and second.isascii() and second.isdigit():
+            return (int(first), int(second))
     lsn = source.get("lsn")
     last_commit: Any = None
-    sequence = source.get("sequence")
     if sequence:
         try:
             parts = orjson.loads(sequence)
@@ -103,6 +108,20 @@ def _image(raw: Any, columns: Set[str], where: str) -> Row | None:
         raise DecodeError(msg) from None
 
 
+# per feature set: table -> (needed columns, its rows' check), looked up once per event
+_READERS: dict[int, tuple[FeatureSet, dict[str, tuple[frozenset[str], Checker]]]] = {}
+
+
+def _readers(features: FeatureSet) -> dict[str, tuple[frozenset[str], Checker]]:
+    cached = _READERS.get(id(features))
+    if cached is None or cached[0] is not features:
+        readers = {
+            t: (features.needed_columns(t), checker_for(features, t)) for t in features.tables()
+        }
+        cached = _READERS[id(features)] = (features, readers)
+    return cached[1]
+
+
 def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> ChangeEvent | None:
     """The change event in ``value``; None for a tombstone or a table no feature reads."""
     if value is None:
@@ -121,17 +140,17 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
         msg = "envelope has no source.table"
         raise DecodeError(msg)
     table = source["table"]
-    if table not in features.tables():
+    reader = _readers(features).get(table)
+    if reader is None:
         return None
     if op not in _OPS:
         msg = f"op {op!r} is not handled (expected one of c, u, d, r)"
         raise DecodeError(msg)
-    columns = features.needed_columns(table)
+    columns, check = reader
     before = _image(envelope.get("before"), columns, "before")
     after = _image(envelope.get("after"), columns, "after")
-    rules = rules_for(features, table)
-    before_parsed = check_row(rules, before, "before")
-    after_parsed = check_row(rules, after, "after")
+    before_parsed = {} if before is None else check(before, "before")
+    after_parsed = {} if after is None else check(after, "after")
     if (
         (op in ("c", "r") and after is None)
         or (op == "d" and before is None)

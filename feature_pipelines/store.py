@@ -359,6 +359,14 @@ class PendingApply:
         self.failed = False  # the write was refused or did not run (then the batch is re-planned)
         self.unloaded = False  # it did not run: the server had lost the scripts (a restart)
 
+    def abandon(self) -> None:
+        """Give the connection up without reading the answer (it may or may not be applied):
+        closed, since a reply left unread would put it out of step."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
+
     def wait(self) -> bool:
         """True once the write is applied; False if it was refused (a row state changed) or did
         not run. Raises ``redis.ConnectionError`` if the connection broke: nothing is known of

@@ -92,18 +92,13 @@ def scaled(value: Any, scale: int, column: str) -> int:
     if type(value) is str:
         # fast path for plain text like "12.34" / "-0.5"; anything else goes through Decimal
         whole, _dot, frac = value.partition(".")
-        negative = whole[:1] == "-"
-        digits = whole[1:] if negative else whole
-        if (
-            len(frac) <= scale
-            and 0 < len(digits) + len(frac) <= 40
-            and (not digits or (digits.isascii() and digits.isdigit()))
-            and (not frac or (frac.isascii() and frac.isdigit()))
-        ):
-            units = int(digits or "0") * 10**scale
-            if frac:
-                units += int(frac) * 10 ** (scale - len(frac))
-            return -units if negative else units
+        places = len(frac)
+        if places <= scale:
+            negative = whole[:1] == "-"
+            digits = (whole[1:] if negative else whole) + frac
+            if 0 < len(digits) <= 40 and digits.isascii() and digits.isdigit():
+                units = int(digits) * 10 ** (scale - places)
+                return -units if negative else units
     elif type(value) is int:
         return value * 10**scale
     if isinstance(value, bool) or not isinstance(value, str | int):

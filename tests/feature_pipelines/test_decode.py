@@ -6,9 +6,11 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from feature_pipelines import SAMPLE_FEATURES, DecodeError
-from feature_pipelines.decode import decode
+from feature_pipelines.decode import _position, decode
 from feature_pipelines.windows import scaled
 from tests.feature_pipelines.fixtures import envelope
 
@@ -57,6 +59,43 @@ def test_money_stays_exact() -> None:
         scaled(0.1, 2, "amount")
     with pytest.raises(DecodeError, match="more than 2 decimal places"):
         scaled("0.001", 2, "amount")
+
+
+def _scaled_by_decimal(value: str, scale: int) -> int | None:
+    """What ``scaled`` must give: exact units of 10**-scale, or None where it must refuse."""
+    try:
+        units = Decimal(value).scaleb(scale)
+    except ArithmeticError:
+        return None
+    if not units.is_finite() or units != units.to_integral_value():
+        return None
+    return int(units)
+
+
+@given(
+    st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str),
+        st.from_regex(r"\A-?[0-9]{0,6}\.?[0-9]{0,4}\Z"),
+        st.sampled_from(["+5", ".5", "-.5", "5.", "1e2", "٣", "1.2.3", "", "-", ".", " 1"]),
+    ),
+    st.integers(0, 4),
+)
+def test_scaled_equals_decimal_arithmetic(text: str, scale: int) -> None:
+    expected = _scaled_by_decimal(text, scale)
+    if expected is None:
+        with pytest.raises(DecodeError):
+            scaled(text, scale, "amount")
+    else:
+        assert scaled(text, scale, "amount") == expected
+
+
+@given(st.one_of(st.integers(0, 2**63), st.none()), st.integers(0, 2**63))
+def test_position_without_json_parse_equals_the_json_one(last: int | None, lsn: int) -> None:
+    for first in (f'"{last}"', str(last)) if last is not None else ("null",):
+        sequence = f'[{first},"{lsn}"]'
+        expected = (-1 if last is None else last, lsn)
+        assert _position({"lsn": 1, "sequence": sequence}) == expected
+    assert _position({"lsn": lsn}) == (-1, lsn)
 
 
 @pytest.mark.parametrize(
