@@ -221,7 +221,7 @@ class FeaturePipeline:
             while not self.stop.is_set():
                 messages = self._next_batch()
                 if messages:
-                    with collection_paused():
+                    with _collection_paused():
                         self.recovery.process(messages)
                     if on_batch is not None:
                         on_batch(self.stats)
@@ -478,7 +478,7 @@ class FeaturePipeline:
 
 
 @contextmanager
-def collection_paused() -> Iterator[None]:
+def _collection_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while one batch is processed.
 
     A batch makes tens of thousands of containers (decoded envelopes and rows, the plan, the
