@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any
 
 from feature_pipelines.exceptions import DecodeError
@@ -109,11 +109,20 @@ def scaled(value: Any, scale: int, column: str) -> int:
     except InvalidOperation as exc:
         msg = f"{column} is not a decimal: {value!r}"
         raise DecodeError(msg) from exc
-    units = number.scaleb(scale)
+    if number.is_finite() and number.adjusted() > _MAX_DIGITS:
+        msg = f"{column}={str(value)[:40]!r}... has more than {_MAX_DIGITS} digits"
+        raise DecodeError(msg)
+    units = number.scaleb(scale, _EXACT)  # the default context would round past 28 digits
     if not number.is_finite() or units != units.to_integral_value():
         msg = f"{column}={value!r} has more than {scale} decimal places"
         raise DecodeError(msg)
     return int(units)
+
+
+# Decimal arithmetic that never rounds; and a bound on the digits before the point, so that
+# text like "1e999999999" is refused instead of becoming an integer of a billion digits
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+_MAX_DIGITS = 1000
 
 
 def mean_parts(feature: Feature) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import orjson
 import pytest
@@ -52,6 +52,14 @@ def test_null_last_commit_lsn_orders_first() -> None:
     assert event.position < (0, 1)
 
 
+def test_long_decimals_stay_exact_and_absurd_exponents_are_refused() -> None:
+    digits = "1234567890" * 5  # 50 digits: past the text fast path and Decimal's default 28
+    assert scaled(f"{digits}.01", 2, "amount") == int(digits + "01")
+    assert scaled(f"{digits}E-2", 2, "amount") == int(digits)
+    with pytest.raises(DecodeError, match="more than 1000 digits"):
+        scaled("1e999999999", 2, "amount")
+
+
 def test_money_stays_exact() -> None:
     total = scaled("0.10", 2, "amount") + scaled("0.20", 2, "amount")
     assert Decimal(total).scaleb(-2) == Decimal("0.30")
@@ -64,7 +72,9 @@ def test_money_stays_exact() -> None:
 def _scaled_by_decimal(value: str, scale: int) -> int | None:
     """What ``scaled`` must give: exact units of 10**-scale, or None where it must refuse."""
     try:
-        units = Decimal(value).scaleb(scale)
+        with localcontext() as exact:
+            exact.prec = 200
+            units = Decimal(value).scaleb(scale)
     except ArithmeticError:
         return None
     if not units.is_finite() or units != units.to_integral_value():
