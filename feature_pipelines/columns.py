@@ -23,11 +23,17 @@ from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.exceptions import DecodeError
 from feature_pipelines.windows import event_micros, scaled
 
-__all__ = ["Checker", "Rule", "check_row", "checker_for", "rules_for"]
+__all__ = ["Checker", "Rule", "check_row", "rules_for", "table_readers"]
 
 # (column, kind, argument); kind is one of time, decimal, key, scalar, equals
 Rule = tuple[str, str, Any]
-_CACHE: dict[int, tuple[FeatureSet, dict[str, tuple[Rule, ...]]]] = {}
+# check(row, where) -> what it parsed; raises DecodeError
+Checker = Callable[[Mapping[str, Any], str], dict[Any, int]]
+# per feature set, built once: its rules by table, and by table its needed columns and check
+_CACHE: dict[
+    int,
+    tuple[FeatureSet, dict[str, tuple[Rule, ...]], dict[str, tuple[frozenset[str], Checker]]],
+] = {}
 _JSON_TYPE = {bool: "a boolean", int: "an integer", str: "text", float: "a number"}
 
 
@@ -50,12 +56,29 @@ def _build(features: FeatureSet) -> dict[str, tuple[Rule, ...]]:
     return {table: tuple(found) for table, found in rules.items()}
 
 
-def rules_for(features: FeatureSet, table: str) -> tuple[Rule, ...]:
-    """The rules for ``table``'s rows, built once per feature set."""
+def _cached(
+    features: FeatureSet,
+) -> tuple[FeatureSet, dict[str, tuple[Rule, ...]], dict[str, tuple[frozenset[str], Checker]]]:
     cached = _CACHE.get(id(features))
     if cached is None or cached[0] is not features:
-        cached = _CACHE[id(features)] = (features, _build(features))
-    return cached[1].get(table, ())
+        rules = _build(features)
+        readers = {
+            t: (features.needed_columns(t), _checker(rules.get(t, ()))) for t in features.tables()
+        }
+        cached = _CACHE[id(features)] = (features, rules, readers)
+    return cached
+
+
+def rules_for(features: FeatureSet, table: str) -> tuple[Rule, ...]:
+    """The rules for ``table``'s rows, built once per feature set."""
+    return _cached(features)[1].get(table, ())
+
+
+def table_readers(features: FeatureSet) -> dict[str, tuple[frozenset[str], Checker]]:
+    """For each table the feature set reads: its needed columns and the check of its rows
+    (``check_row`` as one function; a row that is None is the caller's to skip). Built once per
+    feature set, so decoding looks both up with one dict access per event."""
+    return _cached(features)[2]
 
 
 def _fail(where: str, column: str, expected: str, value: Any) -> None:
@@ -63,15 +86,7 @@ def _fail(where: str, column: str, expected: str, value: Any) -> None:
     raise DecodeError(msg)
 
 
-# check(row, where) -> what it parsed; raises DecodeError
-Checker = Callable[[Mapping[str, Any], str], dict[Any, int]]
 _CHECKERS: dict[tuple[Rule, ...], Checker] = {}
-
-
-def checker_for(features: FeatureSet, table: str) -> Checker:
-    """``check_row`` for ``table``'s rows as one function, for a caller to keep (a row that is
-    None is the caller's to skip)."""
-    return _checker(rules_for(features, table))
 
 
 def _checker(rules: tuple[Rule, ...]) -> Checker:

@@ -316,15 +316,12 @@ class FeaturePipeline:
             return
         batch, pending = flying
         if not pending.wait():
-            log.info(
-                "%s, re-planning",
+            self._write_again(
+                batch,
                 "write script reloaded"
                 if pending.unloaded
                 else "row state changed under the batch",
             )
-            self.rows.refused()
-            self.stats.refused += 1
-            batch.plan, batch.states = self._write(batch.events, batch.offsets)
             held = self._held
             if held is not None:
                 held.states = self.writer.read_rows(self.planner.keys_needed(held.events))
@@ -356,11 +353,16 @@ class FeaturePipeline:
 
     def _flush(self, batch: _Held) -> None:
         if not self.writer.apply(batch.plan, batch.offsets):
-            log.info("row state changed under the batch, re-planning")
-            self.rows.refused()
-            self.stats.refused += 1
-            batch.plan, batch.states = self._write(batch.events, batch.offsets)
+            self._write_again(batch, "row state changed under the batch")
         self._finish(batch)
+
+    def _write_again(self, batch: _Held, reason: str) -> None:
+        """``batch``'s write was refused: forget the remembered rows, and write it again from
+        what Redis holds."""
+        log.info("%s, re-planning", reason)
+        self.rows.refused()
+        self.stats.refused += 1
+        batch.plan, batch.states = self._write(batch.events, batch.offsets)
 
     def _decode(self, messages: list[Message]) -> tuple[list[ChangeEvent], dict[str, int]]:
         events: list[ChangeEvent] = []

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from feature_pipelines.catalog import FeatureSet
-from feature_pipelines.columns import Checker, checker_for
+from feature_pipelines.columns import table_readers
 from feature_pipelines.exceptions import DecodeError
 
 __all__ = ["ChangeEvent", "Position", "decode", "format_position", "parse_position"]
@@ -108,20 +108,6 @@ def _image(raw: Any, columns: Set[str], where: str) -> Row | None:
         raise DecodeError(msg) from None
 
 
-# per feature set: table -> (needed columns, its rows' check), looked up once per event
-_READERS: dict[int, tuple[FeatureSet, dict[str, tuple[frozenset[str], Checker]]]] = {}
-
-
-def _readers(features: FeatureSet) -> dict[str, tuple[frozenset[str], Checker]]:
-    cached = _READERS.get(id(features))
-    if cached is None or cached[0] is not features:
-        readers = {
-            t: (features.needed_columns(t), checker_for(features, t)) for t in features.tables()
-        }
-        cached = _READERS[id(features)] = (features, readers)
-    return cached[1]
-
-
 def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> ChangeEvent | None:
     """The change event in ``value``; None for a tombstone or a table no feature reads."""
     if value is None:
@@ -140,7 +126,7 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
         msg = "envelope has no source.table"
         raise DecodeError(msg)
     table = source["table"]
-    reader = _readers(features).get(table)
+    reader = table_readers(features).get(table)
     if reader is None:
         return None
     if op not in _OPS:

@@ -214,13 +214,10 @@ class Planner:
         """Row-state keys to read before planning these events."""
         return self.rows_needed(events)[0]
 
-    def inserted_rows(self, events: Iterable[ChangeEvent]) -> set[str]:
-        """Row-state keys of the batch's inserts (op ``c``): rows a live stream has never seen,
-        which a row cache may take as new instead of reading (``row_cache.RowCache.split``)."""
-        return self.rows_needed(events)[1]
-
     def rows_needed(self, events: Iterable[ChangeEvent]) -> tuple[list[str], set[str]]:
-        """``keys_needed`` and ``inserted_rows`` at once, each event's key made once."""
+        """``keys_needed``, and the row-state keys of the batch's inserts (op ``c``): rows a live
+        stream has never seen, which a row cache may take as new instead of reading
+        (``row_cache.RowCache.split``). Each event's key is made once for both."""
         ns = self.ns
         keys: dict[str, None] = {}
         inserted: set[str] = set()

@@ -99,4 +99,3 @@ class RowCache:
     def clear(self) -> None:
         """Forget every row (a new assignment, or positions re-read from Redis)."""
         self._rows.clear()
-

@@ -82,11 +82,11 @@ def test_planning_from_the_cache_writes_what_planning_from_reads_writes() -> Non
     cache = RowCache(1000)
     for start in range(0, len(events), 6):
         batch = events[start : start + 6]
-        keys = planner.keys_needed(batch)
+        keys, inserted = planner.rows_needed(batch)
         full = by_reads.read(keys)
         expected = planner.plan(batch, full)
         assert by_reads.apply(expected)
-        known, unknown = cache.split(keys, planner.inserted_rows(batch))
+        known, unknown = cache.split(keys, inserted)
         states = {**known, **by_cache.read(unknown)}
         plan = planner.plan(batch, states)
         assert by_cache.apply(plan), "a cached row was not as Redis holds it"
@@ -117,12 +117,12 @@ def test_a_wrong_guess_is_refused_by_the_store_and_then_read() -> None:
     inserts = [e for e in events if e.op == "c"]
     assert inserts
     cache = RowCache(1000)
-    keys = planner.keys_needed(inserts)
-    known, unknown = cache.split(keys, planner.inserted_rows(inserts))
+    keys, inserted = planner.rows_needed(inserts)
+    known, unknown = cache.split(keys, inserted)
     guessed = planner.plan(inserts, {**known, **store.read(unknown)})
     assert guessed.applied > 0  # planned as new rows...
     assert not store.apply(guessed)  # ...which the store refuses
     cache.refused()
-    known, unknown = cache.split(keys, planner.inserted_rows(inserts))
+    known, unknown = cache.split(keys, inserted)
     again = planner.plan(inserts, {**known, **store.read(unknown)})
     assert again.applied == 0 and again.duplicates == len(inserts)
