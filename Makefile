@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv demo test test-unit test-integration bench bench-peers lint up down status logs clean faults soak
+.PHONY: help setup venv demo test test-unit test-integration bench bench-peers lint up down status logs clean faults soak month
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ soak: setup ## 10-min soak (SOAK_SECONDS, SOAK_RATE): lag, RSS, Redis bytes per 
 	@SOAK_SECONDS=$${SOAK_SECONDS:-600} SOAK_RATE=$${SOAK_RATE:-120} \
 		SOAK_REPORT=$${SOAK_REPORT:-bench/results/soak.json} \
 		$(BIN)/pytest tests/system/test_soak.py -m soak -s $(PYTEST_ARGS)
+
+month: setup ## 30 simulated days at 2,160x (~25 min): state bounded? bench/results/month.json, docs/state.md
+	@$(BIN)/freshloop stack up
+	@$(BIN)/freshloop db init >/dev/null
+	@MONTH_DAYS=$${MONTH_DAYS:-30} $(BIN)/python -m bench.month
 
 test-unit: $(INSTALLED) ## Fast tests only (no services)
 	@$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

@@ -82,7 +82,7 @@ def _build_features(
                 "source": {
                     "table": "payments",
                     "lsn": lsn,
-                    "ts_ms": 1,
+                    "ts_ms": int(p.created_at.timestamp() * 1000),  # event time = commit
                     "sequence": f'["{lsn - 1}","{lsn}"]',
                 },
             }
@@ -93,11 +93,8 @@ def _build_features(
     for start in range(0, len(events), 2000):
         chunk = events[start : start + 2000]
         writer.apply(planner.plan(chunk, writer.read_rows(planner.keys_needed(chunk))), {})
-    # A running pipeline sweeps bucket fields that left every window (a pass every ~30 s plus
-    # its length); reads then see the hashes it keeps, not a backlog no pipeline would leave.
-    cursor = None
-    while cursor != 0:
-        cursor, _removed = writer.sweep(features, cursor or 0)
+    # The batch writes drop bucket fields that left every window as the event-time watermark
+    # moves, so reads see the hashes a running pipeline keeps.
 
 
 def freshloop_rate(store: FeatureStore, payments: list[tuple[Payment, bool]]) -> float:

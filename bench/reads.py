@@ -3,7 +3,7 @@ Feast's Redis online store holding the same values, measured in the same run.
 
 Features of 2,000 customers (the scoring feature set: 11 per customer, windowed and lifetime)
 are built in Redis by the real planner and batch writer under a namespace of the bench's own,
-and swept of bucket fields past every window as a running pipeline's sweep leaves them.
+whose writes drop bucket fields past every window as a running pipeline's do.
 Each repeat measures, one after the other:
 - Freshloop from Python: ``FeatureStore.get`` and ``get_many`` (one Redis round trip, the
   window fold done inside Redis);

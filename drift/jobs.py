@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from drift.exceptions import RetrainBusyError, RetrainError, RetrainStoppedError
 from drift.ledger import RetrainLedger
 from drift.policy import RetrainPolicy
+from drift.retention import PruneReport
 from drift.retrain import RetrainResult, retrain
 from freshloop.settings import Settings
 
@@ -29,8 +31,10 @@ __all__ = [
     "CycleResult",
     "JobContext",
     "drift_check_job",
+    "prune_job",
     "register",
     "run_cycle",
+    "run_prune",
     "unregister",
 ]
 
@@ -87,6 +91,32 @@ def drift_check_job(namespace: str) -> None:
     result = run_cycle(context)
     if context.on_cycle is not None:
         context.on_cycle(result)
+
+
+def prune_job(namespace: str) -> None:
+    """The scheduled retention job of ``namespace`` (see ``run_prune``)."""
+    with _LOCK:
+        context = _CONTEXTS.get(namespace)
+    if context is None:
+        log.error("prune job for namespace=%s has no context in this process; skipped", namespace)
+        return
+    try:
+        run_prune(context)
+    except DBAPIError as exc:  # e.g. a lock not granted in time: the next run tries again
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        log.warning("scheduled prune failed namespace=%s error=%s", namespace, first)
+
+
+def run_prune(context: JobContext, *, dry_run: bool = False) -> PruneReport:
+    """Retention for the scheduler's namespace: its reports, retrains, models and checkpoints,
+    and the day partitions of training examples (database-wide, decided in event time)."""
+    from drift.prune import prune
+
+    report = prune(context.engine, context.settings, dry_run=dry_run,
+                   namespaces=[context.settings.namespace])
+    for line in report.lines():
+        log.info("prune namespace=%s %s", context.settings.namespace, line)
+    return report
 
 
 def _field(report: Any, name: str) -> Any:

@@ -10,6 +10,10 @@
   a long retrain delays checks instead of stacking them), the module-level function
   ``drift.jobs.drift_check_job`` with the namespace as its only argument. No settings and no
   secret go into the job store.
+- The retention job: id ``retention-prune:<namespace>``, ``drift.jobs.prune_job`` every
+  ``retention_interval_s`` (first run one interval after start, or ``first_prune_in_s``); it
+  prunes what ``drift.prune`` says, decided in event time, so the wall-clock schedule only
+  says when, never what. ``freshloop db prune`` runs the same prune at once.
 - Stop: ``stop_event``; a retrain in progress is interrupted at its next progress step and
   recorded as failed ("the drift scheduler is stopping"), then the scheduler waits for the job.
 """
@@ -33,11 +37,26 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, create_engine
 
 from drift.exceptions import SchedulerBusyError
-from drift.jobs import CheckFunction, CycleResult, JobContext, drift_check_job, register, unregister
+from drift.jobs import (
+    CheckFunction,
+    CycleResult,
+    JobContext,
+    drift_check_job,
+    prune_job,
+    register,
+    unregister,
+)
 from freshloop.db import connect
 from freshloop.settings import Settings
 
-__all__ = ["build_scheduler", "job_id", "job_table", "run_scheduler", "run_until_signal"]
+__all__ = [
+    "build_scheduler",
+    "job_id",
+    "job_table",
+    "prune_job_id",
+    "run_scheduler",
+    "run_until_signal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +66,11 @@ _IDENT = re.compile(r"^[a-z0-9_]{1,40}$")
 def job_id(namespace: str) -> str:
     """The explicit id of a namespace's drift job."""
     return f"drift-check:{namespace}"
+
+
+def prune_job_id(namespace: str) -> str:
+    """The explicit id of a namespace's retention job."""
+    return f"retention-prune:{namespace}"
 
 
 def job_table(namespace: str) -> str:
@@ -81,9 +105,14 @@ def _take_lock(settings: Settings, wait_s: float) -> psycopg.Connection:
 
 
 def build_scheduler(
-    settings: Settings, engine: Engine, *, first_run_in_s: float | None = None
+    settings: Settings,
+    engine: Engine,
+    *,
+    first_run_in_s: float | None = None,
+    first_prune_in_s: float | None = None,
 ) -> BackgroundScheduler:
-    """A scheduler with the namespace's job store and its drift job added (not started)."""
+    """A scheduler with the namespace's job store, its drift job and its retention job added
+    (not started)."""
     ns = settings.namespace
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=job_table(ns))},
@@ -105,6 +134,17 @@ def build_scheduler(
         replace_existing=True,
         next_run_time=datetime.now(UTC) + timedelta(seconds=delay),
     )
+    every = settings.retention_interval_s
+    scheduler.add_job(
+        prune_job,
+        IntervalTrigger(seconds=every, timezone=UTC),
+        args=[ns],
+        id=prune_job_id(ns),
+        name=f"retention prune of namespace {ns}",
+        replace_existing=True,
+        next_run_time=datetime.now(UTC)
+        + timedelta(seconds=every if first_prune_in_s is None else first_prune_in_s),
+    )
     return scheduler
 
 
@@ -115,6 +155,7 @@ def run_scheduler(
     check: CheckFunction | None = None,
     on_cycle: Callable[[CycleResult], None] | None = None,
     first_run_in_s: float | None = None,
+    first_prune_in_s: float | None = None,
     lock_wait_s: float = 5.0,
 ) -> None:
     """Run the namespace's drift cycle every ``drift_interval_s`` until ``stop_event`` is set.
@@ -130,7 +171,8 @@ def run_scheduler(
     register(context)
     scheduler = None
     try:
-        scheduler = build_scheduler(settings, engine, first_run_in_s=first_run_in_s)
+        scheduler = build_scheduler(settings, engine, first_run_in_s=first_run_in_s,
+                                    first_prune_in_s=first_prune_in_s)
         scheduler.start()
         log.info("drift scheduler started namespace=%s interval_s=%s job=%s table=%s", ns,
                  settings.drift_interval_s, job_id(ns), job_table(ns))

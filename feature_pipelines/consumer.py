@@ -41,7 +41,7 @@ from feature_pipelines.decode import ChangeEvent, decode
 from feature_pipelines.exceptions import DecodeError, FeaturePipelineError
 from feature_pipelines.live_stats import StatsPublisher
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
-from feature_pipelines.planner import Planner, WritePlan, row_after
+from feature_pipelines.planner import Planner, Watermarks, WritePlan, row_after
 from feature_pipelines.recovery import RedisLossGuard
 from feature_pipelines.row_cache import RowCache
 from feature_pipelines.store import PendingApply, RedisBatchWriter
@@ -163,15 +163,19 @@ class FeaturePipeline:
         # excluded), e.g. to score new payments on the features that now include them.
         self.on_applied = on_applied
         self.stats = PipelineStats()
-        self.planner = Planner(features, self.ns)
+        self.planner = Planner(
+            features,
+            self.ns,
+            row_grace_us=int(settings.row_state_grace.total_seconds() * 1_000_000),
+            max_ahead_us=int(settings.event_time_max_ahead.total_seconds() * 1_000_000),
+        )
         self.writer = RedisBatchWriter(
             redis.Redis.from_url(settings.redis_url), features, self.ns, self.group_id
         )
         self.consumer = Consumer(consumer_config(settings, self.group_id))
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
         self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
-        self._sweep_cursor = 0
-        self._next_sweep = time.monotonic() + 30
+        self._next_tick = time.monotonic() + 5  # the rebuild's progress lines
         # live stats for dashboards and freshness checks: <ns>:stats:pipeline:<consumer id>
         self.assigned: set[tuple[str, int]] = set()
         self.live = StatsPublisher(
@@ -196,6 +200,7 @@ class FeaturePipeline:
             tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
         self.assigned = {(tp.topic, tp.partition) for tp in partitions}
         self.rows.clear()  # rows of these partitions may have been written by another consumer
+        self.load_watermarks()
         log.info(
             "assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions]
         )
@@ -227,8 +232,9 @@ class FeaturePipeline:
                         on_batch(self.stats)
                 if self._uncommitted and time.monotonic() >= self._next_commit:
                     self.commit_offsets()  # after a batch, or idle: the last batches' too
-                if time.monotonic() >= self._next_sweep:
-                    self.recovery.sweep()
+                if time.monotonic() >= self._next_tick:
+                    self._next_tick = time.monotonic() + 5
+                    self.recovery.tick()
                 if self.live.due():
                     self.publish_stats()
         finally:
@@ -281,7 +287,7 @@ class FeaturePipeline:
         keys, inserted = self.planner.rows_needed(events)
         held, self._held = self._held, None
         if held is None:
-            states, unknown = self.rows.split(keys, inserted)
+            states, unknown = self.rows.split(keys, inserted, self.planner.marks)
             if unknown:
                 states.update(self.writer.read_rows(unknown))
         else:
@@ -294,7 +300,7 @@ class FeaturePipeline:
                     overlaid[key] = row_after(held.states.get(key), written[key])
                 else:
                     others.append(key)
-            states, unknown = self.rows.split(others, inserted)
+            states, unknown = self.rows.split(others, inserted, self.planner.marks)
             read, pending = self.writer.read_then_apply(unknown, held.plan, held.offsets)
             states.update(read)
             states.update(overlaid)
@@ -350,6 +356,11 @@ class FeaturePipeline:
         that lost its state must not have that progress recorded in Kafka after it)."""
         self._uncommitted = {}
         self.rows.clear()
+        self.load_watermarks()
+
+    def load_watermarks(self) -> None:
+        """The partitions' event-time watermarks as Redis holds them (with the positions)."""
+        self.planner.marks = Watermarks(self.writer.watermarks())
 
     def _flush(self, batch: _Held) -> None:
         if not self.writer.apply(batch.plan, batch.offsets):
@@ -377,7 +388,7 @@ class FeaturePipeline:
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             offsets[f"{topic}:{partition}"] = offset + 1
             try:
-                event = decode(msg.value(), msg.key(), self.features)
+                event = decode(msg.value(), msg.key(), self.features, partition)
             except DecodeError as exc:
                 self.dead_letters.send(
                     key=msg.key(),
@@ -471,12 +482,6 @@ class FeaturePipeline:
             log.info("row state changed under the batch, re-planning attempt=%d", attempt + 1)
         msg = "a batch could not be written after 50 attempts: another consumer keeps racing"
         raise FeaturePipelineError(msg)
-
-    def _sweep(self) -> None:
-        self._sweep_cursor, removed = self.writer.sweep(self.features, self._sweep_cursor)
-        if removed:
-            log.info("swept expired bucket fields removed=%d", removed)
-        self._next_sweep = time.monotonic() + (30 if self._sweep_cursor == 0 else 1)
 
 
 @contextmanager

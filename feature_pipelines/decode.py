@@ -48,6 +48,9 @@ class ChangeEvent:
     # planner does not parse it again; see ``columns.check_row``
     before_parsed: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
     after_parsed: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
+    # the Kafka partition it came from: event-time watermarks and row-state expiry are kept
+    # per partition (the planner's ``Watermarks``); tables of a join share partition numbers
+    partition: int = 0
 
     @property
     def row_id(self) -> str:
@@ -108,8 +111,11 @@ def _image(raw: Any, columns: Set[str], where: str) -> Row | None:
         raise DecodeError(msg) from None
 
 
-def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> ChangeEvent | None:
-    """The change event in ``value``; None for a tombstone or a table no feature reads."""
+def decode(
+    value: bytes | None, key: bytes | None, features: FeatureSet, partition: int = 0
+) -> ChangeEvent | None:
+    """The change event in ``value`` (read from Kafka ``partition``); None for a tombstone or
+    a table no feature reads."""
     if value is None:
         return None
     try:
@@ -163,6 +169,7 @@ def decode(value: bytes | None, key: bytes | None, features: FeatureSet) -> Chan
         commit_ms,
         before_parsed,
         after_parsed,
+        partition,
     )
 
 

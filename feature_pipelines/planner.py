@@ -16,6 +16,23 @@ Row state, one hash per source row, ``<ns>:r:{<table>:<pk>}``:
   image that was counted. An outcome that arrives before its payment waits here, counted once
   the payment provides the merchant; a payment that changes merchant moves its outcomes' counts.
 - ``ver``: incremented by every write, for the optimistic check above.
+- ``exp``: when the state may go, in event time (microseconds): the partition's watermark at
+  the row's last change plus the longest window and ``row_grace`` (a deleted row: ``row_grace``
+  alone). The write script keeps an index per partition (a sorted set by ``exp``) and deletes
+  the states whose ``exp`` the partition's watermark has passed, in the same atomic step.
+
+Event time. Every partition has a watermark: the newest event time its changes carried (the
+event-time columns of the features reading the table; commit time for a table without one),
+never more than ``max_ahead`` past the change's commit time, so one wrong clock cannot expire
+everything. A replay of the same topics moves the same watermarks. Once a partition's watermark
+is ``row_grace`` past its first one, row states of that partition may have expired: a change
+to a row without state is then taken as a change to a counted row whose state expired, and its
+``before`` image (REPLICA IDENTITY FULL) is retracted; a snapshot read of such a row is a
+re-snapshot of a counted row and is dropped. Before that (a new namespace, or a rebuild after
+Redis lost everything) a row without state has never been counted: its old image is not
+retracted and a snapshot read counts it. So ``row_grace`` must exceed how late Connect can
+re-send a change and how late a row can arrive after the row it looks up (an outcome after its
+payment's last change).
 
 An update counts as "retract the old image, add the new one" (Debezium's ``before`` and
 ``after`` with REPLICA IDENTITY FULL), so rows moving in or out of a filter, to another entity or
@@ -35,9 +52,19 @@ import orjson
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.decode import ChangeEvent, format_position, parse_position
 from feature_pipelines.spec import Feature
-from feature_pipelines.windows import GroupFn, compile_group
+from feature_pipelines.windows import GroupFn, compile_group, event_micros
 
-__all__ = ["Planner", "RowWrite", "WritePlan", "entity_key", "row_after", "row_key"]
+__all__ = [
+    "Planner",
+    "RowWrite",
+    "Watermarks",
+    "WritePlan",
+    "entity_key",
+    "row_after",
+    "row_key",
+    "settle_spans",
+    "sweep_steps",
+]
 
 RowState = Mapping[str, str]
 
@@ -53,11 +80,90 @@ def row_key(ns: str, table: str, pk: str) -> str:
 
 @dataclass(slots=True)
 class RowWrite:
-    """Changes to one row-state hash, guarded by the version it had when it was read."""
+    """Changes to one row-state hash, guarded by the version it had when it was read; the
+    partition whose expiry index holds it and when it may go (``exp``, event-time micros)."""
 
     expected_ver: str | None
     updates: dict[str, str] = field(default_factory=dict)
     deletes: set[str] = field(default_factory=set)
+    partition: int = 0
+    expires_us: int = 0
+
+
+DAY_US = 86_400_000_000
+
+
+def sweep_steps(features: FeatureSet) -> dict[str, int]:
+    """Per entity, how far (micros) the watermark moves between two expiry sweeps of one
+    entity's hash: a quarter of its shortest window (0: no windowed feature, no sweep). So a
+    hash holds at most a quarter more buckets of that feature than a read counts, plus one,
+    and fewer of longer windows."""
+    out = {}
+    for name in features.entities():
+        windows = [f.window_seconds for f in features.for_entity(name) if f.window is not None]
+        out[name] = min(windows) * 1_000_000 // 4 if windows else 0
+    return out
+
+
+def settle_spans(features: FeatureSet) -> dict[str, int]:
+    """Per entity, how long (micros of watermark) after a write the newest fields of its
+    shortest window leave it: that window plus its bucket (0: none windowed). An entity idle
+    that long is swept by the owner of the partition that wrote it last, then again each time
+    its next windowed field expires, and deleted when no feature field (a lifetime one) is
+    left: an idle entity keeps no bucket long past its window."""
+    out = {}
+    for name in features.entities():
+        spans = [
+            f.window_seconds + f.bucket_seconds
+            for f in features.for_entity(name)
+            if f.window is not None
+        ]
+        out[name] = min(spans) * 1_000_000 if spans else 0
+    return out
+
+
+class Watermarks:
+    """Event-time watermarks per partition: the newest event time seen, and the first one
+    (when this namespace started counting the partition, or restarted after losing Redis).
+
+    Pure and monotone: ``advance`` only moves a watermark forward. The pipeline loads them from
+    Redis when it is assigned partitions or re-reads positions; the batch script stores them
+    with the batch that moved them (``WritePlan.marks``).
+    """
+
+    __slots__ = ("first", "newest")
+
+    def __init__(self, stored: Mapping[int, tuple[int, int]] | None = None) -> None:
+        self.newest: dict[int, int] = {}
+        self.first: dict[int, int] = {}
+        for partition, (newest, first) in (stored or {}).items():
+            self.newest[partition] = newest
+            self.first[partition] = first
+
+    def advance(self, partition: int, t_us: int) -> None:
+        if partition not in self.first:
+            self.first[partition] = t_us
+            self.newest[partition] = t_us
+        elif t_us > self.newest[partition]:
+            self.newest[partition] = t_us
+
+    def of(self, partition: int) -> int:
+        """The partition's watermark (0 before its first event)."""
+        return self.newest.get(partition, 0)
+
+    def may_have_expired(self, partition: int, grace_us: int) -> bool:
+        """Whether a row state of this partition can have expired: the shortest time a state
+        lives (``grace_us``) has passed since the partition's first event."""
+        first = self.first.get(partition)
+        return first is not None and self.newest[partition] - first >= grace_us
+
+    def copy(self) -> Watermarks:
+        out = Watermarks()
+        out.newest, out.first = dict(self.newest), dict(self.first)
+        return out
+
+    def stored(self) -> dict[int, tuple[int, int]]:
+        return {p: (self.newest[p], self.first[p]) for p in self.newest}
 
 
 def row_after(before: RowState | None, write: RowWrite) -> dict[str, str]:
@@ -82,6 +188,13 @@ class WritePlan:
     duplicates: int = 0
     applied_commit_ms: list[int] = field(default_factory=list)
     applied_events: list[ChangeEvent] = field(default_factory=list)  # for on_applied hooks
+    # event time: the watermarks of the partitions this batch moved (partition -> (newest,
+    # first)), stored with it; the newest of all (``sweep_at_us``), at which entities written
+    # by the batch drop their expired buckets: per windowed feature, bucket fields at or below
+    # ``expired_below[name]``; and each partition's watermark for its row-state expiry index
+    marks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    sweep_at_us: int = 0
+    expired_below: dict[str, int] = field(default_factory=dict)
 
 
 # Features of one table that read one entity key column: (entity, key column, their compiled
@@ -93,14 +206,43 @@ class _Batch:
     """Working state while planning: row states as read (text), overlaid with this batch's
     changes; entity increments summed per key and field."""
 
-    __slots__ = ("incr", "ns", "overlay", "plan", "read")
+    __slots__ = (
+        "_bounds",
+        "_bounds_at",
+        "deleted",
+        "floor_us",
+        "incr",
+        "ns",
+        "overlay",
+        "partition",
+        "plan",
+        "read",
+        "watermark",
+        "windows",
+    )
 
-    def __init__(self, ns: str, states: Mapping[str, RowState]) -> None:
+    def __init__(
+        self,
+        ns: str,
+        states: Mapping[str, RowState],
+        windows: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.ns = ns
         self.read = states
         self.overlay: dict[str, dict[str, str | None]] = {}
         self.plan = WritePlan()
         self.incr: dict[str, dict[str, int]] = {}
+        self.partition = 0  # of the event being planned: rows it writes go to its index
+        self.deleted: dict[str, bool] = {}  # own row key -> its last change was a delete
+        # Of the event being planned: its partition's watermark, and the event time at or
+        # below which an image may fall in buckets no read at or after it counts (the
+        # watermark less the shortest window; 0: none can). Such contributions are not
+        # written: they would only leave fields for the next sweep.
+        self.watermark = 0
+        self.floor_us = 0
+        self.windows = windows or {}  # windowed feature -> (window, bucket) micros
+        self._bounds: dict[str, int] = {}
+        self._bounds_at = -1
 
     def get(self, key: str, name: str) -> str | None:
         over = self.overlay.get(key)
@@ -124,6 +266,7 @@ class _Batch:
         over = self.overlay.get(key)
         if over is None:
             over = self.overlay[key] = {}
+            over["\0p"] = str(self.partition)  # taken out again in ``finish``
         over[name] = value
 
     def add(
@@ -142,6 +285,14 @@ class _Batch:
         pairs = contribute(row, memo)
         if not pairs:
             return
+        floor = self.floor_us
+        if floor:
+            for name, value in memo.items():
+                if value <= floor and type(name) is str:  # an event time (amounts: tuples)
+                    pairs = self._live(pairs)
+                    if not pairs:
+                        return
+                    break
         ekey = f"{self.ns}:e:{{{entity}:{key}}}"
         incr = self.incr.get(ekey)
         if incr is None:
@@ -157,22 +308,43 @@ class _Batch:
         if commit_ms > self.plan.commit_ms.get(ekey, 0):
             self.plan.commit_ms[ekey] = commit_ms
 
-    def finish(self) -> WritePlan:
+    def _live(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """``pairs`` without those of buckets no read at or after the watermark counts."""
+        if self._bounds_at != self.watermark:
+            at = self._bounds_at = self.watermark
+            self._bounds = {name: (at - w) // b for name, (w, b) in self.windows.items()}
+        bounds = self._bounds
+        out = []
+        for pair in pairs:
+            head, sep, rest = pair[0].partition("@")
+            if sep and int(rest.partition("#")[0]) <= bounds[head.partition(":")[0]]:
+                continue
+            out.append(pair)
+        return out
+
+    def finish(self, marks: Watermarks, live_us: int, deleted_us: int) -> WritePlan:
+        """The plan; each row written expires ``live_us`` (``deleted_us`` after a delete) past
+        its partition's watermark as this batch leaves it."""
         plan = self.plan
         for ekey, incr in self.incr.items():
             nonzero = {name: n for name, n in incr.items() if n}
             if nonzero:
                 plan.increments[ekey] = nonzero
+        deleted = self.deleted
         for key, changes in self.overlay.items():
             state = self.read.get(key)
-            updates: dict[str, str] = {}
+            partition = int(changes.pop("\0p") or 0)
+            expires = marks.of(partition) + (deleted_us if deleted.get(key) else live_us)
+            updates: dict[str, str] = {"exp": str(expires)}
             deletes: set[str] = set()
             for name, value in changes.items():
                 if value is None:
                     deletes.add(name)
                 else:
                     updates[name] = value
-            plan.rows[key] = RowWrite(None if state is None else state.get("ver"), updates, deletes)
+            plan.rows[key] = RowWrite(
+                None if state is None else state.get("ver"), updates, deletes, partition, expires
+            )
         return plan
 
 
@@ -184,12 +356,40 @@ def _groups(features: Iterable[Feature]) -> tuple[_Group, ...]:
 
 
 class Planner:
-    """Plans batches for one feature set under one key namespace."""
+    """Plans batches for one feature set under one key namespace.
 
-    def __init__(self, features: FeatureSet, ns: str) -> None:
+    ``row_grace``: how long past the longest window a row's state outlives its last change
+    (a deleted row's: ``row_grace`` alone); ``max_ahead``: how far past its commit time an event
+    time may move a watermark. Both are durations in microseconds. The planner keeps the
+    partitions' watermarks (``marks``) and moves them as it plans; the pipeline replaces them
+    with Redis's whenever it re-reads positions.
+    """
+
+    def __init__(
+        self,
+        features: FeatureSet,
+        ns: str,
+        *,
+        row_grace_us: int = 2 * DAY_US,
+        max_ahead_us: int = DAY_US // 24,
+    ) -> None:
         self.features = features
         self.ns = ns
         tables = features.tables()
+        self.marks = Watermarks()
+        self.row_grace_us = row_grace_us
+        self.max_ahead_us = max_ahead_us
+        longest = max((f.window_seconds + f.bucket_seconds for f in features), default=0)
+        self.row_ttl_us = longest * 1_000_000 + row_grace_us
+        self._times = {
+            t: tuple(dict.fromkeys(f.event_time for f in features.for_table(t))) for t in tables
+        }
+        self._windowed = tuple(f for f in features if f.window is not None)
+        self._windows = {
+            f.name: (f.window_seconds * 1_000_000, f.bucket_seconds * 1_000_000)
+            for f in self._windowed
+        }
+        self._shortest_us = min((w for w, _b in self._windows.values()), default=0)
         direct = {t: [f for f in features.for_table(t) if f.lookup is None] for t in tables}
         self._direct = {t: _groups(fs) for t, fs in direct.items()}
         self._direct_features = direct
@@ -243,24 +443,72 @@ class Planner:
             found = self._affected[(table, changed)] = _groups(feats)
         return found
 
+    def event_time(self, ev: ChangeEvent) -> int:
+        """What ``ev`` says of event time (micros): its newest event-time column, or its commit
+        time for a table without one; never more than ``max_ahead`` past its commit."""
+        commit_us = ev.commit_ms * 1000
+        row, parsed = (
+            (ev.after, ev.after_parsed)
+            if ev.after is not None
+            else (
+                ev.before,
+                ev.before_parsed,
+            )
+        )
+        newest = None
+        if row is not None:
+            for column in self._times.get(ev.table, ()):
+                t = parsed.get(column)
+                if t is None:
+                    raw = row.get(column)
+                    if raw is None:
+                        continue
+                    t = event_micros(raw, column)
+                if newest is None or t > newest:
+                    newest = t
+        if newest is None:
+            return commit_us
+        return min(newest, commit_us + self.max_ahead_us)
+
     def plan(self, events: Sequence[ChangeEvent], states: Mapping[str, RowState]) -> WritePlan:
         """``states``: the row-state hashes of ``keys_needed(events)``, as text."""
-        batch = _Batch(self.ns, states)
+        batch = _Batch(self.ns, states, self._windows)
         ns = self.ns
         plan = batch.plan
+        shortest = self._shortest_us
         direct_of = self._direct
+        marks, grace = self.marks, self.row_grace_us
+        # whether a row without state in a partition is one whose state expired: decided on the
+        # watermarks as the previous batch left them (what the write script expired by)
+        expiring: dict[int, bool] = {}
+        moved: set[int] = set()
         for ev in events:
+            partition = ev.partition
+            aged = expiring.get(partition)
+            if aged is None:
+                aged = expiring[partition] = marks.may_have_expired(partition, grace)
+            marks.advance(partition, self.event_time(ev))
+            moved.add(partition)
+            batch.partition = partition
+            if shortest:
+                batch.watermark = mark = marks.of(partition)
+                batch.floor_us = mark - shortest
             table = ev.table
             rkey = f"{ns}:r:{{{table}:{ev.key}}}"
             stored = parse_position(batch.get(rkey, "pos"))
             if stored is not None and (ev.op == "r" or ev.position <= stored):
                 plan.duplicates += 1
                 continue
+            if stored is None and aged and ev.op == "r":
+                plan.duplicates += 1  # a re-snapshot of a counted row whose state expired
+                continue
             batch.put(rkey, "pos", format_position(ev.position))
-            # A row with no stored position has never been counted (positions are written with
-            # the counts), so there is nothing of its old image to retract: this keeps a
+            batch.deleted[rkey] = ev.op == "d"
+            # A row with no stored position was either counted and its state expired (``aged``:
+            # its old image, from REPLICA IDENTITY FULL, is retracted), or has never been
+            # counted (a new namespace, a rebuild): nothing to retract, which also keeps a
             # consumer that starts mid-history (topic retention) from going negative.
-            before = ev.before if stored is not None else None
+            before = ev.before if stored is not None or aged else None
             after = ev.after
             groups = direct_of.get(table, ())
             if groups and before is not None and after is not None:
@@ -288,7 +536,17 @@ class Planner:
             plan.applied += 1
             plan.applied_commit_ms.append(commit_ms)
             plan.applied_events.append(ev)
-        return batch.finish()
+        plan = batch.finish(marks, self.row_ttl_us, grace)
+        stored_marks = marks.stored()
+        plan.marks = {p: stored_marks[p] for p in moved}
+        plan.sweep_at_us = max((marks.of(p) for p in moved), default=0)
+        if plan.sweep_at_us:
+            at = plan.sweep_at_us
+            plan.expired_below = {
+                f.name: (at - f.window_seconds * 1_000_000) // (f.bucket_seconds * 1_000_000)
+                for f in self._windowed
+            }
+        return plan
 
     def _consume(self, batch: _Batch, ev: ChangeEvent) -> None:
         """A row whose entity key comes through a lookup (an outcome -> its payment's merchant).

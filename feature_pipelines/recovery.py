@@ -204,17 +204,10 @@ class RedisLossGuard:
             self.pipeline.drop_held()
             self._guarded(self._recover)
 
-    def sweep(self) -> None:
-        """The pipeline's expiry sweep; skipped (tried again later) while Redis is away.
-
-        It runs on a timer even when no message comes, so a rebuild's end is reported here too.
-        """
+    def tick(self) -> None:
+        """Called every few seconds even when no message comes, so a rebuild's end is
+        reported too."""
         self._report_progress()
-        try:
-            self.pipeline._sweep()
-        except redis.ConnectionError as exc:
-            log.warning("redis_unreachable error=%s: expiry sweep postponed", exc)
-            self.pipeline._next_sweep = time.monotonic() + 5
 
     def _guarded(self, step: Callable[[], None]) -> None:
         while not self.pipeline.stop.is_set():

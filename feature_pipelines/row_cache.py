@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 
-from feature_pipelines.planner import RowState, WritePlan, row_after
+from feature_pipelines.planner import RowState, Watermarks, WritePlan, row_after
 
 __all__ = ["RowCache"]
 
@@ -49,19 +49,25 @@ class RowCache:
         return len(self._rows)
 
     def split(
-        self, keys: Sequence[str], inserted: Iterable[str] = ()
+        self, keys: Sequence[str], inserted: Iterable[str] = (), marks: Watermarks | None = None
     ) -> tuple[dict[str, RowState], list[str]]:
         """(states known without reading, keys to read). ``inserted``: row keys of the batch's
-        inserts, taken as new rows (no state) when not remembered."""
+        inserts, taken as new rows (no state) when not remembered. A remembered row whose
+        ``exp`` its partition's watermark (``marks``) has reached may have been deleted by the
+        write script since: it is read again."""
         if self.capacity <= 0:
             self.reads += len(keys)
             return {}, list(keys)
         rows = self._rows
         known: dict[str, RowState] = {}
         unknown: list[str] = []
+        newest = max(marks.newest.values(), default=0) if marks is not None else 0
         for key in keys:
             state = rows.get(key)
             if state is None:
+                unknown.append(key)
+            elif newest and int(state.get("exp") or 0) <= newest:
+                del rows[key]
                 unknown.append(key)
             else:
                 known[key] = state

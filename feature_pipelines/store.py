@@ -2,7 +2,12 @@
 
 One Lua call per batch writes everything a batch produced: row states (positions, lookup values,
 parked lookup rows), entity increments, freshness fields, expiry of entities whose features are
-all windowed, and the consumer's next offsets. Before writing, the script checks that every row
+all windowed, and the consumer's next offsets; and, in event time, what no read needs any more:
+an entity it writes drops its expired bucket fields (at most every quarter of its shortest
+window of watermark), and row states whose partition's watermark passed their ``exp`` are
+deleted through a sorted-set index per partition (``<ns>:expiry:{<group>}:<partition>``), with
+the partitions' watermarks (``<ns>:watermarks:{<group>}``). Nothing scans the keyspace: expiry
+work follows the writes. Before writing, the script checks that every row
 state still has the version the planner read; if one changed (another consumer touched the same
 row during a rebalance) nothing is written and the shell re-reads and re-plans. Scripts run
 atomically, so a crash (even kill -9) leaves either the whole batch or none of it.
@@ -26,8 +31,8 @@ import redis.asyncio
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.fold import FOLD_MANY, MANY, FoldRead
-from feature_pipelines.planner import WritePlan, entity_key
-from feature_pipelines.readout import FeatureValue, ReadPlan, expired_fields
+from feature_pipelines.planner import WritePlan, entity_key, settle_spans, sweep_steps
+from feature_pipelines.readout import FeatureValue, ReadPlan
 
 __all__ = [
     "AsyncFeatureStore",
@@ -41,14 +46,19 @@ _APPLY = """
 -- Fields travel as NUL-separated strings (Postgres text cannot hold NUL): far fewer arguments
 -- for the client to encode than one per field, and cheaper to take apart here than JSON (the
 -- cjson bundled with Redis decodes a batch's megabyte several times slower).
--- ARGV: written_ms, n_rows, n_entities, refresh_ms; per row: expected version, sets, deletes;
--- per entity: "field\0increment\0...", commit_ms, ttl_ms; then "topic:partition\0offset\0...".
+-- KEYS: offsets, watermarks, rows..., entities..., row expiry indexes (one per partition)...,
+-- entity expiry indexes (one per partition; the batch's entities go to the first's)...
+-- ARGV: written_ms, n_rows, n_entities, refresh_ms, sweep_at, "feature\0lowest kept bucket
+-- - 1\0...", n_indexes, pop_limit; per row: expected version, sets, deletes, index number,
+-- exp; per entity: "field\0increment\0...", commit_ms, ttl_ms, sweep step, settle span; per
+-- index: its
+-- partition's watermark; then "topic:partition\0offset\0...", "partition\0newest\0first\0...".
 -- Every write command a script runs costs a few microseconds (each is propagated to the AOF on
 -- its own), so each row and each entity gets one HSET: entity fields are read with HMGET, added
 -- here and written back (exact: integers below 2^53; anything larger goes through HINCRBY,
 -- exact to 2^63 as before).
 local LIMIT = 9007199254740992
-local find, sub = string.find, string.sub
+local find, sub, match = string.find, string.sub, string.match
 local function split(s)
   local out = {}
   if s == '' then return out end
@@ -69,35 +79,77 @@ local function each(cmd, key, list, step)
   for s = 1, n, step do redis.call(cmd, key, unpack(list, s, math.min(s + step - 1, n))) end
 end
 local written, n_rows, n_ent = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local refresh = tonumber(ARGV[4])
+local refresh, sweep_at = tonumber(ARGV[4]), tonumber(ARGV[5])
+local below, width, window = {}, {}, {}
+do
+  local flat = split(ARGV[6])
+  for j = 1, #flat, 4 do
+    below[flat[j]] = tonumber(flat[j + 1])
+    width[flat[j]] = tonumber(flat[j + 2])
+    window[flat[j]] = tonumber(flat[j + 3])
+  end
+end
+local n_idx, pop_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
+local first_idx = 2 + n_rows + n_ent
 -- 1. every row state must still be as the planner read it
 for i = 1, n_rows do
-  local current = redis.call('HGET', KEYS[1 + i], 'ver')
-  if (current or '') ~= ARGV[2 + 3 * i] then return -i end
+  local current = redis.call('HGET', KEYS[2 + i], 'ver')
+  if (current or '') ~= ARGV[4 + 5 * i] then return -i end
 end
--- 2. row states, each with its next version
+-- 2. row states, each with its next version, indexed by when it may expire
+local indexed = {}
 for i = 1, n_rows do
-  local key = KEYS[1 + i]
-  local sets = split(ARGV[3 + 3 * i])
+  local key = KEYS[2 + i]
+  local b = 4 + 5 * i
+  local sets = split(ARGV[b + 1])
   sets[#sets + 1] = 'ver'
-  sets[#sets + 1] = (tonumber(ARGV[2 + 3 * i]) or 0) + 1
+  sets[#sets + 1] = (tonumber(ARGV[b]) or 0) + 1
   each('HSET', key, sets, 1000)
-  local dels = split(ARGV[4 + 3 * i])
+  local dels = split(ARGV[b + 2])
   if #dels > 0 then each('HDEL', key, dels, 1000) end
+  local slot = tonumber(ARGV[b + 3])
+  local list = indexed[slot]
+  if not list then list = {}; indexed[slot] = list end
+  list[#list + 1] = ARGV[b + 4]
+  list[#list + 1] = key
 end
--- 3. entity increments, freshness, expiry
-local a = 5 + 3 * n_rows
+for slot, list in pairs(indexed) do each('ZADD', KEYS[first_idx + slot], list, 1000) end
+-- 3. entity increments, freshness, expiry of buckets no read counts again
+-- "name[:part]@bucket[#value]": a bucket at or below its feature's bound is never read again;
+-- returns the stale fields, how many feature fields stay, and when the first windowed field
+-- that stays leaves its window (bucket * width + window; nil: none windowed)
+local function stale(key)
+  local out, kept, next_at = {}, 0, nil
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    local name, bucket = match(field, '^([%w_]+)[^@#]*@(%-?%d+)')
+    local bound = name and below[name]
+    if bound and tonumber(bucket) <= bound then
+      out[#out + 1] = field
+    elseif sub(field, 1, 1) ~= '_' then
+      kept = kept + 1
+      if bound then
+        local at = tonumber(bucket) * width[name] + window[name]
+        if not next_at or at < next_at then next_at = at end
+      end
+    end
+  end
+  return out, kept, next_at
+end
+local settle = {}  -- entities written, by when their newest fields of the shortest window expire
+local a = 9 + 5 * n_rows
 for i = 1, n_ent do
-  local key = KEYS[1 + n_rows + i]
+  local key = KEYS[2 + n_rows + i]
   local flat = split(ARGV[a])
-  local commit, ttl = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
+  local commit, ttl, step = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local span = tonumber(ARGV[a + 4])
+  a = a + 5
   local names, n = {}, #flat / 2
   for j = 1, n do names[j] = flat[2 * j - 1] end
   names[n + 1] = '_commit_ms'
+  names[n + 2] = '_swept'
   local current = {}
-  for s = 1, n + 1, 1000 do
-    local part = redis.call('HMGET', key, unpack(names, s, math.min(s + 999, n + 1)))
+  for s = 1, n + 2, 1000 do
+    local part = redis.call('HMGET', key, unpack(names, s, math.min(s + 999, n + 2)))
     for j = 1, #part do current[s + j - 1] = part[j] end
   end
   local sets, dels = {}, {}
@@ -124,13 +176,64 @@ for i = 1, n_ent do
   end
   sets[#sets + 1] = '_written_ms'
   sets[#sets + 1] = written
+  local due = step > 0 and sweep_at - (tonumber(current[n + 2] or '0') or 0) >= step
+  if due then
+    sets[#sets + 1] = '_swept'
+    sets[#sets + 1] = sweep_at
+  end
   each('HSET', key, sets, 1000)
+  if due then
+    for _, field in ipairs((stale(key))) do dels[#dels + 1] = field end
+  end
   if #dels > 0 then each('HDEL', key, dels, 1000) end
   if ttl > 0 and redis.call('PTTL', key) < ttl - refresh then redis.call('PEXPIRE', key, ttl) end
+  if step > 0 and n_idx > 0 then
+    settle[#settle + 1] = sweep_at + span
+    settle[#settle + 1] = key
+  end
 end
--- 4. the consumer's next offsets, in the same step
+if #settle > 0 then each('ZADD', KEYS[first_idx + n_idx + 1], settle, 1000) end
+-- 4. what the partitions' watermarks have passed, a bounded number per batch and partition:
+-- row states past their exp; entities idle since all their windowed fields left every window
+-- (swept; deleted when no feature field is left)
+for i = 1, n_idx do
+  local index, mark = KEYS[first_idx + i], ARGV[a]
+  a = a + 1
+  local due = redis.call('ZRANGEBYSCORE', index, '-inf', mark, 'LIMIT', 0, pop_limit)
+  if #due > 0 then
+    local gone = {}
+    for _, key in ipairs(due) do
+      local exp = tonumber(redis.call('HGET', key, 'exp') or '0') or 0
+      if exp <= tonumber(mark) then gone[#gone + 1] = key end
+    end
+    for s = 1, #gone, 1000 do redis.call('DEL', unpack(gone, s, math.min(s + 999, #gone))) end
+    each('ZREM', index, due, 1000)
+  end
+  local entities = KEYS[first_idx + n_idx + i]
+  local idle = redis.call('ZRANGEBYSCORE', entities, '-inf', mark, 'LIMIT', 0, pop_limit)
+  if #idle > 0 then
+    each('ZREM', entities, idle, 1000)
+    local again = {}
+    for _, key in ipairs(idle) do
+      local fields, kept, next_at = stale(key)
+      if kept == 0 then
+        redis.call('DEL', key)
+      elseif #fields > 0 then
+        each('HDEL', key, fields, 1000)
+      end
+      if kept > 0 and next_at then  -- swept again when its next windowed field expires
+        again[#again + 1] = math.max(next_at, tonumber(mark) + 1)
+        again[#again + 1] = key
+      end
+    end
+    if #again > 0 then each('ZADD', entities, again, 1000) end
+  end
+end
+-- 5. the consumer's next offsets and the watermarks, in the same step
 local offsets = split(ARGV[a])
 if #offsets > 0 then each('HSET', KEYS[1], offsets, 1000) end
+local marks = split(ARGV[a + 1])
+if #marks > 0 then each('HSET', KEYS[2], marks, 1000) end
 return 0
 """
 
@@ -157,10 +260,26 @@ def _now_ms() -> int:
 class RedisBatchWriter:
     """Reads row states for the planner and writes plans with the consumer's offsets."""
 
+    # Row states whose partition's watermark passed their ``exp`` deleted per batch and
+    # partition at most: a backlog goes over the next batches instead of in one long script.
+    POP_LIMIT = 2000
+
     def __init__(self, client: redis.Redis, features: FeatureSet, ns: str, group: str) -> None:
         self.client = client
         self.ns = ns
+        self.group = group
         self.offsets_key = f"{ns}:offsets:{{{group}}}"
+        self.marks_key = f"{ns}:watermarks:{{{group}}}"
+        # An entity drops its expired bucket fields when a write finds the watermark this far
+        # past its last such sweep: a quarter of its shortest window, so a hash holds at most
+        # ~1/4 more buckets of that feature than a read counts (fewer of longer windows).
+        self._sweep_step_us = sweep_steps(features)
+        self._settle_us = settle_spans(features)
+        self._windows = {  # windowed feature -> (window, bucket width), micros
+            f.name: (f.window_seconds * 1_000_000, f.bucket_seconds * 1_000_000)
+            for f in features
+            if f.window is not None
+        }
         self._script = client.register_script(_APPLY)
         self._read = client.register_script(_READ)
         self._scripts_loaded = False  # by read_then_apply, which sends EVALSHA itself
@@ -177,6 +296,24 @@ class RedisBatchWriter:
         out: dict[str, Mapping[str, str]] = {}
         for chunk in _chunks(keys):
             _take_rows(out, chunk, self._read(keys=chunk))
+        return out
+
+    def index_key(self, partition: int) -> str:
+        """The expiry index of one partition's row states (a sorted set by ``exp``)."""
+        return f"{self.ns}:expiry:{{{self.group}}}:{partition}"
+
+    def entity_index_key(self, partition: int) -> str:
+        """The entities a batch of this partition wrote last, by when they are all past every
+        window (a sorted set): the partition's owner sweeps them once they are idle that long."""
+        return f"{self.ns}:idle:{{{self.group}}}:{partition}"
+
+    def watermarks(self) -> dict[int, tuple[int, int]]:
+        """Partition -> (newest, first) event time, as last written with a batch."""
+        raw = self.client.hgetall(self.marks_key)
+        out: dict[int, tuple[int, int]] = {}
+        for field, value in raw.items():
+            newest, _sep, first = _s(value).partition(":")
+            out[int(_s(field))] = (int(newest), int(first))
         return out
 
     def offsets(self) -> dict[str, int]:
@@ -243,42 +380,57 @@ class RedisBatchWriter:
     def _script_call(
         self, plan: WritePlan, offsets: Mapping[str, int]
     ) -> tuple[list[str], list[Any]]:
-        keys = [self.offsets_key]
-        args: list[Any] = [_now_ms(), len(plan.rows), 0, _TTL_REFRESH_MS]
+        keys = [self.offsets_key, self.marks_key]
+        partitions = sorted({write.partition for write in plan.rows.values()} | set(plan.marks))
+        slot_of = {p: n for n, p in enumerate(partitions, 1)}
+        windows = self._windows
+        below = "\0".join(
+            f"{name}\0{lo}\0{windows[name][1]}\0{windows[name][0]}"
+            for name, lo in plan.expired_below.items()
+        )
+        args: list[Any] = [
+            _now_ms(),
+            len(plan.rows),
+            0,
+            _TTL_REFRESH_MS,
+            plan.sweep_at_us,
+            below,
+            len(partitions),
+            self.POP_LIMIT,
+        ]
         for key, write in plan.rows.items():
             keys.append(key)
             args.append(write.expected_ver or "")
             args.append("\0".join([x for pair in write.updates.items() for x in pair]))
             args.append("\0".join(write.deletes))
+            args.append(slot_of[write.partition])
+            args.append(write.expires_us)
         ttl_of, commit_of, entity_of = self._ttl_ms, plan.commit_ms, plan.entity_of
+        step_of = self._sweep_step_us
         increments = plan.increments
         n_entities = 0
         for key in {**increments, **commit_of}:
             incr = increments.get(key)
-            ttl = ttl_of.get(entity_of.get(key, ""), 0)
+            entity = entity_of.get(key, "")
+            ttl = ttl_of.get(entity, 0)
             keys.append(key)
             args.append(
                 "\0".join([f"{name}\0{amount}" for name, amount in incr.items()]) if incr else ""
             )
             args.append(commit_of.get(key, 0))
             args.append(ttl + _TTL_REFRESH_MS if ttl else 0)
+            args.append(step_of.get(entity, 0) if plan.sweep_at_us else 0)
+            args.append(self._settle_us.get(entity, 0))
             n_entities += 1
         args[2] = n_entities
+        marks = plan.marks
+        for partition in partitions:
+            keys.append(self.index_key(partition))
+            args.append(marks[partition][0] if partition in marks else 0)
+        keys.extend(self.entity_index_key(partition) for partition in partitions)
         args.append("\0".join(f"{name}\0{offset}" for name, offset in offsets.items()))
+        args.append("\0".join(f"{p}\0{newest}:{first}" for p, (newest, first) in marks.items()))
         return keys, args
-
-    def sweep(self, features: FeatureSet, cursor: int = 0, count: int = 500) -> tuple[int, int]:
-        """Drop expired bucket fields from up to ``count`` entities; returns (cursor, removed)."""
-        now = int(time.time() * 1_000_000)
-        cursor, keys = self.client.scan(cursor, match=f"{self.ns}:e:*", count=count)
-        removed = 0
-        for key in keys:
-            name = _s(key).split("{", 1)[1].split(":", 1)[0]
-            fields = [_s(f) for f in self.client.hkeys(key)]
-            stale = expired_fields(features.for_entity(name), fields, now)
-            if stale:
-                removed += int(self.client.hdel(key, *stale))
-        return int(cursor), removed
 
 
 def _s(value: str | bytes) -> str:

@@ -10,7 +10,8 @@ that is, events with event time in [(floor((t - W) / w) + 1) * w, (floor(t / w) 
 Compared with the exact window (t - W, t], the value misses at most the part of one bucket at
 the old edge, and also counts events later than t that fall in t's own bucket. The SQL oracle
 applies the same rule, so online values and recomputation agree exactly. Buckets with
-b <= floor((t - W) / w) are expired: no read counts them again, and the sweeper drops them.
+b <= floor((t - W) / w) are expired: no read at or after t counts them again, and the batch
+write of an entity drops them as the event-time watermark passes t (``planner.sweep_steps``).
 
 Field names inside one entity's hash (``<ns>:e:{<entity>:<key>}``):
 - count and sum: ``name`` (lifetime) or ``name@<bucket>``; sums are integers scaled by

@@ -12,12 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from freshloop.exceptions import FreshloopError
 from freshloop.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from freshloop.simulate.clock import EventClock
 
 __all__ = ["cli", "main"]
 
@@ -141,6 +144,34 @@ def db_init() -> None:
 
     for name in init_database(_settings()):
         click.echo(f"[db] applied {name}")
+
+
+@db.command("prune")
+@click.option("--dry-run", is_flag=True, help="Show what would go; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--namespace", "namespaces", multiple=True,
+              help="Prune the count-kept tables of this namespace only (repeatable; default: "
+              "all). Example partitions are database-wide.")
+@_friendly
+def db_prune(dry_run: bool, as_json: bool, namespaces: tuple[str, ...]) -> None:
+    """Apply retention now (what the drift scheduler runs every retention_interval_s)."""
+    import json
+
+    from sqlalchemy import create_engine
+
+    from drift.prune import prune
+
+    settings = _settings()
+    engine = create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+    try:
+        report = prune(engine, settings, dry_run=dry_run, namespaces=list(namespaces) or None)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for line in report.lines():
+        click.echo(f"[prune] {line}")
 
 
 # ---- connectors ---------------------------------------------------------------------------
@@ -479,6 +510,21 @@ def retrain(reason: str, as_json: bool) -> None:
 @click.option("--seed", default=7, show_default=True)
 @click.option("--customers", default=300, show_default=True)
 @click.option("--merchants", default=60, show_default=True)
+@click.option(
+    "--time-scale", default=None, type=click.FloatRange(min=0, min_open=True),
+    help="Event seconds per wall second (3600: a wall second is an hour of created_at and "
+    "reported_at; the span ends now). Delays and --drift-at are then in event seconds; "
+    "--rate and --duration stay wall seconds. [default: event time is the wall clock]",
+)
+@click.option(
+    "--outcome-share", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+    help="Share of payments whose outcome is reported (the rest reach the label horizon).",
+)
+@click.option(
+    "--label-delay-spread", default="around", show_default=True,
+    type=click.Choice(["around", "uniform"]),
+    help="around: delays of 0.5-1.5x --label-delay; uniform: anywhere in [0, --label-delay).",
+)
 @_friendly
 def simulate(
     rate: float,
@@ -488,6 +534,9 @@ def simulate(
     seed: int,
     customers: int,
     merchants: int,
+    time_scale: float | None,
+    outcome_share: float,
+    label_delay_spread: str,
 ) -> None:
     """Write realistic sample payments, status changes, deletes and outcomes."""
     from freshloop.simulate import WorkloadConfig, run_simulation
@@ -499,15 +548,24 @@ def simulate(
         seed=seed,
         customers=customers,
         merchants=merchants,
+        time_scale=time_scale,
+        outcome_share=outcome_share,
+        label_delay_spread="uniform" if label_delay_spread == "uniform" else "around",
     )
     report = run_simulation(
         _settings(),
         config,
         duration,
         on_tick=lambda r: click.echo(f"[simulate] {sum(r.writes.values())} writes"),
+        on_start=_echo_clock,
     )
     for (table, op), n in sorted(report.writes.items()):
         click.echo(f"[simulate] {table:<17} {op}: {n}")
+
+
+def _echo_clock(clock: EventClock | None, _started: float) -> None:
+    if clock is not None:
+        click.echo(f"[simulate] event time from {clock.start.isoformat()}, {clock.scale:g}x")
 
 
 @cli.command()

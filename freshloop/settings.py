@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import SplitResult, quote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from freshloop.exceptions import ConfigurationError
@@ -22,6 +22,7 @@ from freshloop.exceptions import ConfigurationError
 __all__ = ["Settings", "load_settings"]
 
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,48}$")
+_PG_SIZE = re.compile(r"^(-1|[0-9]{1,12}(kB|MB|GB|TB)?)$")
 
 
 class Settings(BaseSettings):
@@ -101,6 +102,17 @@ class Settings(BaseSettings):
         default=100_000, ge=0, le=10_000_000,
         description="Row states each feature pipeline keeps in memory after writing them, so a "
         "live batch is planned without reading them back from Redis (0: read every batch's rows).",
+    )
+    row_state_grace: timedelta = Field(
+        default=timedelta(days=2),
+        description="A row's state (de-duplication position, lookup values) is kept this long "
+        "past the longest window after its last change, a deleted row's this long (event time): "
+        "more than Connect can re-send late and than a row arrives after the row it looks up.",
+    )
+    event_time_max_ahead: timedelta = Field(
+        default=timedelta(hours=1),
+        description="An event time later than its commit time by more than this moves the "
+        "event-time watermark (expiry) only this far: one wrong clock cannot expire state.",
     )
     poll_interval_ms: int = Field(
         default=5,
@@ -279,6 +291,45 @@ class Settings(BaseSettings):
         description="A 'running' retrain without progress for this long is marked failed.",
     )
 
+    # ---- retention (``freshloop db prune``, scheduled by ``freshloop drift run``) ------------
+    retention_examples_days: int = Field(
+        default=30, ge=1,
+        description="Training examples are kept this many days of event time before the newest "
+        "one (whole UTC days are dropped; drift reference windows and running retrains kept).",
+    )
+    retention_partitions_ahead_days: int = Field(
+        default=2, ge=0, le=60,
+        description="Day partitions of training examples created ahead of the newest one.",
+    )
+    retention_drift_reports_keep: int = Field(
+        default=1000, ge=1, description="Newest drift reports (with their HTML) kept per namespace."
+    )
+    retention_retrains_keep: int = Field(
+        default=500, ge=1,
+        description="Newest retrains kept per namespace (running ones and the champion's too).",
+    )
+    retention_models_keep: int = Field(
+        default=10, ge=1,
+        description="Newest model versions kept per namespace, besides the champion.",
+    )
+    retention_checkpoints_keep: int = Field(
+        default=5, ge=1, description="Newest learner checkpoints kept per namespace."
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, ge=10,
+        description="Seconds between scheduled prunes of the drift scheduler.",
+    )
+    wal_keep_size: str = Field(
+        default="1GB",
+        description="max_slot_wal_keep_size of the local Postgres: WAL a lagging replication "
+        "slot may hold before Postgres invalidates the slot (-1: unbounded).",
+    )
+    wal_warning_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1,
+        description="Health and metrics raise an alarm when the connector's slot retains more "
+        "WAL than this (bytes).",
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -290,6 +341,15 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("wal_keep_size")
+    @classmethod
+    def _check_wal_keep_size(cls, value: str) -> str:
+        if not _PG_SIZE.match(value):
+            msg = (f"wal_keep_size {value!r} is not a Postgres size: write e.g. 1GB, 512MB or -1 "
+                   "(set FRESHLOOP_WAL_KEEP_SIZE)")
+            raise ValueError(msg)
+        return value
+
     @field_validator("model_signing_key")
     @classmethod
     def _check_signing_key(cls, value: SecretStr) -> SecretStr:
@@ -298,7 +358,14 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
-    @field_validator("label_horizon", "label_grace", "score_max_age", mode="before")
+    @field_validator(
+        "label_horizon",
+        "label_grace",
+        "score_max_age",
+        "row_state_grace",
+        "event_time_max_ahead",
+        mode="before",
+    )
     @classmethod
     def _seconds(cls, value: object) -> object:
         """Durations from the environment may be plain seconds ("3600") or ISO 8601 ("PT1H")."""
@@ -307,6 +374,22 @@ class Settings(BaseSettings):
                 return timedelta(seconds=float(value))
             except ValueError:
                 return value
+        return value
+
+    @field_validator("retention_examples_days")
+    @classmethod
+    def _check_examples_kept(cls, value: int, info: ValidationInfo) -> int:
+        """A learned example's row is its payment's "already labelled" mark: it must outlive
+        the label horizon and grace, or a late outcome could be learned a second time."""
+        horizon = info.data.get("label_horizon", timedelta(0)) + info.data.get(
+            "label_grace", timedelta(0)
+        )
+        if timedelta(days=value) <= horizon:
+            msg = (
+                f"retention_examples_days must be more than label_horizon + label_grace "
+                f"({horizon}), got {value} days: raise it or shorten the horizon"
+            )
+            raise ValueError(msg)
         return value
 
     @field_validator("label_horizon")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from online_learning.exceptions import SnapshotError
 from online_learning.learner import OnlineLearner
 from online_learning.model import OnlineModel
-from online_learning.records import LabelledExample
+from online_learning.records import LabelledExample, LabelSource
 from online_learning.signing import dumps_signed, loads_signed
 from online_learning.tables import CHECKPOINTS, EXAMPLES
 
@@ -88,7 +88,9 @@ class CheckpointStore:
         with self.engine.begin() as conn:
             if examples:
                 stmt = pg_insert(EXAMPLES).values([self._row(ex) for ex in examples])
-                keys = ["namespace", "payment_id"]
+                # The key holds labelled_at since training_examples is partitioned by it
+                # (sql/006_retention.sql); a payment's labelled_at is fixed by its events.
+                keys = ["namespace", "payment_id", "labelled_at"]
                 conn.execute(stmt.on_conflict_do_nothing(index_elements=keys))
             checkpoint_id = int(
                 conn.execute(
@@ -189,6 +191,23 @@ class CheckpointStore:
             msg = "checkpoint snapshot does not hold a learner state"
             raise SnapshotError(msg)
         return OnlineLearner.restore(state, self._key, **learner_kwargs)
+
+    def labelled(self, payment_ids: Collection[int]) -> dict[int, LabelSource]:
+        """The stored label source of each payment among ``payment_ids`` that has an example.
+
+        A stored example is the learner's durable "already labelled" mark: it is written in the
+        checkpoint's transaction, so it exists exactly when a checkpoint reflects its learning.
+        """
+        if not payment_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(EXAMPLES.c.payment_id, EXAMPLES.c.source).where(
+                    EXAMPLES.c.namespace == self.ns,
+                    EXAMPLES.c.payment_id.in_(sorted(set(payment_ids))),
+                )
+            ).all()
+        return {int(pid): "horizon" if source == "horizon" else "outcome" for pid, source in rows}
 
     def example_count(self) -> int:
         with self.engine.connect() as conn:

@@ -28,6 +28,7 @@ from online_learning.join import JoinConfig, LabelJoin, require_aware
 from online_learning.model import OnlineModel
 from online_learning.records import FeatureValue, LabelledExample, Payment, Prediction
 from online_learning.signing import VersionPolicy, dumps_signed, loads_signed
+from online_learning.stream_join import StreamJoin
 from online_learning.vector import SERVED_FEATURES, build_vector
 
 __all__ = ["OnlineLearner"]
@@ -53,6 +54,9 @@ class OnlineLearner:
     ) -> None:
         self.model = model
         self.join = LabelJoin(join_config)
+        # The service's join (state in Redis, Postgres and the topic, not here); ``join`` is the
+        # in-memory one for callers that feed predictions and ticks themselves (bench, tests).
+        self.stream = StreamJoin(join_config)
         self.metrics = ProgressiveMetrics(window)
         self.drift = DriftMonitor(delta=drift_delta, error=drift_error)
         self.served_names: tuple[str, ...] = tuple(served_names)
@@ -123,12 +127,16 @@ class OnlineLearner:
 
     def status(self) -> dict[str, Any]:
         """What ``learn status`` shows: model, counts, join backlog, metrics, drift alarms."""
+        wm = self.stream.watermark or self.join.watermark
         return {
             "model_version": self.model.version,
             "model_learned": self.model.n_learned,
             "counts": dict(self._counts),
-            "backlog": self.join.backlog(),
-            "join": self.join.counts(),
+            "backlog": {**self.join.backlog(), **self.stream.backlog()},
+            "join": {
+                k: v + self.stream.counts()[k] for k, v in self.join.counts().items()
+            },
+            "watermark": None if wm is None else wm.isoformat(),
             "metrics": self.metrics.report(),
             "drift_alarms": list(self.drift.alarms),
             "drift_improvements": self.drift.improvements,
@@ -143,6 +151,7 @@ class OnlineLearner:
             "model": self.model.to_bytes(self._key),
             "evaluation": dumps_signed((self.metrics, self.drift), self._key, _EVAL_KIND),
             "join": self.join.snapshot(),
+            "stream": self.stream.snapshot(),
             "counts": dict(self._counts),
             "served_names": list(self.served_names),
         }

@@ -15,8 +15,15 @@ monitoring only). Every ``checkpoint_every_examples`` examples or ``checkpoint_e
 seconds, one Postgres transaction stores the state, the next offsets and the examples learned
 since the last checkpoint. After a crash (even kill -9) the newest checkpoint is restored and
 the consumer seeks to its offsets: work after it is redone on the same state, nothing is
-learned twice, nothing is lost. The horizon clock is wall time, so a replay may turn a payment
-whose outcome came late into a horizon negative; it is still learned once.
+learned twice, nothing is lost.
+
+The label join keeps no per-payment state in this process (``StreamJoin``): an outcome meets
+its logged prediction in Redis, "already labelled" is the payment's row in
+``training_examples`` (written with the checkpoint), and the horizon is ordered by a second
+reader of the predictions topic behind the head (the horizon cursor, one offset per partition in
+the checkpoint), which releases a prediction once the event-time watermark of the change stream
+(``EventClock``) passes ``created_at + horizon``. No wall clock decides what is learned: a
+backlog drained after downtime or a replay of old topics labels each payment as live did.
 
 A champion promoted in the registry (a retrain elsewhere) is picked up within
 ``champion_poll_s``: the learner swaps to it, checkpoints at once (so scorers follow) and keeps
@@ -29,11 +36,15 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
+import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -54,9 +65,10 @@ from online_learning.checkpoints import CheckpointStore
 from online_learning.exceptions import LearnerBusyError, OnlineLearningError
 from online_learning.join import JoinConfig
 from online_learning.learner import OnlineLearner
-from online_learning.messages import decode_outcome, decode_prediction
-from online_learning.records import LabelledExample
+from online_learning.messages import Outcome, decode_outcome, decode_prediction
+from online_learning.records import LabelledExample, Prediction
 from online_learning.registry import ChampionRef, ModelRegistry
+from online_learning.scorer import _redis_fields, prediction_key
 from online_learning.serving import choose_source
 from online_learning.topics import ensure_topic
 
@@ -64,7 +76,11 @@ __all__ = ["LearnerService", "ServiceCounts", "learner_status", "run_learner"]
 
 log = logging.getLogger(__name__)
 
-_TICK_S = 1.0
+# Checkpoint offsets of the horizon cursor are "horizon:<topic>:<partition>".
+_CURSOR = "horizon:"
+# The cursor stops fetching a partition holding this many predictions not yet due (its consumer
+# also prefetches little), so what it holds is bounded whatever the horizon and the rate.
+_HOLD_MAX = 2000
 
 
 @dataclass
@@ -118,8 +134,24 @@ class LearnerService:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "fetch.wait.max.ms": 50,
+                "enable.partition.eof": True,  # a partition at its end holds no watermark back
             }
         )
+        self._cursor = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{self.ns}-learner-horizon",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "fetch.wait.max.ms": 50,
+                "queued.min.messages": 500,
+                "queued.max.messages.kbytes": 1024,
+            }
+        )
+        self._held: dict[str, deque[tuple[int, Prediction | None]]] = {}
+        self._paused: set[str] = set()
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
         self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
 
@@ -146,14 +178,25 @@ class LearnerService:
         else:
             model = self.registry.load(champion.version)
             self.learner = OnlineLearner(model, self._key, self.join_config)
-            self.learner.on_horizon(datetime.now(UTC))  # history older than the memory is stale
             self._champion = champion
             self.offsets = self._start_offsets()
+            for name, offset in list(self.offsets.items()):
+                if name.startswith(f"{self.predictions_topic}:"):
+                    self.offsets[_CURSOR + name] = offset  # the cursor starts where the head does
             self.checkpoint()  # the start position is now durable: a crash resumes from it
         parts = self._partitions()
         self._consumer.assign(
             [TopicPartition(t, p, self.offsets.get(f"{t}:{p}", OFFSET_BEGINNING)) for t, p in parts]
         )
+        for t, p in parts:
+            self.learner.stream.clock.expect(f"{t}:{p}")
+        cursor = []
+        for t, p in parts:
+            if t == self.predictions_topic:
+                head = self.offsets.get(f"{t}:{p}", OFFSET_BEGINNING)
+                cursor.append(TopicPartition(t, p, self.offsets.get(f"{_CURSOR}{t}:{p}", head)))
+                self._held[f"{t}:{p}"] = deque()
+        self._cursor.assign(cursor)
 
     def _take_lock(self) -> None:
         deadline = time.monotonic() + 15  # a killed predecessor's session may linger briefly
@@ -215,17 +258,15 @@ class LearnerService:
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> ServiceCounts:
         self.start()
-        next_tick = next_poll = time.monotonic()
+        next_poll = time.monotonic()
         last_checkpoint = time.monotonic()
         try:
             while not self.stop.is_set():
                 messages = self._consumer.consume(self.max_batch, timeout=0.2)
                 if messages:
                     self.process(messages)
+                self.advance_horizon()
                 now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + _TICK_S
-                    self._learned(self._require().on_horizon(datetime.now(UTC)))
                 try:  # Postgres restarting: keep the state in memory, try again in a second
                     if now >= next_poll:
                         next_poll = now + self.settings.champion_poll_s
@@ -247,29 +288,32 @@ class LearnerService:
         return self.counts
 
     def process(self, messages: list[Message]) -> None:
+        """Decode a batch, look up what the join needs in one round trip each, then join in
+        order (the event clock advancing message by message)."""
         learner = self._require()
+        stream = learner.stream
         dead_before = self.dead_letters.count
+        items: list[tuple[str, Prediction | Outcome | None]] = []  # None: at the end
         for msg in messages:
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             error = msg.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    items.append((f"{topic}:{partition}", None))  # in order with the messages
+                else:
                     log.warning("consume error=%s", error)
                 continue
-            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             self.offsets[f"{topic}:{partition}"] = offset + 1
             self._dirty = True
             try:
                 if topic == self.predictions_topic:
-                    prediction = decode_prediction(msg.value())
-                    self.counts.predictions += 1
-                    self._learned(learner.on_prediction(prediction))
+                    items.append((f"{topic}:{partition}", decode_prediction(msg.value())))
                     continue
                 outcome = decode_outcome(msg.value(), msg.key())
                 if outcome is None:
                     self.counts.outcome_deletes += int(msg.value() is not None)
                     continue
-                self.counts.outcomes += 1
-                self._learned(learner.on_outcome(outcome.payment_id, outcome.is_fraud, outcome.at))
+                items.append((f"{topic}:{partition}", outcome))
             except OnlineLearningError as exc:
                 self.dead_letters.send(
                     key=msg.key(), value=msg.value(), reason=str(exc),
@@ -278,8 +322,111 @@ class LearnerService:
         if self.dead_letters.count != dead_before:
             self.dead_letters.flush()  # never checkpoint past a bad event before it is safe
             self.counts.dead_lettered += self.dead_letters.count - dead_before
+        predictions = [item for _, item in items if isinstance(item, Prediction)]
+        outcome_ids = {item.payment_id for _, item in items if isinstance(item, Outcome)}
+        self._relog(predictions)
+        logged = self._logged(outcome_ids)
+        parked = {p.payment_id for p in predictions if p.payment_id in stream.parked}
+        stored = self.checkpoints.labelled(outcome_ids | parked)
+        for partition_key, item in items:
+            if item is None:
+                stream.clock.at_end(partition_key)
+            elif isinstance(item, Prediction):
+                stream.clock.observe(partition_key, item.created_at)
+                self.counts.predictions += 1
+                self._learned(stream.on_prediction(item, stored.get(item.payment_id)))
+            else:
+                stream.clock.observe(partition_key, item.at)
+                self.counts.outcomes += 1
+                pid = item.payment_id
+                self._learned(
+                    stream.on_outcome(pid, item.is_fraud, item.at, logged.get(pid), stored.get(pid))
+                )
+
+    def advance_horizon(self) -> int:
+        """Release the predictions at the horizon cursor that the watermark has passed: each
+        becomes a horizon negative unless already labelled. Returns how many were released."""
+        stream = self._require().stream
+        stream.expire()
+        self._fill_cursor()
+        due: list[tuple[str, int, Prediction | None]] = []
+        for name, held in self._held.items():
+            while held and len(due) < self.max_batch:
+                offset, prediction = held[0]
+                if prediction is not None and not stream.is_due(prediction):
+                    break
+                held.popleft()
+                due.append((name, offset, prediction))
+        if not due:
+            return 0
+        stored = self.checkpoints.labelled({p.payment_id for _, _, p in due if p is not None})
+        for name, offset, prediction in due:
+            self.offsets[_CURSOR + name] = offset + 1
+            if prediction is not None:
+                self._learned(stream.on_due(prediction, stored.get(prediction.payment_id)))
+        self._dirty = True
+        return len(due)
+
+    def _fill_cursor(self) -> None:
+        """Take what the cursor has fetched; pause partitions holding enough, resume the rest."""
+        for msg in self._cursor.consume(self.max_batch, timeout=0):
+            if msg.error() is not None:
+                continue
+            name = f"{msg.topic()}:{msg.partition()}"
+            try:
+                prediction: Prediction | None = decode_prediction(msg.value())
+            except OnlineLearningError:
+                prediction = None  # dead-lettered by the head already; released at once
+            self._held[name].append((msg.offset() or 0, prediction))
+        for name, held in self._held.items():
+            topic, partition = name.rsplit(":", 1)
+            tp = [TopicPartition(topic, int(partition))]
+            if len(held) >= _HOLD_MAX and name not in self._paused:
+                self._cursor.pause(tp)
+                self._paused.add(name)
+            elif len(held) < _HOLD_MAX and name in self._paused:
+                self._cursor.resume(tp)
+                self._paused.discard(name)
+
+    def _logged(self, payment_ids: Collection[int]) -> dict[int, Prediction]:
+        """The predictions logged in Redis for these payments (one pipeline)."""
+        if not payment_ids:
+            return {}
+        ids = list(payment_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(prediction_key(self.ns, pid))
+        out: dict[int, Prediction] = {}
+        for pid, raw in zip(ids, pipe.execute(), strict=True):
+            prediction = _from_redis(pid, raw) if raw else None
+            if prediction is not None:
+                out[pid] = prediction
+        return out
+
+    def _relog(self, predictions: list[Prediction]) -> None:
+        """Put back in Redis the predictions whose log has expired there (a replay of old
+        topics), so their outcomes meet them as they did live; live, every one is there."""
+        if not predictions:
+            return
+        keys = [prediction_key(self.ns, p.payment_id) for p in predictions]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        present = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        missing = 0
+        for prediction, key, there in zip(predictions, keys, present, strict=True):
+            if not there:
+                pipe.hset(key, mapping=_redis_fields(prediction, "learner-relog"))
+                pipe.pexpire(key, self._relog_ttl_ms)
+                missing += 1
+        if missing:
+            pipe.execute()
 
     def _learned(self, examples: list[LabelledExample]) -> None:
+        learner = self._require()
+        for example in examples:
+            learner.observe(example)
         if examples:
             self._buffer.extend(examples)
             self._dirty = True
@@ -308,15 +455,32 @@ class LearnerService:
             self._buffer,
             extra_status={"service": asdict(self.counts)},
         )
+        self._forget_predictions([example.payment_id for example in self._buffer])
         self._buffer.clear()
+        learner.stream.flushed()  # their training_examples rows are the "labelled" marks now
         self._dirty = False
         commits = [
             TopicPartition(name.rsplit(":", 1)[0], int(name.rsplit(":", 1)[1]), offset)
             for name, offset in self.offsets.items()
+            if not name.startswith(_CURSOR)
         ]
         if commits:
             self._consumer.commit(offsets=commits, asynchronous=True)  # lag monitoring only
         return checkpoint_id
+
+    def _forget_predictions(self, payment_ids: list[int]) -> None:
+        """The logged predictions of payments this checkpoint stored as learned: the join
+        needs them no more (their ``training_examples`` rows are the "labelled" marks and hold
+        the same vector), so Redis keeps a prediction for as long as its payment is open in
+        event time, not for a wall-clock TTL; the TTL stays as a backstop. Best effort: a key
+        left behind still expires."""
+        for start in range(0, len(payment_ids), 1000):
+            keys = [prediction_key(self.ns, pid) for pid in payment_ids[start : start + 1000]]
+            try:
+                self.redis.delete(*keys)
+            except redis.RedisError as exc:
+                log.warning("learned predictions not removed from redis error=%s", exc)
+                return
 
     def _require(self) -> OnlineLearner:
         if self.learner is None:
@@ -326,10 +490,34 @@ class LearnerService:
 
     def close(self) -> None:
         self._consumer.close()
+        self._cursor.close()
+        self.redis.close()
         self.dead_letters.flush()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _from_redis(payment_id: int, raw: dict[Any, Any]) -> Prediction | None:
+    """A prediction hash as the scorer writes it; None if it is not one (then not joined)."""
+    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    try:
+        features = orjson.loads(fields["features"])
+        return Prediction(
+            payment_id=payment_id,
+            score=float(fields["score"]),
+            features={str(k): float(v) for k, v in features.items()},
+            model_version=_text(fields["model_version"]),
+            created_at=datetime.fromisoformat(_text(fields["created_at"])),
+            predicted_at=datetime.fromisoformat(_text(fields["predicted_at"])),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+        log.warning("prediction in redis unreadable payment_id=%d: not joined", payment_id)
+        return None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def run_learner(settings: Settings) -> ServiceCounts:

@@ -94,7 +94,7 @@ def create_app(settings: Settings, features: FeatureSet | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.backends = backends
-    app.state.metrics = ApiMetrics(backends.redis, backends.ns)
+    app.state.metrics = ApiMetrics(backends.redis, backends.ns, backends.replication_slot)
     app.state.history = History()
     app.include_router(router)
     page = _dashboard_html()

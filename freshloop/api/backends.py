@@ -22,6 +22,7 @@ from feature_pipelines import AsyncFeatureStore, FeatureSet
 from freshloop.api.exceptions import DependencyUnavailable
 from freshloop.api.models import DependencyState
 from freshloop.settings import Settings
+from freshloop.wal import SlotState, read_slot
 from online_learning import ModelRegistry
 
 __all__ = ["Backends", "dependency_error"]
@@ -139,6 +140,15 @@ class Backends:
                 detail = f"unavailable at {_where(self.settings, name)}: {detail}"
             out[name] = DependencyState(ok=ok, latency_ms=round(latency_ms, 2), detail=detail)
         return out
+
+    def replication_slot(self) -> SlotState | None:
+        """The connector slot's WAL state; None when Postgres cannot say (its check fails)."""
+        try:
+            with self.engine.connect() as conn:
+                return read_slot(conn, self.settings)
+        except (DBAPIError, OperationalError) as exc:
+            log.warning("replication slot not read error=%s", str(exc).splitlines()[0])
+            return None
 
     def _check_postgres(self) -> str:
         with self.engine.connect() as conn:

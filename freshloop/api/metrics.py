@@ -4,12 +4,14 @@ process-wide registry (which holds the feature pipeline's metrics when it runs i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from freshloop.wal import SlotState
 
 __all__ = ["ApiMetrics"]
 
@@ -59,10 +61,55 @@ class _PipelineCollector(Collector):
         yield applied
 
 
+class _SlotCollector(Collector):
+    """The connector slot's retained WAL, read from Postgres at scrape time (``freshloop.wal``);
+    nothing when Postgres cannot say."""
+
+    def __init__(self, read: Callable[[], SlotState | None]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.read()
+        if state is None:
+            return
+        labels = ["slot"]
+        retained = GaugeMetricFamily(
+            "freshloop_replication_slot_retained_wal_bytes",
+            "WAL the connector's replication slot holds back (current LSN - restart_lsn).",
+            labels=labels,
+        )
+        safe = GaugeMetricFamily(
+            "freshloop_replication_slot_safe_wal_bytes",
+            "WAL that may still be written before the slot is lost (max_slot_wal_keep_size).",
+            labels=labels,
+        )
+        alarm = GaugeMetricFamily(
+            "freshloop_replication_slot_alarm",
+            "1 while the slot falls behind (above wal_warning_bytes, unreserved or lost).",
+            labels=labels,
+        )
+        status = GaugeMetricFamily(
+            "freshloop_replication_slot_wal_status",
+            "1 for the slot's wal_status (reserved, extended, unreserved, lost; absent).",
+            labels=["slot", "wal_status"],
+        )
+        slot = [state.slot_name]
+        retained.add_metric(slot, float(state.retained_bytes))
+        if state.safe_wal_size is not None:
+            safe.add_metric(slot, float(state.safe_wal_size))
+        alarm.add_metric(slot, 1.0 if state.alarm else 0.0)
+        status.add_metric([state.slot_name, state.wal_status or "absent"], 1.0)
+        yield retained
+        yield safe
+        yield alarm
+        yield status
+
+
 class ApiMetrics:
     """One registry per app (so several apps can live in one process, as in tests)."""
 
-    def __init__(self, client: redis.Redis, ns: str) -> None:
+    def __init__(self, client: redis.Redis, ns: str,
+                 read_slot: Callable[[], SlotState | None] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "freshloop_api_requests_total",
@@ -78,6 +125,8 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(_PipelineCollector(client, ns))
+        if read_slot is not None:
+            self.registry.register(_SlotCollector(read_slot))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

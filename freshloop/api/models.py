@@ -19,6 +19,7 @@ __all__ = [
     "ErrorBody",
     "FeatureResponse",
     "Health",
+    "ReplicationSlot",
     "LearnerView",
     "ModelRow",
     "ModelsResponse",
@@ -144,6 +145,22 @@ class DependencyState(BaseModel):
     detail: str
 
 
+class ReplicationSlot(BaseModel):
+    """The connector's replication slot: WAL it holds back and its alarm (``freshloop.wal``)."""
+
+    slot_name: str
+    exists: bool
+    active: bool
+    wal_status: str | None
+    retained_bytes: int
+    safe_wal_size: int | None
+    max_slot_wal_keep_size: str
+    alarm: str | None
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     dependencies: dict[str, DependencyState]
+    # Alarms do not make the answer a 503: the API still serves while the slot falls behind.
+    alarms: list[str] = Field(default_factory=list)
+    replication_slot: ReplicationSlot | None = None

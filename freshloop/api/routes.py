@@ -28,6 +28,7 @@ from freshloop.api.models import (
     ModelRow,
     ModelsResponse,
     PredictionResponse,
+    ReplicationSlot,
     RetrainRow,
 )
 from freshloop.api.summary import History, build_summary
@@ -230,9 +231,16 @@ def list_retrains(request: Request, limit: Limit = 20) -> list[RetrainRow]:
     summary="Each dependency's state (Postgres, Redis, Kafka, Connect); 503 if one is down",
 )
 def healthz(request: Request) -> JSONResponse:
-    states = _backends(request).health()
+    b = _backends(request)
+    states = b.health()
     ok = all(s.ok for s in states.values())
-    body = Health(status="ok" if ok else "degraded", dependencies=states)
+    slot = b.replication_slot() if states["postgres"].ok else None
+    body = Health(
+        status="ok" if ok else "degraded",
+        dependencies=states,
+        alarms=[slot.alarm] if slot is not None and slot.alarm else [],
+        replication_slot=None if slot is None else ReplicationSlot(**slot.to_dict()),
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
 
 

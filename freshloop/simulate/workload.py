@@ -3,7 +3,12 @@
 The workload is a small discrete-event scheduler. Asking it for the operations due at a time gives
 payments at a steady rate, their later status changes (pending -> approved / declined, sometimes
 refunded), occasional amount corrections and deletes, and the outcome (fraud or not) of each
-payment after a label delay.
+payment (or of a share of them) after a label delay.
+
+Its clock is event seconds since the start. Without ``time_scale`` that is the wall clock, as it
+always was; with it, ``rate`` stays payments per WALL second while every delay (status, label) is
+in event seconds, so a run at 2,160x writes a month of ``created_at`` in 20 minutes with delays
+that look the same as in a real month. Each operation carries its event time ``at``.
 
 Fraud is learnable from the data: it comes in bursts — one customer, several payments within
 seconds, at one of a few risky merchants, through one channel, with high amounts. At
@@ -16,7 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Literal
 
@@ -39,6 +44,7 @@ class Op:
     channel: str = ""
     status: str = ""
     is_fraud: bool = False
+    at: float = 0.0  # event seconds after the start when the operation is due
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,14 @@ class WorkloadConfig:
     # (5, 60): card testing with ordinary-looking amounts); None keeps the amounts unchanged.
     drift_fraud_amount: tuple[float, float] | None = None
     seed: int = 7
+    # Event seconds per wall second; None: event time is the wall clock (the database's now()).
+    time_scale: float | None = None
+    # Share of payments whose outcome is reported (the rest never get one: at the label horizon
+    # the learner takes them as legit); 1.0 keeps every outcome.
+    outcome_share: float = 1.0
+    # "around": delays of label_delay_s * (0.5 .. 1.5); "uniform": anywhere in [0, label_delay_s)
+    # (e.g. anywhere up to the label horizon).
+    label_delay_spread: Literal["around", "uniform"] = "around"
 
 
 @dataclass(order=True)
@@ -78,6 +92,15 @@ class Workload:
         if config.rate <= 0:
             msg = f"rate must be positive payments per second, got {config.rate}"
             raise ValueError(msg)
+        if config.time_scale is not None and config.time_scale <= 0:
+            msg = (
+                "time_scale must be positive event seconds per wall second, "
+                f"got {config.time_scale}"
+            )
+            raise ValueError(msg)
+        if not 0.0 <= config.outcome_share <= 1.0:
+            msg = f"outcome_share must be a share between 0 and 1, got {config.outcome_share}"
+            raise ValueError(msg)
         self.config = config
         self._rng = random.Random(config.seed)
         self._queue: list[_Due] = []
@@ -92,6 +115,24 @@ class Workload:
         k = config.risky_merchants
         self._risky_before = merchants[:k]
         self._risky_after = merchants[k : 2 * k]
+
+    @property
+    def interval(self) -> float:
+        """Event seconds between two new payments (``rate`` is per wall second)."""
+        return (self.config.time_scale or 1.0) / self.config.rate
+
+    def max_follow_up_s(self) -> float:
+        """The longest a follow-up (status change, refund, outcome) can come after its payment."""
+        cfg = self.config
+        label = cfg.label_delay_s * (1.0 if cfg.label_delay_spread == "uniform" else 1.5)
+        return max(label, 2.5 * cfg.status_delay_s + 0.1)
+
+    def label_delay(self) -> float:
+        """Event seconds from a payment to its outcome, drawn by ``label_delay_spread``."""
+        cfg = self.config
+        if cfg.label_delay_spread == "uniform":
+            return cfg.label_delay_s * self._rng.random()
+        return cfg.label_delay_s * (0.5 + self._rng.random())
 
     # ---- the regime in force ----------------------------------------------------------
     def drifted(self, t: float) -> bool:
@@ -114,7 +155,7 @@ class Workload:
 
     # ---- scheduling --------------------------------------------------------------------
     def _schedule(self, at: float, op: Op) -> None:
-        heapq.heappush(self._queue, _Due(at, next(self._seq), op))
+        heapq.heappush(self._queue, _Due(at, next(self._seq), replace(op, at=at)))
 
     def _new_payment(self, t: float) -> Op:
         rng, cfg = self._rng, self.config
@@ -170,21 +211,21 @@ class Workload:
             self._schedule(
                 status_at + cfg.status_delay_s, Op("update_status", handle, status="refunded")
             )
-        self._schedule(
-            t + cfg.label_delay_s * (0.5 + rng.random()),
-            Op("insert_outcome", handle, is_fraud=op.is_fraud),
-        )
+        if cfg.outcome_share >= 1.0 or rng.random() < cfg.outcome_share:
+            self._schedule(
+                t + self.label_delay(), Op("insert_outcome", handle, is_fraud=op.is_fraud)
+            )
 
     def due(self, t: float) -> list[Op]:
         """Every operation due at or before ``t`` seconds after the start, in order."""
         out: list[Op] = []
-        interval = 1.0 / self.config.rate
+        interval = self.interval
         while True:
             next_queued = self._queue[0].at if self._queue else float("inf")
             new_due = not self._stopped and self._next_payment_at <= t
             if new_due and self._next_payment_at <= next_queued:
                 at = self._next_payment_at
-                op = self._new_payment(at)
+                op = replace(self._new_payment(at), at=at)
                 out.append(op)
                 self._follow_ups(at, op)
                 self._next_payment_at += interval
@@ -201,6 +242,10 @@ class Workload:
     def pending(self) -> int:
         """Follow-up operations still scheduled (status changes, outcomes)."""
         return len(self._queue)
+
+    def stop_payments(self) -> None:
+        """No new payments from now on; the follow-ups already scheduled stay due."""
+        self._stopped = True
 
     def drain(self) -> list[Op]:
         """Every follow-up still scheduled, without new payments (to end a run cleanly)."""

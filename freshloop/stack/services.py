@@ -157,6 +157,8 @@ class Postgres(Service):
             "wal_level": "logical",
             "max_wal_senders": "10",
             "max_replication_slots": "10",
+            # bounds the WAL a stopped connector's slot holds (the slot is invalidated past it)
+            "max_slot_wal_keep_size": self.settings.wal_keep_size,
             "wal_writer_delay": "10ms",
             "max_connections": "200",
             "shared_buffers": "256MB",

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, create_engine
 from drift.exceptions import SchedulerBusyError
 from drift.jobs import CycleResult, JobContext, register, unregister
 from drift.ledger import RetrainLedger
-from drift.scheduler import build_scheduler, job_id, job_table, run_scheduler
+from drift.scheduler import build_scheduler, job_id, job_table, prune_job_id, run_scheduler
 from freshloop.settings import Settings
 from online_learning import ModelRegistry
 from tests.drift.retrain_fixtures import (
@@ -111,12 +111,17 @@ def test_the_job_is_stored_under_its_id_and_runs_without_overlap(sched_ns: Setti
     thread, stop, cycles = _run_in_thread(sched_ns, check)
     try:
         wait_for(lambda: len(cycles) >= 2, 30, "two cycles")
-        (row,) = _job_rows(sched_ns)
+        rows = {r[0]: r for r in _job_rows(sched_ns)}
     finally:
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
-    job_row_id, next_run_time, blob = row
+    assert set(rows) == {job_id(sched_ns.namespace), prune_job_id(sched_ns.namespace)}
+    prune_state = pickle.loads(rows[prune_job_id(sched_ns.namespace)][2])  # noqa: S301 (ours)
+    assert prune_state["func"] == "drift.jobs:prune_job"
+    assert prune_state["args"] == (sched_ns.namespace,)
+    assert prune_state["trigger"].interval.total_seconds() == sched_ns.retention_interval_s
+    job_row_id, next_run_time, blob = rows[job_id(sched_ns.namespace)]
     assert job_row_id == job_id(sched_ns.namespace) == f"drift-check:{sched_ns.namespace}"
     assert next_run_time > time.time() - 5
     state = pickle.loads(blob)  # noqa: S301 (our own job store)
@@ -166,7 +171,8 @@ def test_one_scheduler_per_namespace(sched_ns: Settings) -> None:
     thread, stop, cycles = _run_in_thread(sched_ns, check)
     try:
         wait_for(lambda: len(cycles) >= 1, 30, "a cycle of the second scheduler")
-        assert len(_job_rows(sched_ns)) == 1
+        ids = sorted(r[0] for r in _job_rows(sched_ns))  # replaced, never duplicated
+        assert ids == sorted([job_id(sched_ns.namespace), prune_job_id(sched_ns.namespace)])
     finally:
         stop.set()
         thread.join(30)

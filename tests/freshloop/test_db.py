@@ -50,3 +50,21 @@ def test_cdc_role_is_least_privilege(stack_settings: Settings) -> None:
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 cdc.execute(statement)
+
+
+def test_db_prune_dry_run_prints_every_table_as_json(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from freshloop import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_settings", lambda: stack_settings)
+    result = CliRunner().invoke(cli_module.cli, ["db", "prune", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["dry_run"] is True
+    assert [t["table"] for t in body["tables"]] == [
+        "training_examples", "drift_reports", "retrains", "model_registry", "learner_checkpoints"]

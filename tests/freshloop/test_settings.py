@@ -41,6 +41,8 @@ def test_frozen_and_secrets_hidden() -> None:
         ("postgres_dsn", "postgresql://u@h:5432", "names no database"),
         ("topic_prefix", "9bad-prefix", "FRESHLOOP_TOPIC_PREFIX"),
         ("kafka_bootstrap", "localhost", "names no port"),
+        ("retention_examples_days", "1", "more than label_horizon"),
+        ("row_state_grace", "soon", "row_state_grace"),
     ],
 )
 def test_bad_values_say_how_to_fix_them(field: str, value: str, hint: str) -> None:

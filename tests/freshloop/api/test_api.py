@@ -152,6 +152,9 @@ def test_healthz_metrics_and_openapi(api: ApiHandle) -> None:
     deps = health.json()["dependencies"]
     assert set(deps) == {"postgres", "redis", "kafka", "connect"}
     assert all(d["ok"] for d in deps.values())
+    slot = health.json()["replication_slot"]
+    assert slot["slot_name"] == api.settings.slot_name
+    assert (slot["alarm"] is not None) == (health.json()["alarms"] != [])
 
     write_stats(api.settings, "m1", applied=42, lags_ms=[8.0], applied_total=7)
     api.http.get("/features/customer/1")
@@ -162,6 +165,8 @@ def test_healthz_metrics_and_openapi(api: ApiHandle) -> None:
     rates = {s.labels["consumer"]: s.value
              for s in families["freshloop_pipeline_events_per_second"].samples}
     assert rates == {"m1": 42.0}
+    retained = families["freshloop_replication_slot_retained_wal_bytes"].samples
+    assert [s.labels["slot"] for s in retained] == [api.settings.slot_name]
 
     spec = api.http.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")

@@ -1,0 +1,168 @@
+"""The pure side of ``make month``: which curve a sample value belongs to, when a curve can be
+judged, and the ``flat`` verdict (growth over the last days within a tolerance).
+
+A curve is judged only after it had time to settle: state bounded by a window can only stop
+growing once that window (plus the label horizon, for what waits on labels) has passed. Before
+that, growth is expected and says nothing; a run too short for a curve says so (``flat`` None)
+instead of guessing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DAY_S",
+    "Verdict",
+    "curves_of",
+    "expired_fields",
+    "key_class",
+    "settle_days",
+    "verdict",
+]
+
+DAY_S = 86_400
+
+
+def key_class(namespace: str, key: str) -> str:
+    """The class of a Redis key: the part after the namespace, up to the entity or row key.
+
+    >>> key_class("m1", "m1:e:{customer:42}")
+    'e:{customer'
+    >>> key_class("m1", "m1:r:{payment_outcomes:7}")
+    'r:{payment_outcomes'
+    >>> key_class("m1", "m1:pred:{123}")
+    'pred'
+    >>> key_class("m1", "m1:expiry:{m1-features}:3")
+    'expiry'
+    """
+    rest = key[len(namespace) + 1 :] if key.startswith(f"{namespace}:") else key
+    head, _, tail = rest.partition(":")
+    if head in ("e", "r") and tail.startswith("{"):
+        return f"{head}:{tail.split(':', 1)[0]}"
+    return head
+
+
+def expired_fields(
+    fields: Sequence[str], windows: Mapping[str, tuple[int, int]], t_s: float, slack_s: float
+) -> int:
+    """Bucket fields (``feature@bucket[#value]``) whose bucket left its window more than
+    ``slack_s`` before event second ``t_s``: state an event-time sweeper should have dropped.
+
+    ``windows`` maps a feature name to (window seconds, bucket seconds); fields of other
+    features (lifetime, bookkeeping such as ``_commit_ms``) are not buckets and never count.
+
+    >>> expired_fields(["n_1h@10", "n_1h@100", "n_lifetime", "_swept"], {"n_1h": (3600, 60)},
+    ...                t_s=100 * 60, slack_s=0)
+    1
+    """
+    stale = 0
+    for name in fields:
+        feature, at, rest = name.partition("@")
+        if not at or feature not in windows:
+            continue
+        window, width = windows[feature]
+        try:
+            bucket = int(rest.split("#", 1)[0])
+        except ValueError:
+            continue
+        if (bucket + 1) * width <= t_s - window - width - slack_s:
+            stale += 1
+    return stale
+
+
+def settle_days(seconds: float) -> float:
+    """Days after which state bounded by ``seconds`` (window + horizon ...) stops growing."""
+    return seconds / DAY_S
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``flat``: growth from ``from_day`` to ``to_day`` at most the tolerance; None: not judged."""
+
+    flat: bool | None
+    growth: float | None
+    from_day: float | None
+    to_day: float | None
+    settles_after_days: float
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flat": self.flat,
+            "growth": None if self.growth is None else round(self.growth, 4),
+            "from_day": self.from_day,
+            "to_day": self.to_day,
+            "settles_after_days": round(self.settles_after_days, 3),
+            "reason": self.reason,
+        }
+
+
+def verdict(
+    points: Sequence[tuple[float, float | None]],
+    settles_after_days: float,
+    *,
+    last_days: float = 10.0,
+    tolerance: float = 0.05,
+) -> Verdict:
+    """Judge a curve of (day, value) points: growth from the first point at or after
+    max(settle, last day - ``last_days``) to the last point, relative to the first.
+
+    Growth from zero is infinite unless the curve stays at zero.
+
+    >>> verdict([(d, 1000.0 + d) for d in range(31)], 8).flat
+    True
+    >>> verdict([(d, 100.0 * d) for d in range(31)], 8).flat
+    False
+    >>> verdict([(d, 1.0) for d in range(4)], 8).flat is None
+    True
+    """
+    known = sorted((day, value) for day, value in points if value is not None)
+    if not known:
+        return Verdict(None, None, None, None, settles_after_days, "no samples")
+    end_day = known[-1][0]
+    start_at = max(settles_after_days, end_day - last_days)
+    window = [(d, v) for d, v in known if d >= start_at - 1e-9]
+    if len(window) < 2 or window[-1][0] - window[0][0] < 1.0 - 1e-9:
+        reason = (
+            f"cannot be judged: settles after {settles_after_days:.1f} days, "
+            f"the run has {end_day:.1f}"
+        )
+        return Verdict(None, None, None, None, settles_after_days, reason)
+    (d0, v0), (d1, v1) = window[0], window[-1]
+    if v0 == 0:
+        growth = 0.0 if v1 == 0 else math.inf
+    else:
+        growth = (v1 - v0) / abs(v0)
+    flat = growth <= tolerance
+    reason = f"{'flat' if flat else 'grows'}: {_pct(growth)} from day {d0:g} to day {d1:g}"
+    return Verdict(flat, growth, d0, d1, settles_after_days, reason)
+
+
+def _pct(growth: float) -> str:
+    return "from zero" if math.isinf(growth) else f"{growth * 100:+.1f}%"
+
+
+def curves_of(
+    samples: Sequence[Mapping[str, Any]], zero_prefixes: tuple[str, ...] = ("redis.keys.",)
+) -> dict[str, list[tuple[float, float | None]]]:
+    """Each sample's ``values`` (name -> number) as curves of (day, value), names sorted.
+
+    A name missing from a sample is a None point, or 0 for counts (``zero_prefixes``: a key
+    class with no key in that sample).
+    """
+    names = sorted({name for s in samples for name in s["values"]})
+    out: dict[str, list[tuple[float, float | None]]] = {}
+    for name in names:
+        missing = 0.0 if name.startswith(zero_prefixes) else None
+        out[name] = [
+            (float(s["day"]), _num(s["values"].get(name, missing))) for s in samples
+        ]
+    return out
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
