@@ -48,6 +48,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from feature_pipelines.exceptions import RedisStateLostError
+from freshloop.health import HEALTH
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -200,6 +201,7 @@ class RedisLossGuard:
         try:
             step()
         except redis.ConnectionError as exc:
+            HEALTH.degraded("pipeline", "redis", exc)  # /healthz and metrics; healthy once back
             log.warning("redis_unreachable error=%s: batch dropped, positions re-read", exc)
             self.pipeline.drop_held()
             self._guarded(self._recover)
@@ -213,8 +215,10 @@ class RedisLossGuard:
         while not self.pipeline.stop.is_set():
             try:
                 step()
+                HEALTH.healthy("pipeline", "redis")
                 return
             except redis.ConnectionError as exc:
+                HEALTH.degraded("pipeline", "redis", exc)
                 log.warning("redis_unreachable error=%s: retrying in 1 s", exc)
                 time.sleep(1.0)
 

@@ -166,7 +166,11 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often scorers and the learner look for a new model."
     )
     predictions_topic: str | None = Field(
-        default=None, description="Topic of logged predictions; defaults to <prefix>.predictions."
+        default=None,
+        description=(
+            "Topic of logged predictions; defaults to <prefix>.predictions, or "
+            "<prefix>.<namespace>.predictions when the namespace is not the prefix."
+        ),
     )
     learner_start: Literal["earliest", "latest"] = Field(
         default="earliest",
@@ -494,8 +498,14 @@ class Settings(BaseSettings):
 
     @property
     def predictions_topic_name(self) -> str:
-        """Where scorers log predictions for the learner and downstream consumers."""
-        return self.predictions_topic or f"{self.topic_prefix}.predictions"
+        """Where scorers log predictions for the learner and downstream consumers: one topic per
+        namespace, so a learner never reads another namespace's decisions."""
+        if self.predictions_topic:
+            return self.predictions_topic
+        if self.namespace == self.topic_prefix:
+            return f"{self.topic_prefix}.predictions"
+        ns = re.sub(r"[^A-Za-z0-9_-]", "_", self.namespace)  # a legal topic name; the message's
+        return f"{self.topic_prefix}.{ns}.predictions"  # own ``ns`` field tells any clash apart
 
     def topic(self, table: str, schema: str = "public") -> str:
         """The Debezium change topic of one table."""

@@ -28,8 +28,9 @@ CUSTOMER_HASH_BYTES_BOUND = 65_536
 def _config(days: float) -> MonthConfig:
     if days >= 30:
         return MonthConfig(days=days)
-    # fewer entities than the month: 2,000 payments a day reach nearly every customer in 3 days
-    return MonthConfig(days=days, rate=50, customers=2_000, merchants=100)
+    # fewer entities than the month: 2,000 payments a day reach every customer within a day,
+    # so the customer curves settle (and can be judged) in three
+    return MonthConfig(days=days, rate=50, customers=500, merchants=50)
 
 
 def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
     assert verdicts["pg.payments"]["flat"] is None  # the workload's data: shown, not judged
     judged = {n: v for n, v in verdicts.items() if v["flat"] is not None}
     assert "hash.customer.max_bytes" in judged
-    assert result["verify"]["entities_checked"] > 2_000 and result["verify"]["mismatches"] == 0
+    assert result["verify"]["entities_checked"] >= 500 and result["verify"]["mismatches"] == 0
     assert result["learned"]["exactly_once"], result["learned"]
     not_flat = sorted(n for n, v in judged.items() if v["flat"] is False)
     assert not_flat == [], {n: verdicts[n]["reason"] for n in not_flat}
