@@ -157,8 +157,7 @@ def write_state_doc(result: dict[str, Any], docs: Path) -> Path:
         + (", ".join(f"`{n}`" for n in not_flat) if not_flat else "none"),
         f"- `features verify` over every customer and merchant: {ver['entities_checked']:,} "
         f"entities, {ver['values_checked']:,} values, **{ver['mismatches']} mismatches** (read at "
-        + ("the event-time watermark" if ver["event_time_read"] else "the wall clock's now, "
-           "which the simulated span ends at: `verify` takes no time parameter")
+        + ("the event-time watermark" if ver["event_time_read"] else "the wall clock's now")
         + ")",
         f"- outcomes: {learned['outcomes']:,} reported, {learned['outcomes_of_scored']:,} of "
         f"scored payments, {learned['learned_from_outcome']:,} learned from their outcome, "

@@ -14,6 +14,10 @@
   ``retention_interval_s`` (first run one interval after start, or ``first_prune_in_s``); it
   prunes what ``drift.prune`` says, decided in event time, so the wall-clock schedule only
   says when, never what. ``freshloop db prune`` runs the same prune at once.
+- Health: a job that raises (Postgres or Redis unreachable mid-cycle) degrades component
+  ``drift`` in ``freshloop.health.HEALTH`` on that dependency; the next run is the retry
+  (``coalesce``), and a run that succeeds ends the degradation. APScheduler itself retries a job
+  store it cannot read every 10 s.
 - Stop: ``stop_event``; a retrain in progress is interrupted at its next progress step and
   recorded as failed ("the drift scheduler is stopping"), then the scheduler waits for the job.
 """
@@ -30,6 +34,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import redis
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -46,7 +52,8 @@ from drift.jobs import (
     register,
     unregister,
 )
-from freshloop.db import connect
+from freshloop.db import POSTGRES_DOWN, connect
+from freshloop.health import HEALTH
 from freshloop.settings import Settings
 
 __all__ = [
@@ -148,6 +155,27 @@ def build_scheduler(
     return scheduler
 
 
+_DEPENDENCIES = ("postgres", "redis", "job")
+
+
+def _dependency_of(exc: BaseException) -> str:
+    """Which dependency a job's error belongs to ("job": our own code failed)."""
+    if isinstance(exc, POSTGRES_DOWN):
+        return "postgres"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return "redis"
+    return "job"
+
+
+def _report(event: JobExecutionEvent) -> None:
+    """APScheduler listener: a job's outcome as the drift scheduler's health."""
+    if event.exception is not None:
+        HEALTH.degraded("drift", _dependency_of(event.exception), event.exception)
+        return
+    for dependency in _DEPENDENCIES:
+        HEALTH.healthy("drift", dependency)
+
+
 def run_scheduler(
     settings: Settings,
     stop_event: threading.Event,
@@ -173,6 +201,8 @@ def run_scheduler(
     try:
         scheduler = build_scheduler(settings, engine, first_run_in_s=first_run_in_s,
                                     first_prune_in_s=first_prune_in_s)
+        scheduler.add_listener(_report, EVENT_JOB_ERROR | EVENT_JOB_EXECUTED)
+        HEALTH.register("drift")
         scheduler.start()
         log.info("drift scheduler started namespace=%s interval_s=%s job=%s table=%s", ns,
                  settings.drift_interval_s, job_id(ns), job_table(ns))

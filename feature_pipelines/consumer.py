@@ -416,7 +416,7 @@ class FeaturePipeline:
     def _finish(self, batch: _Held) -> None:
         """After a batch's write: hooks, lags, counters, and Kafka's (monitoring) offsets."""
         plan, offsets = batch.plan, batch.offsets
-        self.rows.remember(batch.states, plan)
+        self.rows.remember(batch.states, plan, self.planner.marks)
         if self.on_applied is not None and plan.applied_events:
             self.on_applied(plan.applied_events)
         now_ms = time.time() * 1000

@@ -82,9 +82,13 @@ class RowCache:
         self.reads += len(unknown)
         return known, unknown
 
-    def remember(self, states: Mapping[str, RowState], plan: WritePlan) -> None:
+    def remember(
+        self, states: Mapping[str, RowState], plan: WritePlan, marks: Watermarks | None = None
+    ) -> None:
         """After ``plan`` was written: its rows as the write left them (``states``: what the
-        plan was made from)."""
+        plan was made from). Rows whose ``exp`` the newest watermark (``marks``) has reached
+        leave, as their states leave Redis: the oldest written first, and a row's ``exp``
+        follows the watermark at its last write, so they are at the front."""
         if self.capacity <= 0:
             return
         rows = self._rows
@@ -94,6 +98,15 @@ class RowCache:
         excess = len(rows) - self.capacity
         if excess > 0:
             for key in list(islice(rows, excess)):
+                del rows[key]
+        newest = max(marks.newest.values(), default=0) if marks is not None else 0
+        if newest:
+            gone = []
+            for key, state in rows.items():
+                if int(state.get("exp") or 0) > newest:
+                    break
+                gone.append(key)
+            for key in gone:
                 del rows[key]
 
     def refused(self) -> None:

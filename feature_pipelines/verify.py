@@ -65,13 +65,16 @@ def verify(
     sample: int | None = None,
     seed: int = 0,
     only: Mapping[str, Sequence[Any]] | None = None,
+    at: datetime | None = None,
 ) -> VerifyReport:
     """Every entity the database has state for (or a random sample), compared at one instant.
 
     Entities that only Redis knows are found by scanning and compared against zeros too.
     ``only`` restricts the check to the given keys per entity (e.g. the entities one run wrote).
+    ``at``: the instant (default now, whole seconds). Online values are exact at or after the
+    event-time watermark; before it, buckets already past every window may be gone.
     """
-    t = datetime.now(UTC).replace(microsecond=0)
+    t = (at or datetime.now(UTC)).replace(microsecond=0)
     t_us = int(t.timestamp()) * 1_000_000
     mismatches: list[Mismatch] = []
     checked = values = 0
@@ -106,11 +109,12 @@ def verify_until_clean(
     wait_s: float = 10.0,
     sample: int | None = None,
     only: Mapping[str, Sequence[Any]] | None = None,
+    at: datetime | None = None,
 ) -> VerifyReport:
     """Verify, retrying for up to ``wait_s`` while the pipeline catches up with the database."""
     deadline = time.monotonic() + wait_s
     while True:
-        report = verify(conninfo, store, sample, only=only)
+        report = verify(conninfo, store, sample, only=only, at=at)
         if report.ok or time.monotonic() >= deadline:
             return report
         time.sleep(0.5)

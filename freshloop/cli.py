@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -333,14 +334,19 @@ def features_get(entity: str, key: str) -> None:
 @click.option("--sample", type=int, default=None, help="Check a random sample of N entities.")
 @click.option("--wait", "wait_s", type=float, default=10.0, show_default=True,
               help="Seconds to let the pipeline catch up before reporting mismatches.")
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, help="Compare at this instant (UTC unless it has an offset; "
+              "default: now), e.g. the event-time watermark of a replay or simulation.")
 @_friendly
-def features_verify(sample: int | None, wait_s: float) -> None:
+def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> None:
     """Compare online values with the SQL oracle; exit 1 on any mismatch."""
     from feature_pipelines import verify_until_clean
 
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
     settings = _settings()
     report = verify_until_clean(settings.postgres_conninfo(), _store(), wait_s=wait_s,
-                                sample=sample)
+                                sample=sample, at=at)
     for m in report.mismatches[:200]:
         click.echo(f"MISMATCH {m.entity} {m.key} {m.feature}: online={m.online} sql={m.oracle}")
     click.echo(

@@ -6,16 +6,28 @@ import logging
 from pathlib import Path
 
 import psycopg
+import sqlalchemy.exc
 from psycopg import sql
 
 from freshloop.exceptions import ConfigurationError
 from freshloop.settings import Settings
 
-__all__ = ["SQL_DIR", "connect", "init_database"]
+__all__ = ["POSTGRES_DOWN", "SQL_DIR", "connect", "init_database"]
 
 log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+
+# What a call raises while Postgres restarts or is unreachable: worth retrying, unlike a wrong
+# query. A restart under a pooled engine shows as InvalidatePoolError (a DisconnectionError).
+POSTGRES_DOWN: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 CAPTURED_TABLES = ("customers", "merchants", "payments", "payment_outcomes")
 

@@ -2,8 +2,10 @@
 
 __all__ = [
     "ConfigurationError",
+    "DependencyRetryStopped",
     "FreshloopError",
     "SetupError",
+    "ServicePartDied",
     "StackError",
 ]
 
@@ -22,3 +24,11 @@ class SetupError(FreshloopError):
 
 class StackError(FreshloopError):
     """A local service could not be started, reached or stopped."""
+
+
+class DependencyRetryStopped(FreshloopError):
+    """A part was asked to stop while it waited for a dependency to come back."""
+
+
+class ServicePartDied(FreshloopError):
+    """A thread of ``freshloop serve`` ended with an error: the process exits to be restarted."""

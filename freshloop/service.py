@@ -11,6 +11,12 @@ reverse order:
 In production each part runs as its own process (see docker-compose.yml) and scales on its own;
 one process is the convenient shape for a laptop and for the demo. ``Service.snapshot`` gathers
 what the live view shows.
+
+A part whose dependency fails retries it and reports to ``freshloop.health.HEALTH`` (``/healthz``
+answers 503 naming it). A part whose thread ends on its own — an exception escaping its loop, or
+returning while the service runs — stops the whole service: ``run_forever`` raises
+``ServicePartDied`` naming the thread and the error, and ``freshloop serve`` exits non-zero, so
+a supervisor restarts it instead of it serving stale features while ``/healthz`` says 200.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from feature_pipelines import FeaturePipeline
+from freshloop.exceptions import ServicePartDied
+from freshloop.health import HEALTH
 from freshloop.settings import Settings
 from online_learning import SCORING_FEATURES, LearnerService, Scorer
 
@@ -73,8 +81,11 @@ class Service:
     def __init__(self, settings: Settings, *, api: bool = True, drift: bool = True) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
-        self.scorer = Scorer(settings)
-        self.pipeline = FeaturePipeline(settings, SCORING_FEATURES, on_applied=self.scorer)
+        HEALTH.clear()  # this service's parts report afresh
+        self.scorer = Scorer(settings, stop=self.stop_event)
+        self.pipeline = FeaturePipeline(
+            settings, SCORING_FEATURES, on_applied=self.scorer, stop=self.stop_event
+        )
         self.learner = LearnerService(settings, stop=self.stop_event)
         self._engine = create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
         self._threads: list[threading.Thread] = []
@@ -83,19 +94,36 @@ class Service:
         self._with_drift = drift
         self._rates: deque[tuple[float, int, int]] = deque(maxlen=64)
         self.errors: list[str] = []
+        self.failure: str | None = None  # the first part that died: "<thread>: <error>"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _thread(self, name: str, target: Callable[[], object]) -> None:
         def run() -> None:
             try:
                 target()
-            except Exception as exc:  # a part that dies is reported, the others go on
-                log.exception("%s stopped with an error", name)
-                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                if self.stop_event.is_set():  # stopping anyway (e.g. stopped while retrying)
+                    log.info("part stopped thread=%s error=%s: %s", name, type(exc).__name__, exc)
+                    return
+                self._died(name, f"{type(exc).__name__}: {exc}", exc)
+            else:
+                if not self.stop_event.is_set():
+                    self._died(name, "its loop returned while the service runs", None)
 
         thread = threading.Thread(target=run, name=f"freshloop-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _died(self, name: str, error: str, exc: BaseException | None) -> None:
+        """A part is gone: say which and why, and stop the others (``run_forever`` raises)."""
+        log.error(
+            "thread_died thread=%s error=%s: stopping the service (it exits non-zero)",
+            name, error, exc_info=exc,
+        )
+        self.errors.append(f"{name}: {error}")
+        if self.failure is None:
+            self.failure = f"thread {name} died: {error}"
+        self.stop_event.set()
 
     def start(self) -> None:
         self._thread("pipeline", self.pipeline.run)
@@ -125,12 +153,16 @@ class Service:
             thread.join(max(0.1, deadline - time.monotonic()))
 
     def run_forever(self) -> None:
+        """Run until ``stop_event`` is set; raises ``ServicePartDied`` if a part's thread died."""
         self.start()
         try:
             while not self.stop_event.wait(1.0):
-                pass
+                if self._api is not None and not self._api.alive:
+                    self._died("api", "the HTTP server stopped while the service runs", None)
         finally:
             self.stop()
+        if self.failure is not None:
+            raise ServicePartDied(self.failure)
 
     # -- what the live view shows ------------------------------------------------------------
     def snapshot(self) -> LoopSnapshot:

@@ -9,6 +9,7 @@ __all__ = [
     "ModelSpecError",
     "NaiveDatetimeError",
     "OnlineLearningError",
+    "PredictionsNotAcknowledged",
     "RegistryError",
     "SignatureError",
     "SnapshotError",
@@ -59,3 +60,7 @@ class RegistryError(OnlineLearningError):
 
 class LearnerBusyError(OnlineLearningError):
     """Another learner process already owns this namespace; run one learner per namespace."""
+
+
+class PredictionsNotAcknowledged(OnlineLearningError):
+    """Kafka did not acknowledge logged predictions in time (the scorer flushes again)."""

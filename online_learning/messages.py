@@ -28,6 +28,7 @@ __all__ = [
     "decode_outcome",
     "decode_prediction",
     "encode_prediction",
+    "foreign_namespace",
     "payment_from_event",
 ]
 
@@ -76,6 +77,29 @@ def encode_prediction(prediction: Prediction, **extra: Any) -> bytes:
             "predicted_at": prediction.predicted_at.isoformat(),
         }
     )
+
+
+def foreign_namespace(value: bytes | None, namespace: str) -> str | None:
+    """The namespace a prediction message names when it is not ``namespace``, else None.
+
+    A message without ``ns`` (written before messages carried it) counts as the reader's own;
+    one that cannot be read is left to ``decode_prediction`` to reject.
+
+    >>> foreign_namespace(b'{"ns": "demo", "payment_id": 1}', "freshloop")
+    'demo'
+    >>> foreign_namespace(b'{"ns": "demo"}', "demo") is None
+    True
+    >>> foreign_namespace(b'{"payment_id": 1}', "demo") is None
+    True
+    """
+    if value is None or b'"ns"' not in value:
+        return None
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    ns = raw.get("ns") if isinstance(raw, dict) else None
+    return ns if isinstance(ns, str) and ns != namespace else None
 
 
 def decode_prediction(value: bytes | None) -> Prediction:

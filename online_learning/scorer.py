@@ -8,6 +8,14 @@ label horizon + grace; read it with ``get_prediction``) and to Kafka ``<prefix>.
 (JSON, key payment_id) for downstream consumers and for the learner, which trains on that very
 vector when the outcome arrives.
 
+Each message carries the scorer's namespace (``ns``): learners of other namespaces that share
+the topic drop it. The default topic carries the namespace too (``predictions_topic_name``).
+
+Degraded, not dead: when the champion poll cannot reach Postgres the scorer keeps serving the
+model it has (and waits with backoff only if it has none yet); when Kafka does not acknowledge
+the predictions it flushes again with backoff. Both report to ``freshloop.health.HEALTH`` as
+component ``scorer``.
+
 Delivery: predictions are flushed to Kafka before the next batch. A pipeline killed between its
 batch write and that flush loses those predictions (the batch's inserts are duplicates on
 replay, so they are not scored again): scoring is at most once; the learner is exactly once.
@@ -18,6 +26,7 @@ features is not a decision.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,20 +40,28 @@ from sqlalchemy import Engine, create_engine
 
 from feature_pipelines import FeatureSet, FeatureStore
 from feature_pipelines.decode import ChangeEvent
+from freshloop.db import POSTGRES_DOWN
+from freshloop.health import HEALTH, retry
 from freshloop.settings import Settings
 from online_learning.checkpoints import CheckpointStore
-from online_learning.exceptions import MessageError, OnlineLearningError
+from online_learning.exceptions import (
+    MessageError,
+    OnlineLearningError,
+    PredictionsNotAcknowledged,
+)
 from online_learning.features import SCORING_FEATURES
 from online_learning.messages import encode_prediction, payment_from_event
 from online_learning.records import Payment, Prediction
 from online_learning.registry import ModelRegistry
-from online_learning.serving import ModelSource
+from online_learning.serving import ModelSource, ServedModel
 from online_learning.topics import ensure_topic
 from online_learning.vector import SERVED_FEATURES, build_vector
 
 __all__ = ["Scorer", "ScorerStats", "get_prediction", "prediction_key"]
 
 log = logging.getLogger(__name__)
+
+_COMPONENT = "scorer"
 
 
 def prediction_key(ns: str, payment_id: int) -> str:
@@ -56,6 +73,7 @@ class ScorerStats:
     scored: int = 0
     too_old: int = 0
     errors: int = 0
+    stale_model_batches: int = 0  # scored with the model already served: Postgres unreachable
 
 
 class Scorer:
@@ -69,8 +87,11 @@ class Scorer:
         features: FeatureSet = SCORING_FEATURES,
         engine: Engine | None = None,
         served_names: Sequence[str] = SERVED_FEATURES,
+        stop: threading.Event | None = None,
     ) -> None:
         self.ns = namespace or settings.namespace
+        self.stop = stop or threading.Event()  # ends a wait for Postgres or Kafka
+        self.flush_timeout_s = 10.0
         self.store = FeatureStore.connect(settings.redis_url, features, self.ns)
         self.topic = settings.predictions_topic_name
         self.served_names = tuple(served_names)
@@ -87,6 +108,7 @@ class Scorer:
         ensure_topic(settings, self.topic)
         self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 2})
         self.stats = ScorerStats()
+        HEALTH.register(_COMPONENT)
 
     def __call__(self, events: list[ChangeEvent]) -> None:
         payments = self._new_payments(events)
@@ -111,7 +133,7 @@ class Scorer:
 
     def score(self, payments: list[Payment]) -> list[Prediction]:
         """Score, then record in Redis and Kafka; returns the predictions."""
-        served = self.source.current()
+        served = self._model()
         customers = {p.customer_id for p in payments}
         merchants = {p.merchant_id for p in payments}
         by_customer = dict(
@@ -143,23 +165,69 @@ class Scorer:
             key = prediction_key(self.ns, p.payment_id)
             pipe.hset(key, mapping=_redis_fields(prediction, served.served_from))
             pipe.pexpire(key, self.ttl_ms)
-            self.producer.produce(
-                self.topic,
-                key=str(p.payment_id).encode(),
-                value=encode_prediction(
+            self._produce(
+                str(p.payment_id).encode(),
+                encode_prediction(
                     prediction,
+                    ns=self.ns,
                     customer_id=p.customer_id,
                     merchant_id=p.merchant_id,
                     served_from=served.served_from,
                 ),
             )
         pipe.execute()
-        remaining = self.producer.flush(10)
-        if remaining:
-            msg = f"{remaining} predictions not acknowledged by Kafka in 10s"
-            raise OnlineLearningError(msg)
+        retry(
+            self._flush, component=_COMPONENT, dependency="kafka",
+            errors=(PredictionsNotAcknowledged,), stop=self.stop,
+        )
         self.stats.scored += len(predictions)
         return predictions
+
+    def _model(self) -> ServedModel:
+        """The champion to score with; the one already served while Postgres cannot be polled
+        (the next poll comes ``champion_poll_s`` later), else wait for Postgres with backoff."""
+        try:
+            served = self.source.current()
+        except POSTGRES_DOWN as exc:
+            last = self.source.last
+            if last is None:
+                return retry(
+                    self.source.current, component=_COMPONENT, dependency="postgres",
+                    errors=POSTGRES_DOWN, stop=self.stop,
+                )
+            if HEALTH.degraded(_COMPONENT, "postgres", exc):
+                log.warning(
+                    "champion_poll_failed error=%s: scoring with model %s until Postgres answers",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                    last.model.version,
+                )
+            self.stats.stale_model_batches += 1
+            return last
+        if HEALTH.healthy(_COMPONENT, "postgres") is not None:
+            log.warning("champion_poll_recovered model=%s", served.model.version)
+        return served
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        """Queue one message; a full local queue waits for deliveries (Kafka slow or down)."""
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key, value=value)
+                return
+            except BufferError as exc:
+                HEALTH.degraded(_COMPONENT, "kafka", exc)
+                if self.stop.is_set():
+                    msg = "scorer stopped while the Kafka producer queue was full"
+                    raise PredictionsNotAcknowledged(msg) from exc
+                self.producer.poll(0.5)
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(self.flush_timeout_s)
+        if remaining:
+            msg = (
+                f"{remaining} predictions not acknowledged by Kafka in {self.flush_timeout_s:g}s "
+                f"(topic {self.topic})"
+            )
+            raise PredictionsNotAcknowledged(msg)
 
 
 def _redis_fields(prediction: Prediction, served_from: str) -> dict[Any, Any]:

@@ -7,20 +7,30 @@ its partitions with the newest checkpoint of the champion (see ``online_learning
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
 
 from feature_pipelines import FeaturePipeline, PipelineStats
+from freshloop.exceptions import DependencyRetryStopped
 from freshloop.settings import Settings
 from online_learning.features import SCORING_FEATURES
 from online_learning.scorer import Scorer
 
 __all__ = ["serve"]
 
+log = logging.getLogger(__name__)
+
 
 def serve(settings: Settings) -> tuple[PipelineStats, Scorer]:
     """Run the scoring feature pipeline until SIGINT or SIGTERM."""
-    scorer = Scorer(settings)
-    pipeline = FeaturePipeline(settings, SCORING_FEATURES, on_applied=scorer)
+    stop = threading.Event()  # also ends the scorer's wait for Postgres or Kafka
+    scorer = Scorer(settings, stop=stop)
+    pipeline = FeaturePipeline(settings, SCORING_FEATURES, on_applied=scorer, stop=stop)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: pipeline.stop.set())
-    return pipeline.run(), scorer
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        return pipeline.run(), scorer
+    except DependencyRetryStopped as exc:
+        log.warning("stopped while waiting for a dependency: %s", exc)
+        return pipeline.stats, scorer

@@ -28,6 +28,13 @@ backlog drained after downtime or a replay of old topics labels each payment as 
 A champion promoted in the registry (a retrain elsewhere) is picked up within
 ``champion_poll_s``: the learner swaps to it, checkpoints at once (so scorers follow) and keeps
 learning from it. Undecodable messages go to ``<prefix>.dead-letter`` and are counted.
+Predictions another namespace logged on the same topic are skipped and counted (``foreign``).
+
+Postgres or Redis unreachable: each call the join needs waits with backoff and is tried again
+(nothing half-joined is ever checkpointed), a missed champion poll or checkpoint is tried again
+after a backoff while learning goes on in memory; each failure degrades component ``learner``
+in ``freshloop.health.HEALTH``. Stopped while waiting, the learner does not checkpoint: the
+work since its last checkpoint is redone on restart.
 """
 
 from __future__ import annotations
@@ -37,10 +44,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -55,17 +62,23 @@ from confluent_kafka import (
     TopicPartition,
 )
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import OperationalError
 
 from connectors.topics import asking_again
 from feature_pipelines.dead_letter import DeadLetters
-from freshloop.db import connect
+from freshloop.db import POSTGRES_DOWN, connect
+from freshloop.exceptions import DependencyRetryStopped
+from freshloop.health import HEALTH, backoff_delay, retry
 from freshloop.settings import Settings
 from online_learning.checkpoints import CheckpointStore
 from online_learning.exceptions import LearnerBusyError, OnlineLearningError
 from online_learning.join import JoinConfig
 from online_learning.learner import OnlineLearner
-from online_learning.messages import Outcome, decode_outcome, decode_prediction
+from online_learning.messages import (
+    Outcome,
+    decode_outcome,
+    decode_prediction,
+    foreign_namespace,
+)
 from online_learning.records import LabelledExample, Prediction
 from online_learning.registry import ChampionRef, ModelRegistry
 from online_learning.scorer import _redis_fields, prediction_key
@@ -76,11 +89,15 @@ __all__ = ["LearnerService", "ServiceCounts", "learner_status", "run_learner"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Checkpoint offsets of the horizon cursor are "horizon:<topic>:<partition>".
 _CURSOR = "horizon:"
 # The cursor stops fetching a partition holding this many predictions not yet due (its consumer
 # also prefetches little), so what it holds is bounded whatever the horizon and the rate.
 _HOLD_MAX = 2000
+_COMPONENT = "learner"
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 @dataclass
@@ -93,6 +110,7 @@ class ServiceCounts:
     dead_lettered: int = 0
     checkpoints: int = 0
     restored_from: int = 0
+    foreign: int = 0  # predictions of another namespace on the topic: skipped
 
 
 class LearnerService:
@@ -154,6 +172,7 @@ class LearnerService:
         self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
         self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
+        HEALTH.register(_COMPONENT)
 
     # ---- start: lock, restore or begin, assign ----------------------------------------------
     def start(self) -> None:
@@ -260,6 +279,7 @@ class LearnerService:
         self.start()
         next_poll = time.monotonic()
         last_checkpoint = time.monotonic()
+        failures = 0  # consecutive failed polls / checkpoints: the backoff grows with them
         try:
             while not self.stop.is_set():
                 messages = self._consumer.consume(self.max_batch, timeout=0.2)
@@ -267,7 +287,7 @@ class LearnerService:
                     self.process(messages)
                 self.advance_horizon()
                 now = time.monotonic()
-                try:  # Postgres restarting: keep the state in memory, try again in a second
+                try:  # Postgres restarting: keep the state in memory, try again after a backoff
                     if now >= next_poll:
                         next_poll = now + self.settings.champion_poll_s
                         if self._poll_champion():
@@ -278,11 +298,26 @@ class LearnerService:
                     if due:
                         self.checkpoint()
                         last_checkpoint = time.monotonic()
-                except (OperationalError, psycopg.OperationalError) as exc:
+                except POSTGRES_DOWN as exc:
+                    HEALTH.degraded(_COMPONENT, "postgres", exc)
+                    delay = backoff_delay(failures, 0.5, 15.0)
+                    failures += 1
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                    log.warning("postgres_unreachable error=%s: retrying in 1 s", first)
-                    self.stop.wait(1.0)
+                    log.warning(
+                        "postgres_unreachable component=learner error=%s: retrying in %.1f s",
+                        first, delay,
+                    )
+                    next_poll = min(next_poll, time.monotonic() + delay)
+                    self.stop.wait(delay)
+                else:
+                    if failures:
+                        failures = 0
+                        HEALTH.healthy(_COMPONENT, "postgres")
+                        log.warning("postgres_recovered component=learner")
             self.checkpoint()
+        except DependencyRetryStopped as exc:
+            log.warning("learner stopped without a checkpoint (%s): work since the last one is "
+                        "redone on restart", exc)
         finally:
             self.close()
         return self.counts
@@ -307,6 +342,9 @@ class LearnerService:
             self._dirty = True
             try:
                 if topic == self.predictions_topic:
+                    if foreign_namespace(msg.value(), self.ns) is not None:
+                        self.counts.foreign += 1
+                        continue
                     items.append((f"{topic}:{partition}", decode_prediction(msg.value())))
                     continue
                 outcome = decode_outcome(msg.value(), msg.key())
@@ -324,10 +362,10 @@ class LearnerService:
             self.counts.dead_lettered += self.dead_letters.count - dead_before
         predictions = [item for _, item in items if isinstance(item, Prediction)]
         outcome_ids = {item.payment_id for _, item in items if isinstance(item, Outcome)}
-        self._relog(predictions)
-        logged = self._logged(outcome_ids)
+        self._redis(lambda: self._relog(predictions))
+        logged = self._redis(lambda: self._logged(outcome_ids))
         parked = {p.payment_id for p in predictions if p.payment_id in stream.parked}
-        stored = self.checkpoints.labelled(outcome_ids | parked)
+        stored = self._postgres(lambda: self.checkpoints.labelled(outcome_ids | parked))
         for partition_key, item in items:
             if item is None:
                 stream.clock.at_end(partition_key)
@@ -359,7 +397,8 @@ class LearnerService:
                 due.append((name, offset, prediction))
         if not due:
             return 0
-        stored = self.checkpoints.labelled({p.payment_id for _, _, p in due if p is not None})
+        ids = {p.payment_id for _, _, p in due if p is not None}
+        stored = self._postgres(lambda: self.checkpoints.labelled(ids))
         for name, offset, prediction in due:
             self.offsets[_CURSOR + name] = offset + 1
             if prediction is not None:
@@ -373,8 +412,10 @@ class LearnerService:
             if msg.error() is not None:
                 continue
             name = f"{msg.topic()}:{msg.partition()}"
+            prediction: Prediction | None = None  # another namespace's: released at once
             try:
-                prediction: Prediction | None = decode_prediction(msg.value())
+                if foreign_namespace(msg.value(), self.ns) is None:
+                    prediction = decode_prediction(msg.value())
             except OnlineLearningError:
                 prediction = None  # dead-lettered by the head already; released at once
             self._held[name].append((msg.offset() or 0, prediction))
@@ -387,6 +428,16 @@ class LearnerService:
             elif len(held) < _HOLD_MAX and name in self._paused:
                 self._cursor.resume(tp)
                 self._paused.discard(name)
+
+    def _postgres(self, call: Callable[[], T]) -> T:
+        """A Postgres call the join cannot go on without: tried again until it works."""
+        return retry(call, component=_COMPONENT, dependency="postgres", errors=POSTGRES_DOWN,
+                     stop=self.stop)
+
+    def _redis(self, call: Callable[[], T]) -> T:
+        """A Redis call the join cannot go on without: tried again until it works."""
+        return retry(call, component=_COMPONENT, dependency="redis", errors=_REDIS_DOWN,
+                     stop=self.stop)
 
     def _logged(self, payment_ids: Collection[int]) -> dict[int, Prediction]:
         """The predictions logged in Redis for these payments (one pipeline)."""

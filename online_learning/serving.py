@@ -57,6 +57,12 @@ class ModelSource:
         self._served: ServedModel | None = None
         self._next_poll = 0.0
 
+    @property
+    def last(self) -> ServedModel | None:
+        """The model served so far (None before the first successful poll): what a scorer keeps
+        serving while Postgres cannot be polled."""
+        return self._served
+
     def current(self) -> ServedModel:
         if self._served is None or time.monotonic() >= self._next_poll:
             self.refresh()

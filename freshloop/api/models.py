@@ -13,6 +13,8 @@ __all__ = [
     "MAX_BATCH_KEYS",
     "BatchRequest",
     "BatchResponse",
+    "ComponentState",
+    "Degraded",
     "DependencyError",
     "DependencyState",
     "DriftReportRow",
@@ -145,6 +147,22 @@ class DependencyState(BaseModel):
     detail: str
 
 
+class Degraded(BaseModel):
+    """A part failing on one dependency (``freshloop.health``)."""
+
+    dependency: str
+    since: datetime
+    errors: int
+    detail: str
+
+
+class ComponentState(BaseModel):
+    """A long-running part of this process (pipeline, scorer, learner, drift): healthy or not."""
+
+    ok: bool
+    degraded: list[Degraded] = Field(default_factory=list)
+
+
 class ReplicationSlot(BaseModel):
     """The connector's replication slot: WAL it holds back and its alarm (``freshloop.wal``)."""
 
@@ -161,6 +179,9 @@ class ReplicationSlot(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     dependencies: dict[str, DependencyState]
+    # The parts running in this process (``freshloop serve``) and the dependency each is
+    # degraded on; empty for a standalone ``api serve``. One degraded part makes it a 503.
+    components: dict[str, ComponentState] = Field(default_factory=dict)
     # Alarms do not make the answer a 503: the API still serves while the slot falls behind.
     alarms: list[str] = Field(default_factory=list)
     replication_slot: ReplicationSlot | None = None

@@ -19,6 +19,8 @@ from freshloop.api.models import (
     BIGINT_MAX,
     BatchRequest,
     BatchResponse,
+    ComponentState,
+    Degraded,
     DependencyError,
     DriftReportRow,
     ErrorBody,
@@ -228,20 +230,46 @@ def list_retrains(request: Request, limit: Limit = 20) -> list[RetrainRow]:
     response_model=Health,
     responses={503: {"model": Health, "description": "At least one dependency is down."}},
     tags=["operations"],
-    summary="Each dependency's state (Postgres, Redis, Kafka, Connect); 503 if one is down",
+    summary=(
+        "Each dependency's state (Postgres, Redis, Kafka, Connect) and each part of this process;"
+        " 503 if a dependency is down or a part is degraded"
+    ),
 )
 def healthz(request: Request) -> JSONResponse:
     b = _backends(request)
     states = b.health()
-    ok = all(s.ok for s in states.values())
+    components = _components()
+    ok = all(s.ok for s in states.values()) and all(c.ok for c in components.values())
     slot = b.replication_slot() if states["postgres"].ok else None
     body = Health(
         status="ok" if ok else "degraded",
         dependencies=states,
+        components=components,
         alarms=[slot.alarm] if slot is not None and slot.alarm else [],
         replication_slot=None if slot is None else ReplicationSlot(**slot.to_dict()),
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
+
+
+def _components() -> dict[str, ComponentState]:
+    """The parts of this process as ``freshloop.health.HEALTH`` knows them."""
+    from freshloop.health import HEALTH
+
+    return {
+        name: ComponentState(
+            ok=not problems,
+            degraded=[
+                Degraded(
+                    dependency=d.dependency,
+                    since=datetime.fromtimestamp(d.since, UTC),
+                    errors=d.errors,
+                    detail=d.detail,
+                )
+                for d in problems
+            ],
+        )
+        for name, problems in HEALTH.components().items()
+    }
 
 
 @router.get(

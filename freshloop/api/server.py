@@ -103,6 +103,11 @@ class ApiServer:
         log.info("api serving url=%s", self.url)
         return self
 
+    @property
+    def alive(self) -> bool:
+        """True while the server thread started by ``start()`` runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Finish open requests and stop; safe to call twice."""
         self.server.should_exit = True

@@ -7,7 +7,7 @@ import random
 
 from feature_pipelines import SAMPLE_FEATURES
 from feature_pipelines.memory import MemoryStore
-from feature_pipelines.planner import Planner, RowWrite, WritePlan, row_after
+from feature_pipelines.planner import Planner, RowWrite, Watermarks, WritePlan, row_after
 from feature_pipelines.row_cache import RowCache
 from tests.feature_pipelines.harness import decode_all
 from tests.feature_pipelines.test_overlap import _history
@@ -55,6 +55,23 @@ def test_the_oldest_written_rows_go_first_past_the_capacity() -> None:
     known, unknown = cache.split(list("abcde"))
     assert sorted(known) == ["b", "d", "e"]
     assert unknown == ["a", "c"]
+
+
+def test_rows_whose_state_expired_leave_the_cache_as_they_leave_redis() -> None:
+    """A row's ``exp`` is the watermark at its last write plus its TTL: once the watermark
+    reaches it, the write script may have deleted its state, so the cache does not answer
+    for it (split reads it) and forgets it (remember)."""
+    cache = RowCache(10)
+    for key, exp in (("a", 100), ("b", 200), ("c", 300)):
+        cache.remember({}, _plan(**{key: RowWrite(None, {"pos": "1:1", "exp": str(exp)})}))
+    marks = Watermarks({0: (150, 0)})
+    known, unknown = cache.split(list("abc"), marks=marks)
+    assert sorted(known) == ["b", "c"] and unknown == ["a"]
+    cache.remember(
+        {}, _plan(d=RowWrite(None, {"pos": "1:1", "exp": "400"})), Watermarks({0: (250, 0)})
+    )
+    assert len(cache) == 2  # b (200) went; c and d stay
+    assert sorted(cache.split(list("bcd"))[0]) == ["c", "d"]
 
 
 def test_capacity_zero_reads_everything() -> None:

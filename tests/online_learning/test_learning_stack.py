@@ -9,11 +9,13 @@ import uuid
 import psycopg
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from freshloop.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from online_learning import LearnerService, OnlineModel, get_prediction
+from online_learning.exceptions import OnlineLearningError
+from online_learning.messages import decode_prediction
 from tests.online_learning.stack import ScoringPipeline, learn_ns, wait_for
 
 pytestmark = pytest.mark.integration
@@ -51,8 +53,45 @@ def _outcome_ids(settings: Settings, payment_ids: set[int]) -> set[int]:
 
 
 def _all_scored(settings: Settings, payment_ids: set[int]) -> bool:
+    """Each payment's prediction is logged in Redis, or already learned (a checkpoint that
+    stores a payment as learned removes its logged prediction from Redis)."""
     client = redis.Redis.from_url(settings.redis_url)
-    return all(get_prediction(client, settings.namespace, p) is not None for p in payment_ids)
+    open_ = {p for p in payment_ids if get_prediction(client, settings.namespace, p) is None}
+    return not open_ or open_ <= {r[0] for r in _examples(settings)}
+
+
+def _logged(settings: Settings, payment_ids: set[int]) -> dict[int, dict]:
+    """The feature vectors logged on the predictions topic for these payments."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"t-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    topic = settings.predictions_topic_name
+    partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+    reader.subscribe([topic])
+    out: dict[int, dict] = {}
+    at_end: set[int] = set()
+    try:
+        while len(at_end) < len(partitions):
+            msg = reader.poll(5)
+            if msg is None:
+                break
+            if msg.error() is not None:
+                at_end.add(msg.partition() or 0)
+                continue
+            try:
+                prediction = decode_prediction(msg.value())
+            except OnlineLearningError:
+                continue
+            if prediction.payment_id in payment_ids:
+                out.setdefault(prediction.payment_id, dict(prediction.features))
+    finally:
+        reader.close()
+    return out
 
 
 def _learned(service: LearnerService) -> int:
@@ -100,11 +139,12 @@ def test_every_outcome_is_learned_once_and_the_pattern_is_learned(learn_ns: Sett
           f"log_loss={metrics['log_loss']:.3f}")
     assert metrics["n_fraud"] >= 30
     assert metrics["rolling_roc_auc"] > 0.8
-    # The logged vector is exactly what was trained on.
+    # The logged vector is exactly what was trained on; the learned ones left Redis.
     client = redis.Redis.from_url(learn_ns.redis_url)
+    logged = _logged(learn_ns, {r[0] for r in mine[:50]})
     for payment_id, features, _label in mine[:50]:
-        prediction = get_prediction(client, learn_ns.namespace, payment_id)
-        assert prediction is not None and dict(prediction.features) == features
+        assert logged[payment_id] == features
+        assert get_prediction(client, learn_ns.namespace, payment_id) is None
 
 
 def test_a_promoted_champion_is_followed_without_restart(learn_ns: Settings) -> None:
