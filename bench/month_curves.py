@@ -10,6 +10,7 @@ instead of guessing.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,11 +108,14 @@ def verdict(
     *,
     last_days: float = 10.0,
     tolerance: float = 0.05,
+    slack: float = 0.0,
 ) -> Verdict:
-    """Judge a curve of (day, value) points: growth from the first point at or after
-    max(settle, last day - ``last_days``) to the last point, relative to the first.
+    """Judge a curve of (day, value) points: growth from the first points at or after
+    max(settle, last day - ``last_days``) to the last ones (medians of up to three each),
+    relative to the first.
 
-    Growth from zero is infinite unless the curve stays at zero.
+    Growth from zero is infinite unless the curve stays at zero. ``slack``: an absolute rise
+    that counts as flat whatever its share (a value that moves in pages or segments).
 
     >>> verdict([(d, 1000.0 + d) for d in range(31)], 8).flat
     True
@@ -132,12 +136,17 @@ def verdict(
             f"the run has {end_day:.1f}"
         )
         return Verdict(None, None, None, None, settles_after_days, reason)
-    (d0, v0), (d1, v1) = window[0], window[-1]
+    # each end is the median of up to three daily samples: a value sampled once a day at
+    # whatever phase of a checkpoint or prune cycle moves by that cycle, not by history
+    ends = max(1, min(3, len(window) // 3))
+    d0, d1 = window[0][0], window[-1][0]
+    v0 = statistics.median(v for _, v in window[:ends])
+    v1 = statistics.median(v for _, v in window[-ends:])
     if v0 == 0:
         growth = 0.0 if v1 == 0 else math.inf
     else:
         growth = (v1 - v0) / abs(v0)
-    flat = growth <= tolerance
+    flat = growth <= tolerance or v1 - v0 <= slack
     reason = f"{'flat' if flat else 'grows'}: {_pct(growth)} from day {d0:g} to day {d1:g}"
     return Verdict(flat, growth, d0, d1, settles_after_days, reason)
 

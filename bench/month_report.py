@@ -148,8 +148,11 @@ def write_state_doc(result: dict[str, Any], docs: Path) -> Path:
         "A curve is **flat** when it grew at most "
         f"{cfg['tolerance']:.0%} over the last {cfg['last_days']:g} simulated days, judged only "
         "after it can settle (its longest window; plus the label horizon and grace for what "
-        "waits on labels). `redis.used_memory` is the whole Redis instance, shared with "
-        "whatever else runs on it; `redis.namespace_bytes` is this run's keys alone.",
+        "waits on labels), on the samples taken while the writer ran; a Postgres table may "
+        "also rise by 1 MB (it moves in 8 KB pages as autovacuum reuses space) and retained "
+        "WAL by 64 MB (16 MB segments). `redis.used_memory` is the whole Redis instance, "
+        "shared with whatever else runs on it; `redis.namespace_bytes` is this run's keys "
+        "alone.",
         "",
         "## Verdict",
         "",

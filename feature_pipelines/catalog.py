@@ -19,7 +19,7 @@ class FeatureSet:
 
     A mean over the same rows as a sum of the same value, or as a count, of the set keeps no
     field of its own for that part: the set gives it ``total_from`` / ``count_from`` (the first
-    such feature declared), and it reads them from there (``windows.mean_parts``). A mean that
+    such feature declared), and it reads them from there (``Mean.own_parts``). A mean that
     already has them (taken from another set) needs those features in this one too.
     """
 
@@ -156,7 +156,7 @@ def _pay(
     value: str | None = None,
     where: tuple[Condition, ...] = (),
 ) -> Feature:
-    return Feature(name, entity, "payments", "created_at", agg, value, where, window)  # type: ignore[arg-type]
+    return Feature(name, entity, "payments", "created_at", agg, value, where, window)
 
 
 SAMPLE_FEATURES = FeatureSet.of(

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from feature_pipelines.aggregations import kind_of
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.exceptions import DecodeError
 from feature_pipelines.windows import event_micros, scaled
@@ -45,7 +46,7 @@ def _build(features: FeatureSet) -> dict[str, tuple[Rule, ...]]:
             own[(f.event_time, "time", None)] = None
         own[(f.lookup.column if f.lookup else f.entity.key, "key", None)] = None
         if f.value is not None:
-            kind = "decimal" if f.agg in ("sum", "mean") else "scalar"
+            kind = "decimal" if kind_of(f.agg).decimal else "scalar"
             own[(f.value, kind, f.scale if kind == "decimal" else None)] = None
         for cond in f.where:
             own[(cond.column, "equals", cond.equals)] = None

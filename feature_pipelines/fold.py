@@ -16,54 +16,68 @@ amounts in cents up to about 90 trillion); the client fold is exact at any size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Collection, Mapping, Sequence
 from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 
-from feature_pipelines.readout import FeatureValue, Fields, ReadPlan, mean_value
+from feature_pipelines.aggregations import KINDS, Reducer, kind_of
+from feature_pipelines.readout import FeatureValue, Fields, ReadPlan
 from feature_pipelines.spec import Feature
-from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD, mean_parts
+from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
 __all__ = ["FOLD_MANY", "LOCAL", "MANY", "FoldRead"]
 
 LOCAL, MANY = 0, 1  # how a read folds: see ``FoldRead.way``
 
-_AGG = {"count": "c", "sum": "s", "mean": "m", "distinct": "d"}
 
-# ARGV: n_features, then per feature: name, agg code (a mean's followed by its own parts,
-# ``windows.mean_parts``), windowed (1|0), lo, hi.
+
+def _spec(feature: Feature) -> str:
+    """How FOLD_MANY reads a feature: a keyed kind is ``#`` and the name of its reducer (if
+    any); a counter kind is its fields' parts, ``|``-separated, each followed by where it adds:
+    1 the count a, 2 the total b (e.g. ``1`` for a count, ``:z1|:s2`` for a mean)."""
+    kind = kind_of(feature.agg)
+    if kind.keyed:
+        return "#" + (kind.name if kind.reducer else "")
+    return "|".join(part + ("2" if slot == "total" else "1") for part, slot in kind.parts(feature))
+
+
+# ARGV: n_features, then per feature: name, spec (``_spec``), windowed (1|0), lo, hi.
 # Returns per key: {commit, written, a1, b1, a2, b2, ...} as integers (Redis turns a Lua number
-# into an integer reply): a = count (or distinct values with a positive count), b = scaled
-# total; commit/written are -1 when absent. Integers spare the client a parse per number.
+# into an integer reply): a = count (or values with a positive count, for a keyed kind), b =
+# scaled total (or, for a keyed kind with a reducer, its values with a positive count folded
+# with it); commit/written are -1 when absent. Integers spare the client a parse per number.
 # It first writes down the name of every field the read counts (each windowed feature's buckets
 # in the window, each lifetime feature's name) and looks fields up by name; only a field not
-# found there (a distinct value, a bucket outside the window, bookkeeping) is looked at further.
+# found there (a keyed value, a bucket outside the window, bookkeeping) is looked at further.
 # Writing the names costs about as much as folding a few entities: it pays for many keys only.
-FOLD_MANY = """
+_FOLD_MANY = """
 local find, sub, byte = string.find, string.sub, string.byte
+local reducers = {}
+@REDUCERS@
 local nf = tonumber(ARGV[1])
-local names = {}  -- field name -> {slot, kind}; kind 1 = count, 2 = total
-local distinct_slot = {}  -- name (or name@bucket) before '#' -> slot of a distinct feature
+local names = {}  -- field name -> {slot, where}; where 1 = count, 2 = total
+local keyed_slot = {}  -- name (or name@bucket) before '#' of a keyed feature -> its slot
+local reducer = {}  -- slot of a keyed feature -> function folding its values, if any
 for i = 0, nf - 1 do
   local base = 2 + i * 5
-  local name, agg, windowed = ARGV[base], ARGV[base + 1], ARGV[base + 2] == '1'
+  local name, spec, windowed = ARGV[base], ARGV[base + 1], ARGV[base + 2] == '1'
   local lo, hi = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local heads
-  if sub(agg, 1, 1) == 'm' then  -- 'm' and the parts the mean keeps: n, z (into its count), s
-    heads = {}
-    for p = 2, #agg do
-      local part = sub(agg, p, p)
-      heads[#heads + 1] = {name .. ':' .. part, part == 's' and 2 or 1}
+  local keyed = byte(spec, 1) == 35
+  local heads = {}
+  if keyed then
+    heads[1] = {name, 0}
+    reducer[i + 1] = reducers[sub(spec, 2)]
+  else
+    for item in string.gmatch(spec, '[^|]+') do
+      heads[#heads + 1] = {name .. sub(item, 1, -2), tonumber(sub(item, -1))}
     end
-  elseif agg == 'c' then heads = {{name, 1}}
-  else heads = {{name, 2}} end
+  end
   for _, head in ipairs(heads) do
     local entry = {i + 1, head[2]}
     local into = names
-    if agg == 'd' then into = distinct_slot; entry = i + 1 end
+    if keyed then into = keyed_slot; entry = i + 1 end
     if windowed then
       for b = lo + 1, hi do into[head[1] .. '@' .. b] = entry end
     else
@@ -74,7 +88,7 @@ end
 local out = {}
 for k = 1, #KEYS do
   local flat = redis.call('HGETALL', KEYS[k])
-  local counts, totals, distinct = {}, {}, {}
+  local counts, totals, keyed = {}, {}, {}
   for i = 1, nf do counts[i] = 0; totals[i] = 0 end
   local commit, written = '', ''
   for j = 1, #flat, 2 do
@@ -89,10 +103,10 @@ for k = 1, #KEYS do
     else
       local q = find(f, '#', 1, true)
       if q then
-        local slot = distinct_slot[sub(f, 1, q - 1)]
+        local slot = keyed_slot[sub(f, 1, q - 1)]
         if slot then
-          local d = distinct[slot]
-          if not d then d = {}; distinct[slot] = d end
+          local d = keyed[slot]
+          if not d then d = {}; keyed[slot] = d end
           local dval = sub(f, q + 1)
           d[dval] = (d[dval] or 0) + tonumber(flat[j + 1])
         end
@@ -101,18 +115,35 @@ for k = 1, #KEYS do
   end
   local row = {tonumber(commit) or -1, tonumber(written) or -1}
   for i = 1, nf do
-    local c = counts[i]
-    if distinct[i] then
+    local c, t = counts[i], totals[i]
+    if keyed[i] then
       c = 0
-      for _, n in pairs(distinct[i]) do if n > 0 then c = c + 1 end end
+      local r = reducer[i]
+      for v, n in pairs(keyed[i]) do
+        if n > 0 then
+          c = c + 1
+          if r then
+            if c == 1 then t = tonumber(v) else t = r(t, tonumber(v)) end
+          end
+        end
+      end
     end
     row[#row + 1] = c
-    row[#row + 1] = totals[i]
+    row[#row + 1] = t
   end
   out[k] = row
 end
 return out
-""".replace("@COMMIT@", COMMIT_FIELD).replace("@WRITTEN@", WRITTEN_FIELD)
+"""
+# the reducers of the registered keyed kinds, by kind name
+FOLD_MANY = (
+    _FOLD_MANY.replace("@COMMIT@", COMMIT_FIELD)
+    .replace("@WRITTEN@", WRITTEN_FIELD)
+    .replace(
+        "@REDUCERS@",
+        "\n".join(f"reducers['{k.name}'] = {k.reducer.lua}" for k in KINDS.values() if k.reducer),
+    )
+)
 
 # With ``server_fold``, reads of this many keys or more fold in Redis, unless the plan has more
 # than _NAMES_PER_KEY names per key for FOLD_MANY to write down (a name costs about what
@@ -143,12 +174,13 @@ class FoldRead:
         for f in plan.features:
             _feature, lo, hi = plan.wanted[f.name]
             windowed = "1" if f.window is not None else "0"
-            own = "".join(mean_parts(f)) if f.agg == "mean" else ""  # the mean's own parts
-            self.args += [f.name, _AGG[f.agg] + own, windowed, str(lo), str(hi)]
-            if f.window is not None and f.agg != "distinct":
-                self.n_names += (hi - lo) * (len(own) or 1)
+            self.args += [f.name, _spec(f), windowed, str(lo), str(hi)]
+            kind = kind_of(f.agg)
+            if f.window is not None and not kind.keyed:
+                self.n_names += (hi - lo) * len(kind.parts(f))
+        # the value ``readout.finalize`` gives, from a fold row, without building a State
         at = {f.name: 2 + 2 * i for i, f in enumerate(plan.features)}
-        self.convs = [(f.name, _converter(f, at)) for f in plan.features]
+        self.convs = [(f.name, kind_of(f.agg).converter(f, at)) for f in plan.features]
 
     def way(self, n_keys: int) -> int:
         """Where a read of ``n_keys`` keys folds when the store may fold in Redis: ``LOCAL``
@@ -168,7 +200,7 @@ class FoldRead:
         lookup = self._lookup(names[0])
         codes = lookup.codes(names)
         row = self._empty()
-        distinct: dict[tuple[int, Any], int] | None = None  # (a_i, value) -> rows with it
+        keyed: dict[tuple[int, Any], int] | None = None  # (a_i, value) -> rows with it
         for code, value in zip(codes, values, strict=True):
             if code >= 2:  # the usual field: a count or total of one feature
                 row[code] += int(value)
@@ -176,13 +208,18 @@ class FoldRead:
                 row[code] = int(value)
             elif code != _NOT_COUNTED:
                 pair = lookup.distinct[_DISTINCT - code]
-                if distinct is None:
-                    distinct = {}
-                distinct[pair] = distinct.get(pair, 0) + int(value)
-        if distinct:
-            for (at, _value), n in distinct.items():
+                if keyed is None:
+                    keyed = {}
+                keyed[pair] = keyed.get(pair, 0) + int(value)
+        if keyed:
+            reducers = lookup.reducers
+            for (at, value), n in keyed.items():
                 if n > 0:
                     row[at] += 1
+                    reducer = reducers.get(at)
+                    if reducer is not None:  # the kind folds its values into b
+                        x = int(value)
+                        row[at + 1] = x if row[at] == 1 else reducer.python(row[at + 1], x)
         return row
 
     def fold_hashes(self, hashes: Sequence[Fields | Sequence[Any]]) -> list[list[int]]:
@@ -214,6 +251,12 @@ class FoldRead:
         vals = _integers(values)
         if vals is None or int(np.abs(vals).max()) > _INT64_SAFE // len(vals):
             return [self.fold_fields(fields) for fields in hashes]
+        dist = codes <= _DISTINCT
+        numbers = None
+        if lookup.reducers and dist.any():
+            numbers = lookup.numbers()
+            if numbers is None:  # a keyed value past int64: fold in Python's integers
+                return [self.fold_fields(fields) for fields in hashes]
         key = np.repeat(np.arange(n_keys), lengths)
         rows = np.zeros((n_keys, 2 + 2 * len(self.plan.features)), dtype=np.int64)
         rows[:, :2] = -1
@@ -222,10 +265,9 @@ class FoldRead:
         for at in (0, 1):  # commit and written times
             found = codes == at
             rows[key[found], at] = vals[found]
-        dist = codes <= _DISTINCT
         if dist.any():
             # one sum per key and (a_i, value) pair over its buckets; a feature counts the
-            # values whose sum is positive
+            # values whose sum is positive (and a kind with a reducer folds them into b)
             which = _DISTINCT - codes[dist]
             pair_of, slot_of = lookup.distinct_arrays()
             pair, slot = pair_of[which], slot_of[which]
@@ -237,6 +279,9 @@ class FoldRead:
             np.add.at(sums, inverse, vals[dist])
             positive = sums > 0
             np.add.at(rows, (pairs[positive] // n_pairs, slot[first[positive]]), 1)
+            if numbers is not None:
+                number = numbers[which][first]
+                _reduce(lookup, rows, pairs // n_pairs, slot[first], number, positive)
         out: list[list[int]] = rows.tolist()
         return out
 
@@ -286,20 +331,22 @@ class _Lookup:
 
     A code >= 2 is the row index the field adds to (count a_i or total b_i), 0 and 1 the
     commit and written times, ``_NOT_COUNTED`` a field the read does not count, and from
-    ``_DISTINCT`` down a (row index, value) pair of a distinct feature in ``distinct``. The
-    counted fields are written down from the plan; every other field gets its code the first
-    time it is seen. Names repeat across the entities one plan reads (buckets are shared), so
-    a distinct field is taken apart once per plan, not once per entity."""
+    ``_DISTINCT`` down a (row index, value) pair of a keyed feature (distinct, ...) in
+    ``distinct``. The counted fields are written down from the plan; every other field gets
+    its code the first time it is seen. Names repeat across the entities one plan reads
+    (buckets are shared), so a keyed field is taken apart once per plan, not once per entity."""
 
     __slots__ = (
         "_arrays",
         "_counted",
         "_hash",
         "_heads",
+        "_numbers",
         "_pairs",
         "distinct",
         "pair_of",
         "places",
+        "reducers",
     )
 
     def __init__(self, plan: ReadPlan, as_bytes: bool) -> None:
@@ -307,18 +354,23 @@ class _Lookup:
             return text.encode() if as_bytes else text
 
         places: dict[Any, int] = {key(COMMIT_FIELD): 0, key(WRITTEN_FIELD): 1}
-        heads: dict[Any, int] = {}  # name (or name@bucket) before '#' of a distinct feature
+        heads: dict[Any, int] = {}  # name (or name@bucket) before '#' of a keyed feature
+        # a_i of a keyed feature whose kind folds its values into b_i -> how
+        self.reducers: dict[int, Reducer] = {}
         for i, f in enumerate(plan.features):
             _feature, lo, hi = plan.wanted[f.name]
             count_at, total_at = 2 + 2 * i, 3 + 2 * i
-            if f.agg == "mean":  # ``z`` (rows of its count without a value) in the count
+            kind = kind_of(f.agg)
+            if kind.keyed:
+                parts = [(f.name, count_at)]
+                if kind.reducer is not None:
+                    self.reducers[count_at] = kind.reducer
+            else:  # a mean's ``z`` (rows of its count without a value) goes in the count
                 parts = [
-                    (f"{f.name}:{part}", total_at if part == "s" else count_at)
-                    for part in mean_parts(f)
+                    (f.name + part, total_at if slot == "total" else count_at)
+                    for part, slot in kind.parts(f)
                 ]
-            else:
-                parts = [(f.name, count_at if f.agg in ("count", "distinct") else total_at)]
-            into = heads if f.agg == "distinct" else places
+            into = heads if kind.keyed else places
             for head, at in parts:
                 if f.window is None:
                     into[key(head)] = at
@@ -334,6 +386,7 @@ class _Lookup:
         self.pair_of: list[int] = []
         self._pairs: dict[tuple[int, Any], int] = {}
         self._arrays = (_NO_INTS, _NO_INTS)  # pair_of and each distinct's a_i, as numpy
+        self._numbers: Any = _NO_INTS  # each distinct's value as an integer, see ``numbers``
 
     def codes(self, names: Sequence[Any]) -> list[int]:
         """The code of each name, in order."""
@@ -378,6 +431,18 @@ class _Lookup:
             self._arrays = (pair_of, slot_of)
         return pair_of, slot_of
 
+    def numbers(self) -> Any:
+        """Each entry of ``distinct`` as an int64 (its value, for a feature with a reducer;
+        0 for others), grown with the list; None if some value does not fit int64."""
+        have = len(self._numbers)
+        if have < len(self.distinct):
+            reducers = self.reducers
+            more = [int(v) if at in reducers else 0 for at, v in self.distinct[have:]]
+            if any(not _I64.min < x < _I64.max for x in more):
+                return None
+            self._numbers = np.concatenate((self._numbers, np.array(more, dtype=np.int64)))
+        return self._numbers
+
     def _full(self) -> bool:
         """Whether the remembered names are past the bound; if so, they are forgotten."""
         if len(self.places) <= len(self._counted) + _KEPT:
@@ -385,6 +450,7 @@ class _Lookup:
         self.places = dict(self._counted)
         self.distinct, self.pair_of, self._pairs = [], [], {}
         self._arrays = (_NO_INTS, _NO_INTS)
+        self._numbers = _NO_INTS
         return True
 
     def _code(self, name: Any) -> int:
@@ -427,20 +493,15 @@ def _integers(values: list[Any]) -> Any:
         return None
 
 
-_Conv = Callable[[Sequence[int]], FeatureValue]
-
-
-def _converter(feature: Feature, at: Mapping[str, int]) -> _Conv:
-    """Fold row -> the value ``readout.finalize`` gives, without building a State. A feature's
-    count a_i is at ``at[name]`` and its total b_i next to it; a mean with ``total_from`` /
-    ``count_from`` takes them from those features' places (its own a_i then counts ``z``)."""
-    agg, shift, scale, i = feature.agg, -feature.scale, feature.scale, at[feature.name]
-    if agg in ("count", "distinct"):
-        return lambda row: row[i]
-    if agg == "sum":
-        return lambda row: Decimal(row[i + 1]).scaleb(shift)
-    total_at = at[feature.total_from] + 1 if feature.total_from else i + 1
-    if not feature.count_from:
-        return lambda row: mean_value(row[total_at], row[i], scale)
-    count_at = at[feature.count_from]
-    return lambda row: mean_value(row[total_at], row[count_at] - row[i], scale)
+def _reduce(lookup: _Lookup, rows: Any, key: Any, slot: Any, number: Any, positive: Any) -> None:
+    """Fold, per key and keyed feature with a reducer, the values with a positive count into
+    b_i (per (key, value) pair: its key, its feature's a_i, its value, whether positive)."""
+    by_reducer: dict[Reducer, list[int]] = {}
+    for at, reducer in lookup.reducers.items():
+        by_reducer.setdefault(reducer, []).append(at)
+    for reducer, ats in by_reducer.items():
+        chosen = positive & np.isin(slot, ats)
+        if chosen.any():
+            where = (key[chosen], slot[chosen] + 1)
+            rows[where] = number[chosen]  # one of the values: the reducer is idempotent
+            reducer.numpy.at(rows, where, number[chosen])

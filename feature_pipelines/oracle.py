@@ -3,8 +3,10 @@
 Derived from the same ``Feature`` as the incremental updater, and bound by the same window rule
 (``windows``): a read at time t counts event times in [lo, hi) with
 lo = (floor((t - W) / w) + 1) * w and hi = (floor(t / w) + 1) * w. The statement returns the
-underlying state (row count, exact sum as text, distinct values), which ``readout.finalize``
-turns into values exactly as the online read does, so any difference is a real mismatch.
+underlying state (row count, an exact decimal as text, values), measured as the feature's
+aggregation kind says (``Kind.sql_measures``), which the kind turns into the state
+``readout.finalize`` reads exactly as the online read does, so any difference is a real
+mismatch.
 
 The same statements serve point-in-time training data: pass the time of each prediction as t.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from feature_pipelines.readout import State
+from feature_pipelines.aggregations import State, kind_of
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import bucket_range, scaled
 
@@ -35,7 +37,7 @@ def window_bounds(feature: Feature, t_micros: int) -> tuple[int, int] | None:
 def oracle_query(
     feature: Feature, t_micros: int, keys: Sequence[Any] | None = None
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """``SELECT key, n, total, distinct_values`` per entity key, with bound parameters."""
+    """``SELECT key, n, total, values`` per entity key, with bound parameters."""
     src = sql.Identifier(feature.table)
     s = sql.Identifier("s")
     if feature.lookup is None:
@@ -74,17 +76,10 @@ def oracle_query(
     if keys is not None:
         params["keys"] = [str(k) for k in keys]
         where.append(sql.SQL("{}::text = ANY({})").format(key_expr, sql.Placeholder("keys")))
-    measures: sql.Composable
-    if feature.value is None:
-        measures = sql.SQL("count(*), NULL::text, NULL::text[]")
-    else:
+    value = None
+    if feature.value is not None:
         value = sql.SQL("{}.{}").format(s, sql.Identifier(feature.value))
-        if feature.agg == "distinct":
-            measures = sql.SQL("count({v}), NULL::text, array_agg(DISTINCT {v}::text)").format(
-                v=value
-            )
-        else:
-            measures = sql.SQL("count({v}), sum({v})::text, NULL::text[]").format(v=value)
+    measures = kind_of(feature.agg).sql_measures(value)
     query = sql.SQL("SELECT {key}::text, {measures} FROM {src} WHERE {where} GROUP BY 1").format(
         key=key_expr,
         measures=measures,
@@ -96,10 +91,5 @@ def oracle_query(
 
 def state_from_row(feature: Feature, n: int, total: str | None, values: list[str] | None) -> State:
     """The oracle's row as the same ``State`` the online read folds its fields into."""
-    state = State(count=int(n))
-    if total is not None:
-        state.total = scaled(total, feature.scale, feature.value or "sum")
-    for value in values or []:
-        if value is not None:
-            state.values[value] = 1
-    return state
+    units = None if total is None else scaled(total, feature.scale, feature.value or "sum")
+    return kind_of(feature.agg).oracle_state(feature, n, units, values)

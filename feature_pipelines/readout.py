@@ -1,17 +1,17 @@
 """Feature values from an entity's stored fields at a read time (pure).
 
 The online store and the SQL oracle both end here: ``finalize`` turns the underlying state
-(count, scaled sum, distinct values) into the value a user reads, so the two cannot disagree on
-rounding. A mean is rounded to 6 decimal places (half-even); sums are exact decimals.
+(count, scaled sum, values with their row counts) into the value a user reads, through the
+feature's aggregation kind, so the two cannot disagree on rounding. A mean is rounded to 6
+decimal places (half-even); sums are exact decimals.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from decimal import Decimal
 
+from feature_pipelines.aggregations import FeatureValue, Slot, State, kind_of, mean_value
 from feature_pipelines.exceptions import DefinitionError
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import FieldRef, bucket_range, parse_field
@@ -27,45 +27,14 @@ __all__ = [
     "read_values",
 ]
 
-FeatureValue = int | Decimal | None
 # An entity hash as a Redis client returns it (bytes, or str with decode_responses) or as tests
 # build it (str -> int).
 Fields = Mapping[str, str] | Mapping[str, int] | Mapping[bytes, bytes]
-_MEAN_DIGITS = 6
-_MEAN_UNITS = 10**_MEAN_DIGITS
-
-
-@dataclass
-class State:
-    """The underlying state of one feature for one entity."""
-
-    count: int = 0
-    total: int = 0  # scaled by 10**scale
-    values: dict[str, int] = field(default_factory=dict)  # distinct value -> row count
-    nulls: int = 0  # a mean with ``count_from``: rows of that count without a value
 
 
 def finalize(feature: Feature, state: State) -> FeatureValue:
-    """The value a reader sees."""
-    if feature.agg == "count":
-        return state.count
-    if feature.agg == "distinct":
-        return sum(1 for n in state.values.values() if n > 0)
-    if feature.agg == "sum":
-        return Decimal(state.total).scaleb(-feature.scale)
-    return mean_value(state.total, state.count, feature.scale)
-
-
-def mean_value(total: int, count: int, scale: int) -> Decimal | None:
-    """``total / 10**scale / count`` to 6 places, half-even, in exact integers (no 28-digit
-    context); None when there is nothing to average."""
-    if count <= 0:
-        return None
-    den = count * 10**scale
-    q, r = divmod(total * _MEAN_UNITS, den)
-    if 2 * r > den or (2 * r == den and q & 1):
-        q += 1
-    return Decimal(f"{q}e-{_MEAN_DIGITS}")  # exact: the constructor does not round
+    """The value a reader sees (the kind's ``finalize``)."""
+    return kind_of(feature.agg).finalize(feature, state)
 
 
 _MISS = object()
@@ -88,14 +57,20 @@ class ReadPlan:
     Built once per read time and used for every entity of a batch read.
     """
 
-    __slots__ = ("features", "wanted")
+    __slots__ = ("_slots", "features", "wanted")
 
     def __init__(self, features: Iterable[Feature], t_micros: int) -> None:
         self.features = list(features)
         self.wanted: dict[str, tuple[Feature, int, int]] = {}
+        # per feature, its counter fields' parts and where each goes; None: a keyed kind
+        self._slots: dict[str, dict[str, Slot] | None] = {}
         for f in self.features:
             lo, hi = bucket_range(f, t_micros) if f.window is not None else (0, 0)
             self.wanted[f.name] = (f, lo, hi)
+            kind = kind_of(f.agg)
+            parts = kind.parts(f)  # as ``parse_field`` gives them: ':s' -> 's'
+            slots = {part.removeprefix(":"): slot for part, slot in parts}
+            self._slots[f.name] = None if kind.keyed else slots
         for f in self.features:
             for source in (f.total_from, f.count_from):
                 if source and source not in self.wanted:
@@ -117,15 +92,24 @@ class ReadPlan:
             if feature.window is not None:
                 if ref.bucket is None or not lo < ref.bucket <= hi:
                     continue
+            slots = self._slots[ref.name]
+            slot: Slot | None = None
+            if slots is None:  # a keyed kind: 'name[@bucket]#value' only
+                if ref.value is None or ref.part:
+                    continue
+            else:
+                slot = slots.get(ref.part) if ref.value is None else None
+                if slot is None:  # another layout's part, or not the feature's at all
+                    continue
             amount = int(raw_value)
             state = states.get(ref.name)
             if state is None:
                 state = states[ref.name] = State()
             if ref.value is not None:
                 state.values[ref.value] = state.values.get(ref.value, 0) + amount
-            elif feature.agg == "count" or ref.part == "n":
+            elif slot == "count":
                 state.count += amount
-            elif ref.part == "z":
+            elif slot == "nulls":
                 state.nulls += amount
             else:
                 state.total += amount

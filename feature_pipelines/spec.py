@@ -20,13 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
 
+from feature_pipelines.aggregations import kind_of
 from feature_pipelines.exceptions import DefinitionError
 
 __all__ = ["Aggregation", "Condition", "Entity", "Feature", "Lookup", "describe"]
 
-Aggregation = Literal["count", "sum", "mean", "distinct"]
+# The name of a registered kind (``aggregations.KINDS``): count, sum, mean, distinct, ...
+Aggregation = str
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -93,7 +94,7 @@ class Feature:
     where: tuple[Condition, ...] = ()
     window: timedelta | None = None
     lookup: Lookup | None = None
-    scale: int = 2  # decimal places kept exactly for sum and mean
+    scale: int = 2  # decimal places kept exactly for decimal kinds (sum, mean, ...)
     description: str = field(default="", compare=False)
     # Storage only, set by ``FeatureSet``: a mean over the same rows as a sum (same value) or a
     # count of its set reads its total / row count from that feature's fields instead of
@@ -105,13 +106,15 @@ class Feature:
         _ident(self.name, "feature name")
         _ident(self.table, "source table")
         _ident(self.event_time, "event-time column")
-        if self.agg not in ("count", "sum", "mean", "distinct"):
-            msg = f"feature {self.name}: aggregation must be count, sum, mean or distinct"
+        try:
+            kind = kind_of(self.agg)
+        except DefinitionError as exc:
+            msg = f"feature {self.name}: {exc}"
+            raise DefinitionError(msg) from None
+        if not kind.takes_value and self.value is not None:
+            msg = f"feature {self.name}: {self.agg} takes no value column (use a filter instead)"
             raise DefinitionError(msg)
-        if self.agg == "count" and self.value is not None:
-            msg = f"feature {self.name}: count takes no value column (use a filter instead)"
-            raise DefinitionError(msg)
-        if self.agg != "count":
+        if kind.takes_value:
             if self.value is None:
                 msg = f"feature {self.name}: {self.agg} needs a value column"
                 raise DefinitionError(msg)
@@ -124,7 +127,7 @@ class Feature:
             if seconds < 60 or seconds % 60:
                 msg = f"feature {self.name}: window must be a whole number of minutes >= 1"
                 raise DefinitionError(msg)
-        if self.agg != "mean" and (self.total_from or self.count_from):
+        if not kind.shares and (self.total_from or self.count_from):
             msg = f"feature {self.name}: only a mean takes its total or count from another feature"
             raise DefinitionError(msg)
         if self.lookup is not None and self.lookup.table == self.table:
@@ -170,12 +173,7 @@ def _span(seconds: int) -> str:
 
 def describe(feature: Feature) -> str:
     """One line for ``freshloop features list``."""
-    what = {
-        "count": "count of rows",
-        "sum": f"sum of {feature.value}",
-        "mean": f"mean of {feature.value}",
-        "distinct": f"distinct count of {feature.value}",
-    }[feature.agg]
+    what = kind_of(feature.agg).describe(feature)
     where = " and ".join(f"{c.column} = {c.equals!r}" for c in feature.where)
     span = (
         "lifetime"
@@ -193,6 +191,6 @@ def describe(feature: Feature) -> str:
         text += f" where {where}"
     text += f", by {feature.event_time}, {span}"
     shared = [name for name in (feature.total_from, feature.count_from) if name]
-    if shared:  # what an operator finds in Redis: see ``windows.mean_parts``
+    if shared:  # what an operator finds in Redis: see ``aggregations.Mean.own_parts``
         text += f"; reads the fields of {' and '.join(shared)}"
     return text

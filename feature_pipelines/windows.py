@@ -13,16 +13,14 @@ applies the same rule, so online values and recomputation agree exactly. Buckets
 b <= floor((t - W) / w) are expired: no read at or after t counts them again, and the batch
 write of an entity drops them as the event-time watermark passes t (``planner.sweep_steps``).
 
-Field names inside one entity's hash (``<ns>:e:{<entity>:<key>}``):
-- count and sum: ``name`` (lifetime) or ``name@<bucket>``; sums are integers scaled by
-  10**scale, so money stays exact;
-- mean: ``name:s`` / ``name:n`` (sum and count of its non-NULL values), with ``@<bucket>`` when
-  windowed. A mean whose set also has a sum of the same value over the same rows reads its
-  total from that sum's fields (``total_from``), and one whose set has a count over the same
-  rows reads its row count from that count's fields (``count_from``) less ``name:z`` (rows
-  whose value is NULL, so usually none): it keeps only what no other feature stores
-  (``mean_parts``);
-- distinct: ``name#<value>`` or ``name@<bucket>#<value>``, each a count of rows with that value;
+Field names inside one entity's hash (``<ns>:e:{<entity>:<key>}``) are
+``name[:part][@bucket][#value]``; which parts and values a feature writes is its aggregation
+kind's business (``aggregations``):
+- counter kinds (count, sum, mean): ``name`` or ``name:<part>``, with ``@<bucket>`` when
+  windowed; sums are integers scaled by 10**scale, so money stays exact; a mean keeps
+  ``:s`` / ``:n``, or reads them from a sum's or count's fields (``aggregations.counters``);
+- keyed kinds (distinct, ...): ``name#<value>`` or ``name@<bucket>#<value>``, each a count of
+  rows with that value;
 - freshness: ``_commit_ms`` (commit time of the newest change applied), ``_written_ms``.
 """
 
@@ -34,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any
 
+from feature_pipelines.aggregations import Kind, kind_of
 from feature_pipelines.exceptions import DecodeError
 from feature_pipelines.spec import Feature
 
@@ -47,7 +46,6 @@ __all__ = [
     "compiled",
     "contribution",
     "event_micros",
-    "mean_parts",
     "parse_field",
     "scaled",
 ]
@@ -126,12 +124,6 @@ _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 _MAX_DIGITS = 1000
 
 
-def mean_parts(feature: Feature) -> tuple[str, ...]:
-    """The parts a mean keeps in fields of its own: ``s`` (total) unless it has ``total_from``,
-    and ``n`` (rows with a value), or ``z`` (rows without one) when it has ``count_from``."""
-    return ("z" if feature.count_from else "n",) + (() if feature.total_from else ("s",))
-
-
 def bucket_range(feature: Feature, t_micros: int) -> tuple[int, int]:
     """The buckets a read at ``t`` counts: ``lo < b <= hi``."""
     w = feature.bucket_seconds * 1_000_000
@@ -146,11 +138,11 @@ class Contributor:
     """
 
     __slots__ = (
-        "agg",
         "bucket_us",
         "columns",
         "event_time",
         "feature",
+        "kind",
         "name",
         "scale",
         "value",
@@ -160,7 +152,7 @@ class Contributor:
     def __init__(self, feature: Feature) -> None:
         self.feature = feature
         self.name = feature.name
-        self.agg = feature.agg
+        self.kind: Kind = kind_of(feature.agg)
         self.bucket_us = feature.bucket_seconds * 1_000_000  # 0: lifetime
         self.event_time = feature.event_time
         self.value = feature.value
@@ -181,26 +173,14 @@ class Contributor:
                     return []  # no event time: in no window, as in SQL
                 micros = memo[self.event_time] = event_micros(raw, self.event_time)
             suffix = f"@{micros // self.bucket_us}"
-        agg = self.agg
-        if agg == "count":
-            return [(self.name + suffix, 1)]
-        value = row[self.value]  # type: ignore[index]
-        if value is None:  # SQL sum/avg/count(distinct) ignore NULLs too
-            if agg == "mean" and self.feature.count_from:  # its count's row is not in the mean
-                return [(f"{self.name}:z{suffix}", 1)]
-            return []
-        if agg == "distinct":
-            return [(f"{self.name}{suffix}#{value}", 1)]
-        memo_key = (self.value, self.scale)
-        units = memo.get(memo_key)
-        if units is None:
-            units = memo[memo_key] = scaled(value, self.scale, self.value or "")
-        if agg == "sum":
-            return [(self.name + suffix, units)]
-        out = [] if self.feature.total_from else [(f"{self.name}:s{suffix}", units)]
-        if not self.feature.count_from:
-            out.append((f"{self.name}:n{suffix}", 1))
-        return out
+        value = None if self.value is None else row[self.value]
+        units = None
+        if value is not None and self.kind.decimal:  # NULLs are no value, as in SQL
+            memo_key = (self.value, self.scale)
+            units = memo.get(memo_key)
+            if units is None:
+                units = memo[memo_key] = scaled(value, self.scale, self.value or "")
+        return self.kind.pairs(self.feature, suffix, value, units)
 
 
 GroupFn = Callable[[dict[str, Any], dict[Any, int]], list[tuple[str, int]]]
@@ -230,8 +210,8 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
                 f"    if {var} is None and row[{col}] is not None:",
                 f"        {var} = memo[{col}] = event_micros(row[{col}], {col})",
             ]
-        if f.agg in ("sum", "mean") and (f.value, f.scale) not in amounts:
-            assert f.value is not None  # noqa: S101 - sum and mean have a value column
+        if kind_of(f.agg).decimal and (f.value, f.scale) not in amounts:
+            assert f.value is not None  # noqa: S101 - a decimal kind has a value column
             var = amounts[(f.value, f.scale)] = f"u{len(amounts)}"
             col, memo_key = repr(f.value), repr((f.value, f.scale))
             lines += [
@@ -246,37 +226,9 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
             tvar = times[f.event_time]
             tests.append(f"{tvar} is not None")
             suffix = f"'@' + str({tvar} // {f.bucket_seconds * 1_000_000})"
-        body: list[str] = []
-        if f.agg == "count":
-            body.append(f"out.append(({f.name!r} + {suffix}, 1))")
-        elif f.agg == "distinct":
-            body += [
-                f"v = row[{f.value!r}]",
-                "if v is not None:",
-                f"    out.append(({f.name!r} + {suffix} + '#' + str(v), 1))",
-            ]
-        elif f.agg == "sum":
-            uvar = amounts[(f.value or "", f.scale)]
-            tests.append(f"{uvar} is not None")
-            body.append(f"out.append(({f.name!r} + {suffix}, {uvar}))")
-        else:  # mean: its own parts only (``mean_parts``), in ``Contributor.pairs``' order
-            # (the bucket suffix is made only where a field is written: the sample mean,
-            # sharing both parts, writes nothing for a payment with an amount)
-            uvar = amounts[(f.value or "", f.scale)]
-            if f.count_from:
-                body += [
-                    f"if {uvar} is None:",
-                    f"    out.append(({f.name + ':z'!r} + {suffix}, 1))",
-                ]
-            own = [] if f.total_from else [f"out.append(({f.name + ':s'!r} + sfx, {uvar}))"]
-            if not f.count_from:
-                own.append(f"out.append(({f.name + ':n'!r} + sfx, 1))")
-            if own:
-                body += [
-                    f"if {uvar} is not None:",
-                    f"    sfx = {suffix}",
-                    *(f"    {line}" for line in own),
-                ]
+        # the kind's fragment: the same pairs, in the same order, as its ``pairs``
+        more, body = kind_of(f.agg).write_code(f, suffix, amounts.get((f.value or "", f.scale), ""))
+        tests += more
         lines.append(f"    if {' and '.join(tests) or 'True'}:")
         lines += [f"        {line}" for line in body]
     lines.append("    return out")
@@ -311,7 +263,8 @@ def contribution(
 
 @dataclass(frozen=True)
 class FieldRef:
-    """A parsed field name: feature name, part ('' | 's' | 'n'), bucket or None, distinct value."""
+    """A parsed field name: feature name, part ('' | 's' | 'n' | 'z'), bucket or None, and the
+    value of a keyed kind (distinct, ...)."""
 
     name: str
     part: str

@@ -146,14 +146,11 @@ class Keyed(Kind):
         return [(f"{feature.name}{suffix}#{self.key(value, units)}", 1)]
 
     def write_code(self, feature: Feature, suffix: str, units: str) -> tuple[list[str], list[str]]:
-        if self.decimal:
-            key = self.key_code("v", units)
-            return [f"{units} is not None"], [f"out.append(({feature.name!r} + {suffix} + '#' + {key}, 1))"]
-        return [], [
-            f"v = row[{feature.value!r}]",
-            "if v is not None:",
-            f"    out.append(({feature.name!r} + {suffix} + '#' + {self.key_code('v', units)}, 1))",
-        ]
+        key = self.key_code("v", units)
+        line = f"out.append(({feature.name!r} + {suffix} + '#' + {key}, 1))"
+        if self.decimal:  # the scaled value is parsed once per row for the group
+            return [f"{units} is not None"], [line]
+        return [], [f"v = row[{feature.value!r}]", "if v is not None:", f"    {line}"]
 
     @staticmethod
     def positive(state: State) -> list[str]:

@@ -44,9 +44,19 @@ def test_linear_growth_is_flat_only_within_tolerance(base: float, slope: float) 
     points = [(float(d), base * (1 + slope * d / 30)) for d in range(31)]
     v = verdict(points, settles_after_days=8)
     assert v.from_day == 20 and v.to_day == 30
-    growth = (points[-1][1] - points[20][1]) / points[20][1]
+    # each end is the median of three daily samples: days 20-22 and 28-30
+    growth = (points[29][1] - points[21][1]) / points[21][1]
     assert math.isclose(v.growth or 0.0, growth, rel_tol=1e-9, abs_tol=1e-12)
     assert v.flat == (growth <= 0.05)
+
+
+def test_a_cycle_sampled_at_any_phase_is_flat_but_a_step_is_not() -> None:
+    """A value that saw-tooths with a cycle (a checkpoint interval) is flat whatever phase the
+    daily samples hit; a step that stays is growth."""
+    cycle = [(float(d), 4000.0 + (900.0 if d % 3 == 1 else 0.0)) for d in range(31)]
+    assert verdict(cycle, settles_after_days=8).flat is True
+    step = [(float(d), 4000.0 + (900.0 if d >= 25 else 0.0)) for d in range(31)]
+    assert verdict(step, settles_after_days=8).flat is False
 
 
 def test_verdict_waits_for_the_curve_to_settle_and_handles_zero() -> None:

@@ -20,6 +20,7 @@ from feature_pipelines import (
     describe,
 )
 from feature_pipelines.oracle import oracle_query, window_bounds
+from tests.feature_pipelines.fold_hashes import EVERY_KIND
 
 SHOP = Entity("shop", "shop_id")
 USER_FEATURES = [
@@ -36,7 +37,7 @@ USER_FEATURES = [
     ),
     Feature("buyers_lifetime", SHOP, "orders", "placed_at", "distinct", "buyer_id"),
 ]
-ALL = [*SAMPLE_FEATURES, *USER_FEATURES]
+ALL = [*SAMPLE_FEATURES, *USER_FEATURES, *EVERY_KIND]
 T_US = 1_795_000_123 * 1_000_000 + 456_789
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
@@ -74,6 +75,8 @@ def test_measures_follow_the_aggregation(feature: Feature) -> None:
         "sum": 'sum("s"."{v}")::text',
         "mean": 'sum("s"."{v}")::text',  # mean = exact sum / count, finalized like online
         "distinct": 'array_agg(DISTINCT "s"."{v}"::text)',
+        "min": 'count("s"."{v}"), min("s"."{v}")::text',
+        "max": 'count("s"."{v}"), max("s"."{v}")::text',
     }[feature.agg].format(v=feature.value)
     assert expected in text
     assert ("to_timestamp" in text) == (feature.window is not None)

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feature_pipelines import SAMPLE_FEATURES, DefinitionError, Entity, Feature, FeatureSet
+from feature_pipelines import DefinitionError, Entity, Feature
+from feature_pipelines.aggregations import KINDS
 from feature_pipelines.readout import expired_fields, read_values
 from feature_pipelines.windows import bucket_range, compile_group, contribution, event_micros
-from tests.feature_pipelines.fold_hashes import LAYOUT_MEANS
+from tests.feature_pipelines.fold_hashes import FEATURES
 
 E = Entity("customer", "customer_id")
 W10 = timedelta(minutes=10)
@@ -62,14 +63,22 @@ def test_expired_fields_are_listed_for_the_sweeper() -> None:
 
 
 @pytest.mark.parametrize("window", [None, W10])
-@pytest.mark.parametrize("agg", ["count", "sum", "mean", "distinct"])
+@pytest.mark.parametrize("agg", list(KINDS))
 def test_every_aggregation_retracts_exactly(agg: str, window: timedelta | None) -> None:
-    value = None if agg == "count" else ("merchant_id" if agg == "distinct" else "amount")
-    f = Feature("x", E, "payments", "created_at", agg, value, window=window)  # type: ignore[arg-type]
+    kind = KINDS[agg]
+    value = ("amount" if kind.decimal else "merchant_id") if kind.takes_value else None
+    f = Feature("x", E, "payments", "created_at", agg, value, window=window)
     rows = [_row(100, "1.10", 1), _row(101, "2.25", 2), _row(102, "0.05", 2)]
     t = 105 * S
     full = read_values([f], _fold(f, rows), t)["x"]
-    expected = {"count": 3, "sum": Decimal("3.40"), "mean": Decimal("1.133333"), "distinct": 2}
+    expected = {
+        "count": 3,
+        "sum": Decimal("3.40"),
+        "mean": Decimal("1.133333"),
+        "distinct": 2,
+        "min": Decimal("0.05"),
+        "max": Decimal("2.25"),
+    }
     assert full == expected[agg]
     # adding a row and retracting it again leaves the state as it was
     extra = _row(103, "9.99", 3)
@@ -77,9 +86,9 @@ def test_every_aggregation_retracts_exactly(agg: str, window: timedelta | None) 
     for name, n in contribution(f, extra):
         fields[name] = str(int(fields[name]) - n)
     assert read_values([f], fields, t)["x"] == full
-    # no rows: count 0, sums 0, mean None
-    empty = {"count": 0, "sum": Decimal("0.00"), "mean": None, "distinct": 0}
-    assert read_values([f], {}, t)["x"] == empty[agg]
+    # no rows: count 0, sums 0, mean, min and max None
+    empty = {"count": 0, "sum": Decimal("0.00"), "distinct": 0}
+    assert read_values([f], {}, t)["x"] == empty.get(agg)
 
 
 def test_iso_and_epoch_times_agree() -> None:
@@ -93,7 +102,7 @@ def test_iso_and_epoch_times_agree() -> None:
         ({"agg": "sum"}, "needs a value column"),
         ({"agg": "count", "value": "amount"}, "takes no value column"),
         ({"agg": "count", "window": timedelta(seconds=90)}, "whole number of minutes"),
-        ({"agg": "median"}, "count, sum, mean or distinct"),
+        ({"agg": "median"}, "aggregation must be one of count, sum, mean, distinct"),
         ({"agg": "count", "name": "Bad-Name"}, "SQL identifier"),
     ],
 )
@@ -103,7 +112,7 @@ def test_bad_definitions_say_what_to_fix(kwargs: dict, hint: str) -> None:
         Feature(**args)
 
 
-_LAYOUTS = FeatureSet.of([*SAMPLE_FEATURES, *LAYOUT_MEANS])  # a mean of every layout
+_LAYOUTS = FEATURES  # a mean of every layout, and every registered kind
 _AMOUNTS = st.one_of(st.none(), st.decimals("-999", "999", places=2).map(str), st.integers(-9, 9))
 _TIMES = st.one_of(st.none(), st.integers(0, 4_000_000_000 * S))
 
