@@ -109,6 +109,7 @@ def verdict(
     last_days: float = 10.0,
     tolerance: float = 0.05,
     slack: float = 0.0,
+    peak: bool = False,
 ) -> Verdict:
     """Judge a curve of (day, value) points: growth from the first points at or after
     max(settle, last day - ``last_days``) to the last ones (medians of up to three each),
@@ -116,6 +117,14 @@ def verdict(
 
     Growth from zero is infinite unless the curve stays at zero. ``slack``: an absolute rise
     that counts as flat whatever its share (a value that moves in pages or segments).
+    ``peak``: the curve is a maximum over entities (the largest hash), which jumps between
+    whichever entity is largest at each sample: flat when the last ``last_days`` set no new
+    high, their peak within the tolerance of the peak of the settled days before them.
+
+    >>> verdict([(d, 1000.0 + 300.0 * (d % 2)) for d in range(31)], 8, peak=True).flat
+    True
+    >>> verdict([(d, 1000.0 + 40.0 * d) for d in range(31)], 8, peak=True).flat
+    False
 
     >>> verdict([(d, 1000.0 + d) for d in range(31)], 8).flat
     True
@@ -127,6 +136,8 @@ def verdict(
     known = sorted((day, value) for day, value in points if value is not None)
     if not known:
         return Verdict(None, None, None, None, settles_after_days, "no samples")
+    if peak:
+        return _peak(known, settles_after_days, last_days, tolerance, slack)
     end_day = known[-1][0]
     start_at = max(settles_after_days, end_day - last_days)
     window = [(d, v) for d, v in known if d >= start_at - 1e-9]
@@ -167,11 +178,38 @@ def curves_of(
     out: dict[str, list[tuple[float, float | None]]] = {}
     for name in names:
         missing = 0.0 if name.startswith(zero_prefixes) else None
-        out[name] = [
-            (float(s["day"]), _num(s["values"].get(name, missing))) for s in samples
-        ]
+        out[name] = [(float(s["day"]), _num(s["values"].get(name, missing))) for s in samples]
     return out
 
 
 def _num(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _peak(
+    known: Sequence[tuple[float, float]],
+    settles_after_days: float,
+    last_days: float,
+    tolerance: float,
+    slack: float,
+) -> Verdict:
+    """``verdict(peak=True)``: no new high in the last days (see there)."""
+    end_day = known[-1][0]
+    # the last ``last_days`` against the settled days before them; a run too short for both
+    # compares the second half of its settled days with the first
+    start_at = max(end_day - last_days, settles_after_days + (end_day - settles_after_days) / 2)
+    before = [v for d, v in known if settles_after_days - 1e-9 <= d < start_at - 1e-9]
+    last = [(d, v) for d, v in known if d >= start_at - 1e-9]
+    if len(before) < 3 or not last:  # a peak of one or two samples says little
+        reason = (
+            f"cannot be judged: settles after {settles_after_days:.1f} days, "
+            f"the run has {end_day:.1f}"
+        )
+        return Verdict(None, None, None, None, settles_after_days, reason)
+    v0, v1 = max(before), max(v for _, v in last)
+    growth = 0.0 if v0 == v1 else (math.inf if v0 == 0 else (v1 - v0) / abs(v0))
+    flat = growth <= tolerance or v1 - v0 <= slack
+    reason = (
+        f"{'flat' if flat else 'grows'}: peak {_pct(growth)} over the peak before day {start_at:g}"
+    )
+    return Verdict(flat, growth, last[0][0], last[-1][0], settles_after_days, reason)

@@ -52,7 +52,9 @@ def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
         assert verdicts[name]["flat"] is None and "cannot be judged" in verdicts[name]["reason"]
     assert verdicts["pg.payments"]["flat"] is None  # the workload's data: shown, not judged
     judged = {n: v for n, v in verdicts.items() if v["flat"] is not None}
-    assert "hash.customer.max_bytes" in judged
+    # customer state settles after a day: judged; the largest hash (a peak over entities) needs
+    # more days than three to judge a peak against, and is bounded above instead
+    assert {"redis.keys.e:{customer", "redis.bytes.e:{customer"} <= set(judged)
     assert result["verify"]["entities_checked"] >= 500 and result["verify"]["mismatches"] == 0
     assert result["learned"]["exactly_once"], result["learned"]
     not_flat = sorted(n for n, v in judged.items() if v["flat"] is False)
