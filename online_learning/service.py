@@ -169,6 +169,8 @@ class LearnerService:
         self._held: dict[str, deque[tuple[int, Prediction | None]]] = {}
         self._paused: set[str] = set()
         self.redis = redis.Redis.from_url(settings.redis_url)
+        # present while Redis holds every open prediction this learner logged (check_logs)
+        self._sentinel = f"{self.ns}:learner:logs"
         self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
         self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
@@ -216,6 +218,74 @@ class LearnerService:
                 cursor.append(TopicPartition(t, p, self.offsets.get(f"{_CURSOR}{t}:{p}", head)))
                 self._held[f"{t}:{p}"] = deque()
         self._cursor.assign(cursor)
+        self.check_logs()
+
+    # ---- Redis lost the logged predictions ---------------------------------------------------
+    def check_logs(self) -> int:
+        """Put the open predictions back in Redis if it lost them (a wipe, a new server): the
+        join meets outcomes there. A sentinel key, set once the logs are complete, tells; the
+        open predictions are those between the horizon cursor and the head of the topic, read
+        again from it, and outcomes parked meanwhile join them. Returns how many were put back.
+        """
+        if self.redis.exists(self._sentinel):
+            return 0
+        learner = self._require()
+        stream = learner.stream
+        found: list[Prediction] = []
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"{self.ns}-learner-relog",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            ends = {}
+            for name, head in self.offsets.items():
+                if name.startswith(_CURSOR) or not name.startswith(f"{self.predictions_topic}:"):
+                    continue
+                start = self.offsets.get(_CURSOR + name, head)
+                if start < head:
+                    ends[name] = (start, head)
+            reader.assign(
+                [
+                    TopicPartition(n.rsplit(":", 1)[0], int(n.rsplit(":", 1)[1]), start)
+                    for n, (start, _head) in ends.items()
+                ]
+            )
+            done: set[str] = set()
+            deadline = time.monotonic() + 300
+            while len(done) < len(ends) and time.monotonic() < deadline:
+                for msg in reader.consume(self.max_batch, timeout=1.0):
+                    name = f"{msg.topic()}:{msg.partition()}"
+                    if msg.error() is not None or name in done:
+                        continue
+                    if (msg.offset() or 0) + 1 >= ends[name][1]:
+                        done.add(name)
+                    if (msg.offset() or 0) >= ends[name][1]:
+                        continue
+                    if foreign_namespace(msg.value(), self.ns) is not None:
+                        continue
+                    try:
+                        found.append(decode_prediction(msg.value()))
+                    except OnlineLearningError:
+                        continue  # dead-lettered when the head read it
+        finally:
+            reader.close()
+        self._relog(found)
+        waiting = [p for p in found if p.payment_id in stream.parked]
+        if waiting:
+            stored = self.checkpoints.labelled({p.payment_id for p in waiting})
+            for prediction in waiting:
+                self._learned(stream.on_prediction(prediction, stored.get(prediction.payment_id)))
+        self.redis.set(self._sentinel, "1")
+        if found:
+            log.warning(
+                "logged predictions lost from redis: %d open ones put back from the topic, "
+                "%d parked outcomes joined", len(found), len(waiting),
+            )
+        return len(found)
 
     def _take_lock(self) -> None:
         deadline = time.monotonic() + 15  # a killed predecessor's session may linger briefly
@@ -278,6 +348,7 @@ class LearnerService:
     def run(self) -> ServiceCounts:
         self.start()
         next_poll = time.monotonic()
+        next_logs_check = time.monotonic() + 1.0
         last_checkpoint = time.monotonic()
         failures = 0  # consecutive failed polls / checkpoints: the backoff grows with them
         try:
@@ -287,6 +358,12 @@ class LearnerService:
                     self.process(messages)
                 self.advance_horizon()
                 now = time.monotonic()
+                if now >= next_logs_check:
+                    next_logs_check = now + 1.0
+                    try:
+                        self.check_logs()
+                    except redis.RedisError as exc:
+                        log.warning("redis unreachable checking the logged predictions: %s", exc)
                 try:  # Postgres restarting: keep the state in memory, try again after a backoff
                     if now >= next_poll:
                         next_poll = now + self.settings.champion_poll_s
