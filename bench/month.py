@@ -31,7 +31,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
-from pydantic import SecretStr
 
 from bench.common import drop_keys, machine, save
 from bench.month_curves import (
@@ -164,27 +162,11 @@ def _drop_slot(base: Settings, slot: str) -> None:
             time.sleep(0.5)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process load exactly these settings."""
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value: Any = getattr(settings, name)
-        if value is None:
-            env.pop(f"FRESHLOOP_{name.upper()}", None)
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, timedelta):
-            value = value.total_seconds()
-        env[f"FRESHLOOP_{name.upper()}"] = str(value)
-    return env
-
-
 def _spawn(month: Month, name: str, *args: str) -> None:
     log = (month.logdir / f"{name}.log").open("ab")
     month.procs[name] = subprocess.Popen(
         [sys.executable, "-m", "freshloop.cli", "--log-level", "WARNING", *args],
-        env=settings_env(month.settings),
+        env=month.settings.environment(os.environ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -8,6 +8,7 @@ Secrets are ``SecretStr`` so they never show up in logs or reprs.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -464,6 +465,22 @@ class Settings(BaseSettings):
             f"postgresql://{quote(user, safe='')}:{quote(secret, safe='')}@{self.postgres_host}:"
             f"{self.postgres_port}/{self.postgres_db}"
         )
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` (e.g. ``os.environ``) with every setting as its ``FRESHLOOP_`` variable, so
+        that a child process loads exactly these settings (an unset one is removed)."""
+        env = dict(base)
+        for name in type(self).model_fields:
+            value: object = getattr(self, name)
+            if value is None:
+                env.pop(f"FRESHLOOP_{name.upper()}", None)
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, timedelta):
+                value = value.total_seconds()
+            env[f"FRESHLOOP_{name.upper()}"] = str(value)
+        return env
 
     def sqlalchemy_url(self) -> str:
         """The same database as a SQLAlchemy URL (psycopg 3 driver). Never log it."""

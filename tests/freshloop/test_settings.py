@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -58,3 +60,20 @@ def test_load_settings_turns_errors_into_one_sentence(monkeypatch: pytest.Monkey
             load_settings()
     finally:
         load_settings.cache_clear()
+
+
+def test_the_environment_of_settings_loads_the_same_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a parent hands a child process (``Settings.environment``) loads back equal."""
+    chosen = Settings(
+        redis_namespace="child", row_state_grace="7200", retention_examples_days=9
+    )
+    env = chosen.environment({"UNRELATED": "kept", "FRESHLOOP_PREDICTIONS_TOPIC": "gone"})
+    assert env["UNRELATED"] == "kept" and "FRESHLOOP_PREDICTIONS_TOPIC" not in env
+    for name in [k for k in os.environ if k.startswith("FRESHLOOP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("FRESHLOOP_"):
+            monkeypatch.setenv(name, value)
+    assert Settings() == chosen

@@ -17,14 +17,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
-from pydantic import SecretStr
 
 from feature_pipelines import FeatureStore, verify_until_clean
 from freshloop.settings import Settings
@@ -61,18 +59,7 @@ WORKLOAD = WorkloadConfig(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value: Any = getattr(settings, name)
-        if value is None:
-            env.pop(f"FRESHLOOP_{name.upper()}", None)
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, timedelta):
-            value = value.total_seconds()
-        env[f"FRESHLOOP_{name.upper()}"] = str(value)
-    return env
+    return settings.environment(os.environ)
 
 
 class Proc:
