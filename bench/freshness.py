@@ -68,7 +68,7 @@ def _ends(settings: Settings) -> dict[str, int]:
 def _start_at_end(settings: Settings, ns: str) -> dict[str, int]:
     """Point the run's consumer group at the end of the change topics: only new changes count."""
     offsets = _ends(settings)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     client.hset(f"{ns}:offsets:{{{ns}-features}}", mapping=offsets)
     return offsets
 
@@ -111,13 +111,13 @@ def write_load(settings: Settings, rate: float, seconds: float, per_process: flo
 
 
 def _drop(settings: Settings, ns: str) -> None:
-    drop_keys(settings.redis_url, f"{ns}:*")
+    drop_keys(settings.redis_conninfo(), f"{ns}:*")
 
 
 def _wait_ready(settings: Settings, ns: str, proc: subprocess.Popen[bytes]) -> None:
     """Until the pipeline process has its partitions (its live stats say so); start-up takes
     seconds on a busy machine, and a process signalled before it is up writes no stats."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -230,7 +230,7 @@ def prediction_run(settings: Settings, rate: float, seconds: float, per_process:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     try:
         _wait_ready(settings, ns, proc)
         load = write_load(settings, rate, seconds, per_process)
@@ -277,7 +277,7 @@ def batch_run(
 ) -> dict:
     ns = f"batch{uuid.uuid4().hex[:8]}"
     job = BatchRecompute(
-        settings.postgres_conninfo(), settings.redis_url, SAMPLE_FEATURES, ns, interval_s
+        settings.postgres_conninfo(), settings.redis_conninfo(), SAMPLE_FEATURES, ns, interval_s
     ).start()
     try:
         load = write_load(settings, rate, seconds, per_process)

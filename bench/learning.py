@@ -62,7 +62,7 @@ def _build_features(
 ) -> None:
     """Features of ``payments`` in Redis under ``ns``, by the real planner and batch writer."""
     planner = Planner(features, ns)
-    writer = RedisBatchWriter(redis.Redis.from_url(settings.redis_url), features, ns, "b")
+    writer = RedisBatchWriter(redis.Redis.from_url(settings.redis_conninfo()), features, ns, "b")
     events = []
     for lsn, (p, _label) in enumerate(payments, start=1000):
         row = {
@@ -139,7 +139,7 @@ def main() -> None:
     ns = f"benchlearn{uuid.uuid4().hex[:6]}"
     payments = _payments(args.payments, seed=3)
     _build_features(settings, ns, payments)
-    store = FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, ns)
+    store = FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, ns)
     ours, river = [], []
     try:
         for i in range(args.repeat):
@@ -151,7 +151,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        drop_keys(settings.redis_url, f"{ns}:*")
+        drop_keys(settings.redis_conninfo(), f"{ns}:*")
     result = {
         "payments": args.payments,
         "freshloop_scored_learned_per_s": spread(ours),

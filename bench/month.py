@@ -138,7 +138,7 @@ def isolated_loop(base: Settings, keep: bool = False) -> Iterator[Settings]:
             if mine:
                 for future in admin.delete_topics(mine).values():
                     future.result(timeout=30)
-            drop_keys(settings.redis_url, f"{settings.namespace}:*")
+            drop_keys(settings.redis_conninfo(), f"{settings.namespace}:*")
             with psycopg.connect(base.postgres_conninfo(), autocommit=True) as conn:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -198,7 +198,7 @@ def start_processes(month: Month) -> None:
     _spawn(month, "learner", "learn", "run")
     _wait(lambda: _checkpoint(s) is not None, 120, "the learner's first checkpoint", month)
     _spawn(month, "pipeline", "learn", "serve")
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis.Redis.from_url(s.redis_conninfo())
     _wait(lambda: bool(client.keys(f"{s.namespace}:epoch:*")), 120, "the scorer", month)
     _spawn(month, "drift", "drift", "run")
 
@@ -277,7 +277,7 @@ def _windows(entity: str) -> dict[str, tuple[int, int]]:
 
 def _redis(s: Settings, event_s: float) -> dict[str, float]:
     """used_memory, keys and bytes per class, the largest hashes, bucket fields past window."""
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis.Redis.from_url(s.redis_conninfo())
     ns = s.namespace
     out: dict[str, float] = {"redis.used_memory": int(client.info("memory")["used_memory"])}
     keys = [k.decode() for k in client.scan_iter(match=f"{ns}:*", count=2000)]
@@ -386,7 +386,7 @@ class DailySampler:
 # ---- the end checks ---------------------------------------------------------------------------
 def lag(s: Settings) -> int:
     """Change events on the topics not yet applied by the pipeline (its offsets in Redis)."""
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis.Redis.from_url(s.redis_conninfo())
     stored = {
         k.decode(): int(v)
         for k, v in client.hgetall(f"{s.namespace}:offsets:{{{s.namespace}-features}}").items()
@@ -409,7 +409,7 @@ def verify_features(s: Settings, clock: EventClock | None) -> dict[str, Any]:
     from feature_pipelines import FeatureStore, verify_until_clean
     from online_learning import SCORING_FEATURES
 
-    store = FeatureStore.connect(s.redis_url, SCORING_FEATURES, s.namespace)
+    store = FeatureStore.connect(s.redis_conninfo(), SCORING_FEATURES, s.namespace)
     # at the event-time watermark (the newest event time written), retried while the pipeline
     # catches up with the last writes
     at = _watermark(s) if clock is not None else None

@@ -215,7 +215,7 @@ def run(
     ns = f"benchreads{uuid.uuid4().hex[:6]}"
     payments = _payments(n_payments, seed=5)
     _build_features(settings, ns, payments, SCORING_FEATURES)
-    store = FeatureStore.connect(settings.redis_url, SCORING_FEATURES, ns)
+    store = FeatureStore.connect(settings.redis_conninfo(), SCORING_FEATURES, ns)
     keys = sorted({p.customer_id for p, _ in payments})
     ours: list[dict[str, Any]] = []
     feast: list[dict[str, Any]] = []
@@ -263,7 +263,7 @@ def run(
         if api is not None:
             api.stop()
         values_file.unlink(missing_ok=True)
-        drop_keys(settings.redis_url, f"{ns}:*")
+        drop_keys(settings.redis_conninfo(), f"{ns}:*")
     table: dict[str, Any] = {}
     for side in ("python", "http"):
         for shape in ("one", f"batch{BATCH}"):

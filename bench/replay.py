@@ -147,7 +147,7 @@ def pipeline_rate(settings: Settings, total: int, profile: str | None = None) ->
     elapsed = time.perf_counter() - started
     pipeline.stop.set()
     worker.join(timeout=60)
-    drop_keys(settings.redis_url, f"{ns}:*")
+    drop_keys(settings.redis_conninfo(), f"{ns}:*")
     return (pipeline.stats.applied + pipeline.stats.duplicates) / elapsed
 
 

@@ -131,7 +131,7 @@ def quix_rate(settings: Settings, topic: str, prefix: str, total: int) -> dict[s
 
 def compare(settings: Settings, ns: str, quix_prefix: str, sample: int = 300) -> dict[str, Any]:
     """Read a sample of customers from both at one time; count values that differ."""
-    store = FeatureStore.connect(settings.redis_url, PEER_FEATURES, ns)
+    store = FeatureStore.connect(settings.redis_conninfo(), PEER_FEATURES, ns)
     client = store.client
     keys = random.Random(5).sample(range(1, CUSTOMERS + 1), sample)
     at = datetime.now(UTC)
@@ -198,8 +198,8 @@ def run(events: int, repeat: int, with_quix: bool = True) -> dict[str, Any]:
                 f"quix {quix[-1] if quix else float('nan'):,.0f}/s",
                 flush=True,
             )
-            drop_keys(settings.redis_url, f"{ns}:*")
-            drop_keys(settings.redis_url, f"{quix_prefix}:*")
+            drop_keys(settings.redis_conninfo(), f"{ns}:*")
+            drop_keys(settings.redis_conninfo(), f"{quix_prefix}:*")
     finally:
         _drop_topics(settings, tag)
     raw, fl, qx = spread(raws), spread(ours), spread(quix)

@@ -75,7 +75,7 @@ def versions(settings: Settings) -> dict[str, Any]:
     except (httpx.HTTPError, ValueError) as exc:
         out["kafka (Connect worker)"] = f"unreachable: {exc}"
     try:
-        out["redis server"] = redis.Redis.from_url(settings.redis_url).info("server")[
+        out["redis server"] = redis.Redis.from_url(settings.redis_conninfo()).info("server")[
             "redis_version"
         ]
     except redis.RedisError as exc:

@@ -152,6 +152,14 @@ class ConnectClient:
     def resume(self, name: str) -> None:
         self._call("PUT", f"/connectors/{name}/resume")
 
+    def stop(self, name: str) -> None:
+        """Stop the connector and its tasks (kept, with its offsets; ``resume`` starts it)."""
+        self._call("PUT", f"/connectors/{name}/stop")
+
+    def reset_offsets(self, name: str) -> None:
+        """Forget the stopped connector's source offsets: it snapshots again when resumed."""
+        self._call("DELETE", f"/connectors/{name}/offsets")
+
     def restart(self, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = self._call(
             "POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=false"

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from drift import freshness, quality, stats
+from drift import freshness, quality, stats, warmup
 from drift.windows import (
     Champion,
     Window,
@@ -36,6 +36,7 @@ from drift.windows import (
     reference_spec,
 )
 from freshloop.settings import Settings
+from online_learning.services import feature_service
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -244,6 +245,15 @@ def _history(conn: Connection, namespace: str, limit: int) -> list[dict[str, Any
     return out
 
 
+def _stored_origins(conn: Connection, namespace: str) -> dict[str, Any]:
+    """The source origins the namespace's newest report found (``drift.warmup``)."""
+    row = conn.execute(text(
+        "SELECT report -> 'warmup' -> 'origins' FROM drift_reports WHERE namespace = :ns "
+        "ORDER BY report_id DESC LIMIT 1"
+    ), {"ns": namespace}).scalar_one_or_none()
+    return dict(row) if isinstance(row, dict) else {}
+
+
 class _Clock:
     """Milliseconds per phase of a check, kept with the report (where did the time go)."""
 
@@ -281,6 +291,7 @@ def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime
     own_engine = engine is None
     engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
     ns = settings.namespace
+    service = feature_service(settings)  # the model's inputs
     try:
         with engine.connect() as conn:
             champion = champion_of(conn, ns)
@@ -293,11 +304,20 @@ def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime
                 reference.end if reference.rows else None))
             learner = _learner(conn, ns)
             history = _history(conn, ns, settings.drift_history)
+            origins = (warmup.read_origins(conn, ns, service.source, service.features,
+                                           _stored_origins(conn, ns))
+                       if settings.drift_warmup else {})
+            ref_start = (warmup.reference_start(conn, [r.payment_id for r in reference.rows],
+                                                (r.predicted_at for r in reference.rows))
+                         if settings.drift_warmup else None)
         clock.lap("read")
 
         t = _thresholds(settings)
-        ignored = set(settings.drift_ignored_features)
-        names = sorted((set(reference.feature_names()) | set(current.feature_names())) - ignored)
+        every = set(reference.feature_names()) | set(current.feature_names())
+        warm = (warmup.assess(sorted(every), service.source, service.features, origins,
+                              ref_start) if settings.drift_warmup else warmup.Warmup({}, None))
+        ignored = set(settings.drift_ignored_features) | set(warm.unjudged)
+        names = sorted(every - ignored)
         features = {n: stats.feature_drift(n, _numbers(reference.column(n)),
                                            _numbers(current.column(n)), t) for n in names}
         score = stats.feature_drift("score", [r.score for r in reference.rows],
@@ -336,7 +356,8 @@ def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime
             "reference": reference.describe(),
             "current": current.describe(),
             "thresholds": asdict(t),
-            "ignored_features": sorted(ignored),
+            "ignored_features": sorted(set(settings.drift_ignored_features)),
+            "warmup": warm.to_dict(),
             "features": {n: f.to_dict() for n, f in features.items()},
             "score": score.to_dict(),
             "label": label.to_dict(),

@@ -47,7 +47,7 @@ def pipeline_lag(settings: Settings) -> dict[str, Any]:
     from feature_pipelines import pipeline_stats
 
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        client = redis.Redis.from_url(settings.redis_conninfo("reader"), socket_timeout=5)
         try:
             stats = pipeline_stats(client, settings.namespace)
         finally:
@@ -81,7 +81,9 @@ def stale_entities(settings: Settings, engine: Engine,
             return {"stale": 0, "checked": 0, "entities": [], "error": None}
         from feature_pipelines import SAMPLE_FEATURES, FeatureStore, verify
 
-        store = FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
+        store = FeatureStore.connect(
+            settings.redis_conninfo("reader"), SAMPLE_FEATURES, settings.namespace
+        )
         conninfo = settings.postgres_conninfo()
         first = verify(conninfo, store, only={"customer": customers})
         differing = sorted({m.key for m in first.mismatches if m.entity == "customer"})

@@ -1,10 +1,10 @@
 """One scheduled cycle: drift check with the retrain policy deciding, then the retrain it asks for.
 
-``drift_check_job(namespace)`` is what the APScheduler job store refers to ("drift.jobs:
+``drift_check_job(namespace)`` is what the scheduler's job refers to ("drift.jobs:
 drift_check_job", args ``(namespace,)``): a module-level function with one plain, non-secret
-argument. Settings, database engine and everything else come from the context the scheduler
-process registered for that namespace (``register``), never from the job store, so nothing
-secret is pickled into Postgres and the job always runs with the process's current settings.
+argument. Settings, the (fenced) database engine and everything else come from the context the
+scheduler process registered for that namespace (``register``), so the job always runs with the
+process's current settings; the jobs live in memory, nothing is pickled into Postgres.
 """
 
 from __future__ import annotations
@@ -142,12 +142,13 @@ def run_cycle(context: JobContext, *, now: datetime | None = None) -> CycleResul
             now=now or datetime.now(UTC),
         ).to_dict()
 
-    check = context.check
-    if check is None:
+    if context.check is None:
         from drift.check import run_check
 
-        check = run_check
-    report = check(settings, decide=decide)
+        # the scheduler's engine: its report is written under the scheduler's fence
+        report = run_check(settings, decide=decide, engine=context.engine)
+    else:
+        report = context.check(settings, decide=decide)
     report_id = _field(report, "report_id")
     decision = dict(_field(report, "decision") or {})
     log.info("drift check namespace=%s report_id=%s action=%s reasons=%s blocked=%s",

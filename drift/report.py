@@ -268,6 +268,11 @@ def render_html(report: Mapping[str, Any], summary: Mapping[str, Any],
                              feature_rows, num=(3, 4, 5)) + legend + "<div class='grid'>"
                     + "".join(_card(n, feats[n]) for n in order) + "</div>")
     quality_html = "<h2>Data quality</h2>" + _quality_section(report.get("quality"))
+    unjudged = (report.get("warmup") or {}).get("unjudged") or {}
+    if unjudged:
+        feature_html += ("<h3>Not judged (still filling up, or growing by construction)</h3>"
+                         + _table(["input", "why"], [[_e(n), _e(why)]
+                                                     for n, why in sorted(unjudged.items())]))
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Drift report "
             f"#{_e(report.get('report_id'))} ({_e(status)})</title><style>{_CSS}</style></head>"
             f"<body>{head}{dec}{headline}{over_time}{outputs}{concept_html}{fresh_html}"

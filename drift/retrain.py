@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -37,8 +37,12 @@ from drift.ledger import RetrainLedger
 from freshloop.settings import Settings
 from online_learning.model import OnlineModel
 from online_learning.registry import ModelRegistry
+from online_learning.services import feature_service
+from online_learning.vector import input_names
 
-__all__ = ["ProgressCallback", "RetrainResult", "Trigger", "load_examples", "retrain"]
+__all__ = [
+    "ProgressCallback", "RetrainResult", "Trigger", "load_examples", "retrain", "service_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,28 @@ def load_examples(
         Example(r.payment_id, r.features, bool(r.label), float(r.score), r.labelled_at)
         for r in reversed(rows)
     ]
+
+
+def service_inputs(examples: list[Example], names: tuple[str, ...]) -> list[Example]:
+    """The examples whose logged vector holds every input in ``names``, cut to those inputs
+    (in that order): a challenger learns the settings' feature service, not whatever a scorer
+    under another service logged. Under the service the vectors were logged with, this keeps
+    every example unchanged.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> out = service_inputs([Example(1, {"a": 1.0, "b": 2.0}, True, 0.5, t),
+    ...                       Example(2, {"b": 1.0}, False, 0.1, t)], ("a",))
+    >>> [(e.payment_id, dict(e.features)) for e in out]
+    [(1, {'a': 1.0})]
+    """
+    out = []
+    for e in examples:
+        x = e.features
+        if all(n in x for n in names):
+            kept = x if len(x) == len(names) else {n: x[n] for n in names}
+            out.append(replace(e, features=kept))
+    return out
 
 
 def retrain(
@@ -141,12 +167,17 @@ def _run(
     with engine.connect() as conn:
         db_now = conn.execute(text("SELECT now()")).scalar_one()
     since = db_now - timedelta(seconds=settings.retrain_window_s)
-    examples = load_examples(engine, ns, since=since, limit=settings.retrain_max_examples)
+    loaded = load_examples(engine, ns, since=since, limit=settings.retrain_max_examples)
+    service = feature_service(settings)
+    examples = service_inputs(loaded, input_names(service.features))
     if len(examples) < settings.retrain_min_examples:
+        other = len(loaded) - len(examples)
         msg = (
             f"only {len(examples)} labelled examples of namespace {ns!r} since "
             f"{since.isoformat()}, need {settings.retrain_min_examples} "
             "(FRESHLOOP_RETRAIN_MIN_EXAMPLES / FRESHLOOP_RETRAIN_WINDOW_S)"
+            + (f"; {other} more were logged without every input of feature service "
+               f"{service.name!r} (scored under another service)" if other else "")
         )
         raise NotEnoughExamplesError(msg)
     train, holdout = split(examples, settings.retrain_holdout_share)

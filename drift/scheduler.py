@@ -1,15 +1,21 @@
 """The drift scheduler: APScheduler 3 running the drift cycle of one namespace every interval.
 
-- Job store: ``SQLAlchemyJobStore`` on the project's Postgres, one table per namespace
-  (``job_table``), because an APScheduler 3 job store must belong to one scheduler: a scheduler
-  runs every job in its store. One scheduler per namespace is enforced with a Postgres advisory
-  lock; a second one stops with ``SchedulerBusyError``.
+- Job store: in memory. The jobs are defined here in code and their schedules come from the
+  settings, so nothing is stored and nothing is unpickled (APScheduler's ``SQLAlchemyJobStore``
+  pickles jobs into rows nothing signs and unpickles them at start). The per-namespace table
+  older versions kept (``job_table``) is dropped unread when the namespace's scheduler starts.
+  A stored schedule bought nothing: every start replaced the jobs with a new first run time.
+- One scheduler per namespace: a Postgres advisory lock, and with it the namespace's scheduler
+  epoch (``freshloop.fencing``); a second copy stops with ``SchedulerBusyError``. Every write
+  of the scheduler's engine (drift reports, retrains, promotions, prune) is refused inside its
+  transaction once the epoch is no longer current, and the lock session is re-checked every
+  second: lost with nobody waiting, it is taken back; taken over, ``run_scheduler`` raises
+  ``FencedError`` (``freshloop serve`` exits non-zero) having written nothing after it.
 - The job: explicit id ``drift-check:<namespace>``, ``replace_existing`` (a restart replaces,
   never duplicates, it), ``coalesce`` (runs missed while the process was busy or down collapse
   into one), ``max_instances=1`` (a cycle still running when the next is due is not doubled:
   a long retrain delays checks instead of stacking them), the module-level function
-  ``drift.jobs.drift_check_job`` with the namespace as its only argument. No settings and no
-  secret go into the job store.
+  ``drift.jobs.drift_check_job`` with the namespace as its only argument.
 - The retention job: id ``retention-prune:<namespace>``, ``drift.jobs.prune_job`` every
   ``retention_interval_s`` (first run one interval after start, or ``first_prune_in_s``); it
   prunes what ``drift.prune`` says, decided in event time, so the wall-clock schedule only
@@ -29,18 +35,16 @@ import logging
 import re
 import signal
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import redis
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 
 from drift.exceptions import SchedulerBusyError
 from drift.jobs import (
@@ -52,8 +56,10 @@ from drift.jobs import (
     register,
     unregister,
 )
-from freshloop.db import POSTGRES_DOWN, connect
-from freshloop.health import HEALTH
+from freshloop.db import POSTGRES_DOWN
+from freshloop.exceptions import FencedError
+from freshloop.fencing import Ownership
+from freshloop.health import HEALTH, backoff_delay
 from freshloop.settings import Settings
 
 __all__ = [
@@ -81,8 +87,9 @@ def prune_job_id(namespace: str) -> str:
 
 
 def job_table(namespace: str) -> str:
-    """The job store table of a namespace: ``freshloop_jobs_<ns>`` (a digest if ``ns`` is not
-    a plain lowercase identifier of at most 40 characters)."""
+    """The job store table older versions kept for a namespace (pickled jobs, dropped unread
+    at start): ``freshloop_jobs_<ns>`` (a digest if ``ns`` is not a plain lowercase identifier
+    of at most 40 characters)."""
     if _IDENT.match(namespace):
         return f"freshloop_jobs_{namespace}"
     digest = hashlib.sha256(namespace.encode()).hexdigest()[:12]
@@ -90,25 +97,32 @@ def job_table(namespace: str) -> str:
     return f"freshloop_jobs_{plain}_{digest}"
 
 
-def _take_lock(settings: Settings, wait_s: float) -> psycopg.Connection:
-    """Hold the namespace's scheduler lock for as long as the returned session lives."""
-    conn = connect(settings)
-    deadline = time.monotonic() + wait_s  # a killed predecessor's session may linger briefly
-    while True:
-        row = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))",
-            (f"freshloop drift scheduler {settings.namespace}",),
-        ).fetchone()
-        if row is not None and row[0]:
-            return conn
-        if time.monotonic() >= deadline:
-            conn.close()
-            msg = (
-                f"another drift scheduler runs for namespace {settings.namespace!r}: run one "
-                "'freshloop drift run' per namespace (or stop the other one first)"
-            )
-            raise SchedulerBusyError(msg)
-        time.sleep(0.5)
+def _take_lock(settings: Settings, wait_s: float) -> Ownership:
+    """The namespace's scheduler lock and its next epoch, held until ``release``; a killed
+    predecessor's session may linger briefly, so it waits up to ``wait_s`` for it."""
+    ns = settings.namespace
+    ownership = Ownership(settings, ns, "scheduler", f"freshloop drift scheduler {ns}")
+    if not ownership.take(wait_s):
+        msg = (
+            f"another drift scheduler runs for namespace {ns!r}: run one "
+            "'freshloop drift run' per namespace (or stop the other one first)"
+        )
+        raise SchedulerBusyError(msg)
+    return ownership
+
+
+def _drop_legacy_job_table(engine: Engine, namespace: str) -> None:
+    """Drop, unread, the pickled job store an older version kept for this namespace (only its
+    scheduler, whose lock this process holds, ever used it)."""
+    table = job_table(namespace)
+    with engine.begin() as conn:
+        if conn.execute(text("SELECT to_regclass(:t)"), {"t": f'"{table}"'}).scalar() is None:
+            return
+        conn.execute(text(f'DROP TABLE "{table}"'))
+    log.warning(
+        "legacy_job_table_dropped namespace=%s table=%s: its pickled jobs were not loaded (the "
+        "jobs are defined in code now)", namespace, table,
+    )
 
 
 def build_scheduler(
@@ -118,11 +132,11 @@ def build_scheduler(
     first_run_in_s: float | None = None,
     first_prune_in_s: float | None = None,
 ) -> BackgroundScheduler:
-    """A scheduler with the namespace's job store, its drift job and its retention job added
-    (not started)."""
+    """A scheduler with the namespace's drift job and its retention job added (not started),
+    held in memory: ``engine`` is not used for jobs (kept for the callers' signature)."""
     ns = settings.namespace
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=job_table(ns))},
+        jobstores={"default": MemoryJobStore()},
         executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={
             "coalesce": True,
@@ -190,31 +204,57 @@ def run_scheduler(
 
     ``check`` replaces ``drift.check.run_check`` (same signature); ``on_cycle`` sees each
     cycle's result; the first cycle runs after ``first_run_in_s`` (default: one interval).
+    Raises ``FencedError`` once another scheduler took the namespace over.
     """
     ns = settings.namespace
-    lock = _take_lock(settings, lock_wait_s)
-    engine = create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+    ownership = _take_lock(settings, lock_wait_s)
+    engine = ownership.fence(create_engine(settings.sqlalchemy_url(), pool_pre_ping=True))
     halt = threading.Event()  # ours: the caller's event may be shared with other parts
     context = JobContext(settings, engine, check=check, stop=halt, on_cycle=on_cycle)
     register(context)
     scheduler = None
     try:
+        _drop_legacy_job_table(engine, ns)
         scheduler = build_scheduler(settings, engine, first_run_in_s=first_run_in_s,
                                     first_prune_in_s=first_prune_in_s)
         scheduler.add_listener(_report, EVENT_JOB_ERROR | EVENT_JOB_EXECUTED)
         HEALTH.register("drift")
         scheduler.start()
-        log.info("drift scheduler started namespace=%s interval_s=%s job=%s table=%s", ns,
-                 settings.drift_interval_s, job_id(ns), job_table(ns))
-        stop_event.wait()
+        log.info("drift scheduler started namespace=%s interval_s=%s job=%s epoch=%d", ns,
+                 settings.drift_interval_s, job_id(ns), ownership.epoch)
+        _watch(ownership, stop_event)
+    except FencedError as exc:
+        log.error("scheduler_fenced namespace=%s: %s", ns, exc)
+        raise
     finally:
         halt.set()  # a retrain in progress stops at its next progress step
         if scheduler is not None and scheduler.running:
             scheduler.shutdown(wait=True)
         unregister(ns)
         engine.dispose()
-        lock.close()
+        ownership.release()
         log.info("drift scheduler stopped namespace=%s", ns)
+
+
+def _watch(ownership: Ownership, stop_event: threading.Event) -> None:
+    """Until ``stop_event``: re-check the lock session and the epoch every second (a lost
+    session is taken back while nobody took over; ``FencedError`` once somebody did)."""
+    failures = 0
+    delay = 1.0
+    while not stop_event.wait(delay):
+        try:
+            ownership.check()
+        except POSTGRES_DOWN as exc:
+            HEALTH.degraded("drift", "postgres", exc)
+            delay = backoff_delay(failures, 0.5, 15.0)
+            failures += 1
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            log.warning("postgres_unreachable component=drift error=%s: lock re-checked in "
+                        "%.1f s", first, delay)
+        else:
+            if failures:
+                failures, delay = 0, 1.0
+                HEALTH.healthy("drift", "postgres")
 
 
 def run_until_signal(

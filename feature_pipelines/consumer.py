@@ -38,12 +38,19 @@ from confluent_kafka import (
 from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
 from feature_pipelines.dead_letter import DeadLetters
 from feature_pipelines.decode import ChangeEvent, decode
-from feature_pipelines.exceptions import DecodeError, FeaturePipelineError
+from feature_pipelines.exceptions import (
+    BatchRejectedError,
+    DecodeError,
+    FeaturePipelineError,
+    SourceTruncatedError,
+)
 from feature_pipelines.live_stats import StatsPublisher
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
 from feature_pipelines.planner import Planner, Watermarks, WritePlan, row_after
 from feature_pipelines.recovery import RedisLossGuard
+from feature_pipelines.rejects import Rejection, Trace, culprits, oversized
 from feature_pipelines.row_cache import RowCache
+from feature_pipelines.source import SourceGuard, drop_state, source_key
 from feature_pipelines.store import PendingApply, RedisBatchWriter
 from freshloop.settings import Settings
 
@@ -61,6 +68,8 @@ class _Held:
     states: Mapping[str, Mapping[str, str]]  # row states the plan was made from
     plan: WritePlan
     started: float  # perf_counter when its messages were taken
+    messages: list[Message]  # what it was decoded from (dead letters carry the original bytes)
+    marks: Watermarks  # the planner's watermarks before it was planned (re-planned from there)
 
 
 @dataclass
@@ -170,7 +179,7 @@ class FeaturePipeline:
             max_ahead_us=int(settings.event_time_max_ahead.total_seconds() * 1_000_000),
         )
         self.writer = RedisBatchWriter(
-            redis.Redis.from_url(settings.redis_url), features, self.ns, self.group_id
+            redis.Redis.from_url(settings.redis_conninfo()), features, self.ns, self.group_id
         )
         self.consumer = Consumer(consumer_config(settings, self.group_id))
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
@@ -186,6 +195,11 @@ class FeaturePipeline:
         )
         # Redis restarts and wipes: detected, positions re-read, features rebuilt (recovery.py)
         self.recovery = RedisLossGuard(self)
+        # the source's identity and current WAL position: a rewound or other source stops the
+        # pipeline, an implausible position or a TRUNCATE is refused (source.py)
+        self.source = SourceGuard(
+            settings, self.writer.client, self.ns, self.group_id, stop=self.stop
+        )
         self._held: _Held | None = None  # a planned batch waiting to be written (``process``)
         # a batch whose write is sent and whose answer is not read yet (``process``)
         self._flying: tuple[_Held, PendingApply] | None = None
@@ -196,6 +210,20 @@ class FeaturePipeline:
     # ---- assignment: positions come from Redis --------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stored = self.writer.offsets()
+        lost = self.source.offsets_out_of_range(consumer, partitions, stored)
+        if lost:  # a recreated topic or retention: changes never applied, state not repairable
+            log.error(
+                "kafka_offsets_out_of_range ns=%s partitions=%s (stored, low, high): the topic "
+                "was recreated or retention deleted changes never applied; dropping the "
+                "namespace's features and rebuilding them (incremental snapshot)",
+                self.ns,
+                lost,
+            )
+            keep = [source_key(self.ns, self.group_id)]  # the same source: its record stays
+            drop_state(self.writer.client, self.ns, self.group_id, keep=keep)
+            self.forget_written()
+            self.recovery.rebuild()
+            stored = self.writer.offsets()
         for tp in partitions:
             tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
         self.assigned = {(tp.topic, tp.partition) for tp in partitions}
@@ -221,6 +249,7 @@ class FeaturePipeline:
     # ---- the loop --------------------------------------------------------------------------
     def run(self, on_batch: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
         self.recovery.start()
+        self.source.check("start")
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stop.is_set():
@@ -235,6 +264,7 @@ class FeaturePipeline:
                 if time.monotonic() >= self._next_tick:
                     self._next_tick = time.monotonic() + 5
                     self.recovery.tick()
+                    self.source.tick()  # a source replaced under the running pipeline stops it
                 if self.live.due():
                     self.publish_stats()
         finally:
@@ -246,6 +276,7 @@ class FeaturePipeline:
             self.live.remove()
             self.consumer.close()
             self.dead_letters.flush()
+            self.source.close()
         return self.stats
 
     def _next_batch(self) -> list[Message]:
@@ -283,6 +314,7 @@ class FeaturePipeline:
         """
         started = time.perf_counter()
         events, offsets = self._decode(messages)  # overlaps the write in flight, if any
+        events = self._screen(events, messages)
         self._land()
         keys, inserted = self.planner.rows_needed(events)
         held, self._held = self._held, None
@@ -305,8 +337,9 @@ class FeaturePipeline:
             states.update(read)
             states.update(overlaid)
             self._flying = (held, pending)
+        marks = self.planner.marks.copy()
         plan = self.planner.plan(events, states)  # overlaps the held batch's write
-        self._held = _Held(events, offsets, states, plan, started)
+        self._held = _Held(events, offsets, states, plan, started, messages, marks)
         if not hold:
             self.flush_held()  # re-planned first if the write in flight is refused
 
@@ -314,22 +347,30 @@ class FeaturePipeline:
         """Read the answer of the write in flight, if any, and finish its batch.
 
         A refused write (a row state changed under it, or the scripts were gone) is written
-        again from fresh state; the held batch, planned over it, is then planned again from
+        again from fresh state, a rejected one without the events behind what the script could
+        not apply (``_reject``); the held batch, planned over it, is then planned again from
         what Redis holds.
         """
         flying, self._flying = self._flying, None
         if flying is None:
             return
         batch, pending = flying
-        if not pending.wait():
-            self._write_again(
-                batch,
-                "write script reloaded"
-                if pending.unloaded
-                else "row state changed under the batch",
-            )
+        try:
+            written = pending.wait()
+        except BatchRejectedError as exc:
+            self._reject(batch, exc)
+        else:
+            if not written:
+                self._write_again(
+                    batch,
+                    "write script reloaded"
+                    if pending.unloaded
+                    else "row state changed under the batch",
+                )
+        if pending.failed:  # written again: what the held batch was planned over changed
             held = self._held
             if held is not None:
+                held.marks = self.planner.marks.copy()
                 held.states = self.writer.read_rows(self.planner.keys_needed(held.events))
                 held.plan = self.planner.plan(held.events, held.states)
         self.stats.overlapped += 1
@@ -363,8 +404,13 @@ class FeaturePipeline:
         self.planner.marks = Watermarks(self.writer.watermarks())
 
     def _flush(self, batch: _Held) -> None:
-        if not self.writer.apply(batch.plan, batch.offsets):
-            self._write_again(batch, "row state changed under the batch")
+        try:
+            written = self.writer.apply(batch.plan, batch.offsets)
+        except BatchRejectedError as exc:
+            self._reject(batch, exc)
+        else:
+            if not written:
+                self._write_again(batch, "row state changed under the batch")
         self._finish(batch)
 
     def _write_again(self, batch: _Held, reason: str) -> None:
@@ -373,12 +419,82 @@ class FeaturePipeline:
         log.info("%s, re-planning", reason)
         self.rows.refused()
         self.stats.refused += 1
-        batch.plan, batch.states = self._write(batch.events, batch.offsets)
+        self._write(batch)
+
+    def _reject(self, batch: _Held, exc: BatchRejectedError) -> None:
+        """The script refused ``batch`` (from the states it was planned on) and wrote nothing:
+        dead-letter the events behind it, and write the rest from what Redis holds."""
+        self._drop_culprits(batch, batch.states, exc)
+        self._write(batch)
+
+    def _drop_culprits(
+        self, batch: _Held, states: Mapping[str, Mapping[str, str]], exc: BatchRejectedError
+    ) -> None:
+        """Plan ``batch`` again on ``states`` (what its refused plan was made from), tracing
+        which event wrote what; dead-letter the events behind the refusal (``rejects``) and
+        take them out of the batch. Its offsets stay: they move past the dead letters."""
+        rejection = exc.rejection
+        assert isinstance(rejection, Rejection)  # noqa: S101 - what the store raises with
+        trace: Trace = {}
+        self.planner.marks = batch.marks.copy()
+        self.planner.plan(batch.events, states, trace=trace)
+        found = culprits(trace, rejection)
+        if not found:  # a key no event of the batch writes (offsets, an index): say so, stop
+            raise exc
+        log.warning(
+            "batch_rejected %s: dead-lettering %d event(s)", rejection.describe(), len(found)
+        )
+        self._dead_letter(batch.messages, [(batch.events[i], why) for i, why in found.items()])
+        batch.events = [ev for i, ev in enumerate(batch.events) if i not in found]
+
+    def _screen(self, events: list[ChangeEvent], messages: list[Message]) -> list[ChangeEvent]:
+        """``events`` without those whose own contribution no feature field can hold (past
+        int64 units), which are dead-lettered before anything of the batch is written."""
+        bad = [(ev, why) for ev in events if (why := oversized(self.features, ev)) is not None]
+        if not bad:
+            return events
+        self._dead_letter(messages, bad)
+        refused = {id(ev) for ev, _why in bad}
+        return [ev for ev in events if id(ev) not in refused]
+
+    def _dead_letter(self, messages: list[Message], events: list[tuple[ChangeEvent, str]]) -> None:
+        """Send each event's original message to the dead-letter topic with its reason, and wait
+        for Kafka's acknowledgement (the batch's offsets, written next, move past them). The
+        messages are found by decoding the batch again: a rare path, kept off the hot one."""
+        left = list(events)
+        for msg in messages:
+            if not left or msg.error() is not None or msg.value() is None:
+                continue
+            partition = msg.partition() or 0
+            try:
+                decoded = decode(msg.value(), msg.key(), self.features, partition)
+            except FeaturePipelineError:
+                continue
+            for n, (ev, why) in enumerate(left):
+                if ev == decoded:
+                    self.dead_letters.send(
+                        key=msg.key(),
+                        value=msg.value(),
+                        reason=why,
+                        source_topic=msg.topic() or "",
+                        partition=partition,
+                        offset=msg.offset() or 0,
+                    )
+                    del left[n]
+                    break
+        if left:  # not expected: the events come from these messages
+            text = f"{len(left)} event(s) to dead-letter not found among the batch's messages"
+            raise FeaturePipelineError(text)
+        self.dead_letters.flush()
+        self.stats.dead_lettered = self.dead_letters.count
 
     def _decode(self, messages: list[Message]) -> tuple[list[ChangeEvent], dict[str, int]]:
         events: list[ChangeEvent] = []
         offsets: dict[str, int] = {}
         dead_before = self.dead_letters.count
+        source = self.source
+        source.new_batch()
+        known = source.known_lsn
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -389,6 +505,16 @@ class FeaturePipeline:
             offsets[f"{topic}:{partition}"] = offset + 1
             try:
                 event = decode(msg.value(), msg.key(), self.features, partition)
+            except SourceTruncatedError as exc:
+                self.dead_letters.send(
+                    key=msg.key(),
+                    value=msg.value(),
+                    reason=source.refused_truncate(exc.table, exc.position),
+                    source_topic=topic,
+                    partition=partition,
+                    offset=offset,
+                )
+                continue
             except DecodeError as exc:
                 self.dead_letters.send(
                     key=msg.key(),
@@ -407,6 +533,20 @@ class FeaturePipeline:
                     self.stats.skipped += 1
                     EVENTS.labels("skipped").inc()
                 continue
+            position = event.position
+            if position[1] > known or position[0] > known:
+                reason = source.implausible(position)  # reads the WAL position at most once
+                known = source.known_lsn
+                if reason is not None:
+                    self.dead_letters.send(
+                        key=msg.key(),
+                        value=msg.value(),
+                        reason=reason,
+                        source_topic=topic,
+                        partition=partition,
+                        offset=offset,
+                    )
+                    continue
             events.append(event)
         if self.dead_letters.count != dead_before:
             self.dead_letters.flush()  # never move past a bad event before it is safe
@@ -450,6 +590,7 @@ class FeaturePipeline:
     def commit_offsets(self) -> None:
         """Commit to Kafka the offsets already written to Redis (asynchronously; best effort)."""
         self._next_commit = time.monotonic() + self.KAFKA_COMMIT_EVERY_S
+        self.source.flush()  # the highest WAL position seen, with the offsets (source.py)
         if not self._uncommitted:
             return
         offsets, self._uncommitted = self._uncommitted, {}
@@ -470,18 +611,27 @@ class FeaturePipeline:
             assigned_partitions=len(self.assigned),
         )
 
-    def _write(
-        self, events: list[ChangeEvent], offsets: dict[str, int]
-    ) -> tuple[WritePlan, Mapping[str, Mapping[str, str]]]:
-        """Read every row, plan and write, until the write is not refused: (plan, states)."""
-        for attempt in range(50):
-            states = self.writer.read_rows(self.planner.keys_needed(events))
-            plan = self.planner.plan(events, states)
-            if self.writer.apply(plan, offsets):
-                return plan, states
-            log.info("row state changed under the batch, re-planning attempt=%d", attempt + 1)
-        msg = "a batch could not be written after 50 attempts: another consumer keeps racing"
-        raise FeaturePipelineError(msg)
+    def _write(self, batch: _Held) -> None:
+        """Read every row, plan (from the watermarks before the batch) and write, until the
+        write is not refused; a rejected write drops the events behind it (``_drop_culprits``)
+        and goes on. Leaves ``batch.plan`` and ``batch.states`` as written."""
+        attempt = 0
+        while True:
+            self.planner.marks = batch.marks.copy()
+            states = self.writer.read_rows(self.planner.keys_needed(batch.events))
+            plan = self.planner.plan(batch.events, states)
+            try:
+                if self.writer.apply(plan, batch.offsets):
+                    batch.plan, batch.states = plan, states
+                    return
+            except BatchRejectedError as exc:  # each time one event less at least
+                self._drop_culprits(batch, states, exc)
+                continue
+            attempt += 1
+            if attempt >= 50:
+                msg = "a batch could not be written after 50 attempts: another consumer races"
+                raise FeaturePipelineError(msg)
+            log.info("row state changed under the batch, re-planning attempt=%d", attempt)
 
 
 @contextmanager

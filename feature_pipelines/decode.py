@@ -24,7 +24,7 @@ import orjson
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.columns import table_readers
-from feature_pipelines.exceptions import DecodeError
+from feature_pipelines.exceptions import DecodeError, SourceTruncatedError
 
 __all__ = ["ChangeEvent", "Position", "decode", "format_position", "parse_position"]
 
@@ -135,6 +135,13 @@ def decode(
     reader = table_readers(features).get(table)
     if reader is None:
         return None
+    if op == "t":  # TRUNCATE (Debezium sends it when skipped.operations lets it): refused
+        try:
+            at = _position(source)
+        except DecodeError:
+            at = (-1, -1)  # refused all the same
+        msg = f"TRUNCATE of {table} (a whole table's rows at once) is not applied"
+        raise SourceTruncatedError(msg, table, at)
     if op not in _OPS:
         msg = f"op {op!r} is not handled (expected one of c, u, d, r)"
         raise DecodeError(msg)

@@ -3,11 +3,16 @@
 from freshloop.exceptions import FreshloopError
 
 __all__ = [
+    "BatchRejectedError",
     "DeadLetterError",
     "DecodeError",
     "DefinitionError",
     "FeaturePipelineError",
+    "RedisEvictionPolicyError",
     "RedisStateLostError",
+    "SourceChangedError",
+    "SourceTruncatedError",
+    "UnknownServiceError",
 ]
 
 
@@ -19,6 +24,10 @@ class DefinitionError(FeaturePipelineError):
     """A feature definition is inconsistent; the message says which field to fix."""
 
 
+class UnknownServiceError(DefinitionError):
+    """No feature service has the name asked for; the message lists the known ones."""
+
+
 class DecodeError(FeaturePipelineError):
     """A change event cannot be decoded or lacks a column a feature needs (dead-lettered)."""
 
@@ -27,5 +36,31 @@ class DeadLetterError(FeaturePipelineError):
     """Kafka did not acknowledge dead letters in time; the batch is not committed."""
 
 
+class BatchRejectedError(FeaturePipelineError):
+    """The batch script wrote nothing: a field would leave int64, holds no integer, or a key
+    has another type (``rejection``: a ``rejects.Rejection``); its events are dead-lettered."""
+
+    def __init__(self, message: str, rejection: object) -> None:
+        super().__init__(message)
+        self.rejection = rejection
+
+
 class RedisStateLostError(FeaturePipelineError):
     """Redis lost the pipeline's state and the rebuild could not be started."""
+
+
+class RedisEvictionPolicyError(FeaturePipelineError):
+    """Redis may evict the pipeline's keys (its maxmemory-policy) and that was not allowed."""
+
+
+class SourceChangedError(FeaturePipelineError):
+    """The source database is another one, or went back, than the positions were taken from."""
+
+
+class SourceTruncatedError(FeaturePipelineError):
+    """A TRUNCATE of a table a feature reads: refused (dead-lettered, health degraded)."""
+
+    def __init__(self, message: str, table: str, position: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.table = table
+        self.position = position

@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -53,6 +53,9 @@ from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.decode import ChangeEvent, format_position, parse_position
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import GroupFn, compile_group, event_micros
+
+if TYPE_CHECKING:
+    from feature_pipelines.rejects import Trace
 
 __all__ = [
     "Planner",
@@ -212,11 +215,13 @@ class _Batch:
         "deleted",
         "floor_us",
         "incr",
+        "index",
         "ns",
         "overlay",
         "partition",
         "plan",
         "read",
+        "trace",
         "watermark",
         "windows",
     )
@@ -243,6 +248,9 @@ class _Batch:
         self.windows = windows or {}  # windowed feature -> (window, bucket) micros
         self._bounds: dict[str, int] = {}
         self._bounds_at = -1
+        # which event (``index`` in the batch) writes what, when asked (``Planner.plan``)
+        self.trace: Trace | None = None
+        self.index = 0
 
     def get(self, key: str, name: str) -> str | None:
         over = self.overlay.get(key)
@@ -268,6 +276,8 @@ class _Batch:
             over = self.overlay[key] = {}
             over["\0p"] = str(self.partition)  # taken out again in ``finish``
         over[name] = value
+        if self.trace is not None:
+            self.trace.setdefault((key, ""), []).append((self.index, 0))
 
     def add(
         self,
@@ -307,6 +317,11 @@ class _Batch:
                 incr[name] = get(name, 0) - amount
         if commit_ms > self.plan.commit_ms.get(ekey, 0):
             self.plan.commit_ms[ekey] = commit_ms
+        trace = self.trace
+        if trace is not None:
+            trace.setdefault((ekey, ""), []).append((self.index, 0))
+            for name, amount in pairs:
+                trace.setdefault((ekey, name), []).append((self.index, sign * amount))
 
     def _live(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """``pairs`` without those of buckets no read at or after the watermark counts."""
@@ -470,9 +485,17 @@ class Planner:
             return commit_us
         return min(newest, commit_us + self.max_ahead_us)
 
-    def plan(self, events: Sequence[ChangeEvent], states: Mapping[str, RowState]) -> WritePlan:
-        """``states``: the row-state hashes of ``keys_needed(events)``, as text."""
+    def plan(
+        self,
+        events: Sequence[ChangeEvent],
+        states: Mapping[str, RowState],
+        trace: Trace | None = None,
+    ) -> WritePlan:
+        """``states``: the row-state hashes of ``keys_needed(events)``, as text. ``trace``, if
+        given, is filled with what each event writes where (``rejects.Trace``): how the shell
+        finds the events behind a field the batch script refused."""
         batch = _Batch(self.ns, states, self._windows)
+        batch.trace = trace
         ns = self.ns
         plan = batch.plan
         shortest = self._shortest_us
@@ -482,7 +505,8 @@ class Planner:
         # watermarks as the previous batch left them (what the write script expired by)
         expiring: dict[int, bool] = {}
         moved: set[int] = set()
-        for ev in events:
+        for index, ev in enumerate(events):
+            batch.index = index
             partition = ev.partition
             aged = expiring.get(partition)
             if aged is None:

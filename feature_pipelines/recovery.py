@@ -48,6 +48,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from feature_pipelines.exceptions import RedisStateLostError
+from feature_pipelines.loss import LOSSES, LossFinding, LossWatch
 from freshloop.health import HEALTH
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 _CHECK_EVERY_S = 1.0
 _PROGRESS_EVERY_S = 5.0
 _LOCK_MS = 120_000
+# After a partial loss the sentinel goes first; other consumers of the group stop writing at
+# their next check (every _CHECK_EVERY_S, before a batch) before the group's state is dropped.
+_QUIESCE_S = 2 * _CHECK_EVERY_S + 0.5
 
 
 class Verdict(Enum):
@@ -156,6 +160,14 @@ class RedisLossGuard:
         self._rebuild: _Rebuild | None = None
         self._next_check = 0.0
         self._moved = False
+        settings = pipeline.settings
+        self.watch = LossWatch(  # partial losses: evictions, row states gone (loss.py)
+            self.client,
+            ns,
+            group,
+            samples=settings.loss_check_samples,
+            allow_eviction=settings.redis_allow_eviction,
+        )
         self.client.connection_pool.connection_kwargs["redis_connect_func"] = self._on_connect
         chained = pipeline.on_applied
         pipeline.on_applied = lambda events: self._applied(events, chained)
@@ -177,7 +189,9 @@ class RedisLossGuard:
 
     # ---- called by the consumer --------------------------------------------------------------
     def start(self) -> None:
-        """Before subscribing: create the sentinel, or detect a loss and rebuild."""
+        """Before subscribing: refuse a Redis that may evict our keys unless allowed, create
+        the sentinel, or detect a loss and rebuild."""
+        self.watch.check_policy()
         self._check(at_start=True)
 
     def process(self, messages: list[Message]) -> None:
@@ -206,9 +220,15 @@ class RedisLossGuard:
             self.pipeline.drop_held()
             self._guarded(self._recover)
 
+    def rebuild(self) -> None:
+        """Rebuild now, the namespace's state having been dropped by the caller (Kafka offsets
+        out of range at assignment: ``source.py``); positions are set, not sought."""
+        self._lost(at_start=True)
+
     def tick(self) -> None:
         """Called every few seconds even when no message comes, so a rebuild's end is
-        reported too."""
+        reported too, and partial losses are looked for."""
+        self._guarded(self._watch_loss)
         self._report_progress()
 
     def _guarded(self, step: Callable[[], None]) -> None:
@@ -221,6 +241,8 @@ class RedisLossGuard:
                 HEALTH.degraded("pipeline", "redis", exc)
                 log.warning("redis_unreachable error=%s: retrying in 1 s", exc)
                 time.sleep(1.0)
+                if self.restarted:  # found by another step: only _recover clears it
+                    step = self._recover
 
     # ---- detection ----------------------------------------------------------------------------
     def _check(self, at_start: bool = False) -> None:
@@ -271,7 +293,42 @@ class RedisLossGuard:
             if tp.offset >= 0
         }
 
+    def _watch_loss(self) -> None:
+        finding = self.watch.check({p for _t, p in self.pipeline.assigned}, self.epoch)
+        if finding is not None:
+            self._partial_loss(finding)
+
     # ---- rebuild ------------------------------------------------------------------------------
+    def _partial_loss(self, finding: LossFinding) -> None:
+        """Some keys are gone and the rest are not: the snapshot would count the rows whose
+        state survived again, so the group's whole state is dropped first and the rebuild
+        starts from nothing, as after a wipe. The sentinel goes first: other consumers of the
+        group find it gone at their next check and wait for the new epoch instead of writing."""
+        LOSSES.labels(finding.kind).inc()
+        HEALTH.degraded("pipeline", "redis-state", f"{finding.kind}: {finding.detail}")
+        log.error(
+            "redis_state_partly_lost ns=%s group=%s kind=%s detail=%s keys=%s: dropping the "
+            "group's state and rebuilding",
+            self.pipeline.ns,
+            self.pipeline.group_id,
+            finding.kind,
+            finding.detail,
+            ",".join(finding.keys[:5]),
+        )
+        if not self.client.set(self.lock_key, str(uuid.uuid4()), nx=True, px=_LOCK_MS):
+            self._wait_for_other_rebuild()
+            return
+        from feature_pipelines.source import drop_state, source_key
+
+        self.pipeline.drop_held()  # its messages come again from the restart offsets
+        self.client.delete(self.sentinel_key)
+        self.epoch = None
+        time.sleep(_QUIESCE_S)
+        ns, group = self.pipeline.ns, self.pipeline.group_id
+        gone = drop_state(self.client, ns, group, keep=[self.lock_key, source_key(ns, group)])
+        log.warning("redis_state_dropped keys=%d: rebuilding from nothing", gone)
+        self._begin_rebuild(at_start=False)
+
     def _lost(self, at_start: bool) -> None:
         tables = sorted(self.pipeline.features.tables())
         log.error(
@@ -285,11 +342,16 @@ class RedisLossGuard:
         if not self.client.set(self.lock_key, str(uuid.uuid4()), nx=True, px=_LOCK_MS):
             self._wait_for_other_rebuild()
             return
+        self._begin_rebuild(at_start)
+
+    def _begin_rebuild(self, at_start: bool) -> None:
+        """With the rebuild lock held: restart offsets, snapshot signal, new epoch."""
+        HEALTH.degraded("pipeline", "redis-state", "rebuilding the features after a loss")
         committed = self._committed()
         names = [f"{t}:{p}" for t, p in self._all_partitions()]
         offsets = restart_offsets(committed, names)
         self.pipeline.writer.set_offsets(offsets)
-        expected, signal_id = self._signal_snapshot(tables)
+        expected, signal_id = self._signal_snapshot(sorted(self.pipeline.features.tables()))
         epoch = _new_epoch()
         self.client.set(self.sentinel_key, epoch)
         self.epoch = epoch
@@ -391,6 +453,7 @@ class RedisLossGuard:
             rebuild.last_read and now - rebuild.last_read > 30
         )
         if done:
+            HEALTH.healthy("pipeline", "redis-state")
             log.warning(
                 "redis_rebuild_finished rows=%d of=%d seconds=%.1f",
                 rebuild.rows,

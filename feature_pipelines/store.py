@@ -10,7 +10,11 @@ the partitions' watermarks (``<ns>:watermarks:{<group>}``). Nothing scans the ke
 work follows the writes. Before writing, the script checks that every row
 state still has the version the planner read; if one changed (another consumer touched the same
 row during a rebalance) nothing is written and the shell re-reads and re-plans. Scripts run
-atomically, so a crash (even kill -9) leaves either the whole batch or none of it.
+atomically, so a crash (even kill -9) leaves either the whole batch or none of it; and since
+Redis does not undo what a script wrote before one of its commands failed, the script checks
+everything that could fail (keys of another type, fields that are no integer, sums leaving
+int64) before its first write, and answers what it refused without writing anything
+(``BatchRejectedError``: the shell dead-letters the events behind it, ``rejects``).
 
 Keys are hash-tagged per entity and per source row (``{customer:42}``, ``{payments:1001}``) so
 that each lives in one Redis Cluster slot; the batch script itself needs every key on one node
@@ -30,9 +34,11 @@ import redis
 import redis.asyncio
 
 from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.exceptions import BatchRejectedError
 from feature_pipelines.fold import FOLD_MANY, MANY, FoldRead
 from feature_pipelines.planner import WritePlan, entity_key, settle_spans, sweep_steps
 from feature_pipelines.readout import FeatureValue, ReadPlan
+from feature_pipelines.rejects import parse_rejection
 
 __all__ = [
     "AsyncFeatureStore",
@@ -41,6 +47,40 @@ __all__ = [
     "PendingApply",
     "RedisBatchWriter",
 ]
+
+# Signed 64-bit integers in Lua, whose numbers are doubles: a canonical integer's text taken as
+# (high, low) = (its digits but the last nine, the last nine), both exact in a double, so bounds
+# and sums are exact up to 2^63 and beyond. ``int64_check(old, inc)`` answers nil when HINCRBY
+# can add the text ``inc`` to the field text ``old`` (false: absent), else why not: 'value'
+# (``old`` is no int64 HINCRBY reads) or 'overflow' (the sum, or ``inc``, leaves int64).
+_INT64 = """
+local function int64_parts(s)
+  if s == '0' then return 0, 0 end
+  local sign, digits = string.match(s, '^(%-?)([1-9]%d*)$')
+  if not digits or #digits > 19 then return nil end
+  local hi, lo = tonumber(string.sub(digits, 1, -10)) or 0, tonumber(string.sub(digits, -9))
+  if sign == '-' then return -hi, -lo end
+  return hi, lo
+end
+local function int64_fits(hi, lo)  -- hi * 10^9 + lo in [-2^63, 2^63 - 1], |lo| < 2 * 10^9
+  local carry = math.floor(lo / 1000000000)
+  hi, lo = hi + carry, lo - carry * 1000000000
+  if hi > 9223372036 or (hi == 9223372036 and lo > 854775807) then return false end
+  return hi > -9223372037 or (hi == -9223372037 and lo >= 145224192)
+end
+local function int64_check(old, inc)
+  local oh, ol = 0, 0
+  if old then
+    oh, ol = int64_parts(old)
+    if not oh or not int64_fits(oh, ol) then return 'value' end
+  end
+  local ih, il = int64_parts(inc)
+  if not ih or not int64_fits(ih, il) or not int64_fits(oh + ih, ol + il) then
+    return 'overflow'
+  end
+  return nil
+end
+"""
 
 _APPLY = """
 -- Fields travel as NUL-separated strings (Postgres text cannot hold NUL): far fewer arguments
@@ -57,6 +97,11 @@ _APPLY = """
 -- its own), so each row and each entity gets one HSET: entity fields are read with HMGET, added
 -- here and written back (exact: integers below 2^53; anything larger goes through HINCRBY,
 -- exact to 2^63 as before).
+-- Redis does not undo the writes of a script that fails half-way, so nothing is written before
+-- everything that could fail is checked (steps 1 and 2): a key of another type, a field that is
+-- no integer, a sum leaving int64. Then the script writes nothing and answers what failed,
+-- {kind, key, field, found, detail} (``rejects.Rejection``), and the shell dead-letters the
+-- events behind it and writes the rest.
 local LIMIT = 9007199254740992
 local find, sub, match = string.find, string.sub, string.match
 local function split(s)
@@ -91,12 +136,65 @@ do
 end
 local n_idx, pop_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
 local first_idx = 2 + n_rows + n_ent
--- 1. every row state must still be as the planner read it
+local function type_of(key) return redis.call('TYPE', key)['ok'] end
+local function wrong(key, want)
+  local found = type_of(key)
+  if found ~= 'none' and found ~= want then return {'type', key, '', found, want} end
+end
+-- 1. every row state must still be as the planner read it (and be a hash)
 for i = 1, n_rows do
-  local current = redis.call('HGET', KEYS[2 + i], 'ver')
+  local key = KEYS[2 + i]
+  local current = redis.pcall('HGET', key, 'ver')
+  if type(current) == 'table' then return {'type', key, '', type_of(key), 'hash'} end
   if (current or '') ~= ARGV[4 + 5 * i] then return -i end
 end
--- 2. row states, each with its next version, indexed by when it may expire
+-- 2. read-only: what steps 3 to 6 write must be writable. Every entity's fields are read
+-- here, and what each becomes decided: new value (nil: HINCRBY, past 2^53, exact to int64)
+for k = 1, 2 do
+  local bad = wrong(KEYS[k], 'hash')
+  if bad then return bad end
+end
+for i = 1, 2 * n_idx do
+  local bad = wrong(KEYS[first_idx + i], 'zset')
+  if bad then return bad end
+end
+local ent_flat, ent_names, ent_current, ent_new = {}, {}, {}, {}
+do
+  local a = 9 + 5 * n_rows
+  for i = 1, n_ent do
+    local key = KEYS[2 + n_rows + i]
+    local flat = split(ARGV[a])
+    a = a + 5
+    local names, n = {}, #flat / 2
+    for j = 1, n do names[j] = flat[2 * j - 1] end
+    names[n + 1] = '_commit_ms'
+    names[n + 2] = '_swept'
+    local current = {}
+    for s = 1, n + 2, 1000 do
+      local part = redis.pcall('HMGET', key, unpack(names, s, math.min(s + 999, n + 2)))
+      if part.err then return {'type', key, '', type_of(key), 'hash'} end
+      for j = 1, #part do current[s + j - 1] = part[j] end
+    end
+    local new = {}
+    for j = 1, n do
+      local inc, old = tonumber(flat[2 * j]), current[j]
+      local o = 0
+      if old then o = tonumber(old) end
+      local sum = nil
+      if inc and math.abs(inc) < LIMIT and o and o == math.floor(o) and math.abs(o) < LIMIT then
+        sum = o + inc
+        if math.abs(sum) >= LIMIT then sum = nil end
+      end
+      if sum == nil then
+        local why = int64_check(old, flat[2 * j])
+        if why then return {why, key, names[j], old or '', flat[2 * j]} end
+      end
+      new[j] = sum
+    end
+    ent_flat[i], ent_names[i], ent_current[i], ent_new[i] = flat, names, current, new
+  end
+end
+-- 3. row states, each with its next version, indexed by when it may expire
 local indexed = {}
 for i = 1, n_rows do
   local key = KEYS[2 + i]
@@ -114,13 +212,15 @@ for i = 1, n_rows do
   list[#list + 1] = key
 end
 for slot, list in pairs(indexed) do each('ZADD', KEYS[first_idx + slot], list, 1000) end
--- 3. entity increments, freshness, expiry of buckets no read counts again
+-- 4. entity increments, freshness, expiry of buckets no read counts again
 -- "name[:part]@bucket[#value]": a bucket at or below its feature's bound is never read again;
 -- returns the stale fields, how many feature fields stay, and when the first windowed field
 -- that stays leaves its window (bucket * width + window; nil: none windowed)
 local function stale(key)
   local out, kept, next_at = {}, 0, nil
-  for _, field in ipairs(redis.call('HKEYS', key)) do
+  local fields = redis.pcall('HKEYS', key)
+  if fields.err then return out, 1, nil end  -- not the pipeline's: left alone
+  for _, field in ipairs(fields) do
     local name, bucket = match(field, '^([%w_]+)[^@#]*@(%-?%d+)')
     local bound = name and below[name]
     if bound and tonumber(bucket) <= bound then
@@ -139,29 +239,15 @@ local settle = {}  -- entities written, by when their newest fields of the short
 local a = 9 + 5 * n_rows
 for i = 1, n_ent do
   local key = KEYS[2 + n_rows + i]
-  local flat = split(ARGV[a])
+  local flat, names, current = ent_flat[i], ent_names[i], ent_current[i]
   local commit, ttl, step = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local span = tonumber(ARGV[a + 4])
   a = a + 5
-  local names, n = {}, #flat / 2
-  for j = 1, n do names[j] = flat[2 * j - 1] end
-  names[n + 1] = '_commit_ms'
-  names[n + 2] = '_swept'
-  local current = {}
-  for s = 1, n + 2, 1000 do
-    local part = redis.call('HMGET', key, unpack(names, s, math.min(s + 999, n + 2)))
-    for j = 1, #part do current[s + j - 1] = part[j] end
-  end
+  local n = #flat / 2
   local sets, dels = {}, {}
   for j = 1, n do
-    local inc, old, new = tonumber(flat[2 * j]), current[j], nil
-    local o = 0
-    if old then o = tonumber(old) end
-    if inc and math.abs(inc) < LIMIT and o and o == math.floor(o) and math.abs(o) < LIMIT then
-      new = o + inc
-      if math.abs(new) >= LIMIT then new = nil end
-    end
-    if new == nil then
+    local old, new = current[j], ent_new[i][j]
+    if new == nil then  -- checked in step 2: HINCRBY cannot fail
       if redis.call('HINCRBY', key, names[j], flat[2 * j]) == 0 then dels[#dels + 1] = names[j] end
     elseif new == 0 then
       if old then dels[#dels + 1] = names[j] end
@@ -193,7 +279,7 @@ for i = 1, n_ent do
   end
 end
 if #settle > 0 then each('ZADD', KEYS[first_idx + n_idx + 1], settle, 1000) end
--- 4. what the partitions' watermarks have passed, a bounded number per batch and partition:
+-- 5. what the partitions' watermarks have passed, a bounded number per batch and partition:
 -- row states past their exp; entities idle since all their windowed fields left every window
 -- (swept; deleted when no feature field is left)
 for i = 1, n_idx do
@@ -203,8 +289,10 @@ for i = 1, n_idx do
   if #due > 0 then
     local gone = {}
     for _, key in ipairs(due) do
-      local exp = tonumber(redis.call('HGET', key, 'exp') or '0') or 0
-      if exp <= tonumber(mark) then gone[#gone + 1] = key end
+      local exp = redis.pcall('HGET', key, 'exp')  -- an error: not the pipeline's, left alone
+      if type(exp) ~= 'table' and (tonumber(exp or '0') or 0) <= tonumber(mark) then
+        gone[#gone + 1] = key
+      end
     end
     for s = 1, #gone, 1000 do redis.call('DEL', unpack(gone, s, math.min(s + 999, #gone))) end
     each('ZREM', index, due, 1000)
@@ -229,13 +317,14 @@ for i = 1, n_idx do
     if #again > 0 then each('ZADD', entities, again, 1000) end
   end
 end
--- 5. the consumer's next offsets and the watermarks, in the same step
+-- 6. the consumer's next offsets and the watermarks, in the same step
 local offsets = split(ARGV[a])
 if #offsets > 0 then each('HSET', KEYS[1], offsets, 1000) end
 local marks = split(ARGV[a + 1])
 if #marks > 0 then each('HSET', KEYS[2], marks, 1000) end
 return 0
 """
+_APPLY = _INT64 + _APPLY  # the int64 checks of step 2 first
 
 # An entity's expiry is pushed out again only once it has run down by this much: one PEXPIRE
 # per entity per minute instead of one per batch; the key still lives at least the full window
@@ -246,9 +335,15 @@ _TTL_REFRESH_MS = 60_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# A key of another type reads as no state (not as an error that would stop the pipeline): the
+# batch script then refuses to write it, and the events writing it are dead-lettered.
 _READ = """
 local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+for i, key in ipairs(KEYS) do
+  local found = redis.pcall('HGETALL', key)
+  if found.err then found = {} end
+  out[i] = found
+end
 return out
 """
 
@@ -327,9 +422,10 @@ class RedisBatchWriter:
             self.client.hset(self.offsets_key, mapping={k: str(v) for k, v in offsets.items()})
 
     def apply(self, plan: WritePlan, offsets: Mapping[str, int]) -> bool:
-        """Write the plan and offsets atomically; False if a row state changed meanwhile."""
+        """Write the plan and offsets atomically; False if a row state changed meanwhile.
+        Raises ``BatchRejectedError`` (nothing written) if some of it cannot be applied."""
         keys, args = self._script_call(plan, offsets)
-        return int(self._script(keys=keys, args=args)) == 0
+        return _answer(self._script(keys=keys, args=args))
 
     def read_then_apply(
         self, keys: Sequence[str], plan: WritePlan, offsets: Mapping[str, int]
@@ -537,9 +633,20 @@ class PendingApply:
             self.failed = self.unloaded = True
         elif isinstance(reply, Exception):
             raise reply
-        elif int(reply) != 0:
-            self.failed = True
+        else:
+            self.failed = True  # until the answer says written (a refusal raises)
+            self.failed = not _answer(reply)
         return not self.failed
+
+
+def _answer(reply: Any) -> bool:
+    """The batch script's answer: True once written, False if a row state changed; a refusal
+    of what cannot be applied (nothing written) raises ``BatchRejectedError``."""
+    if isinstance(reply, list):
+        rejection = parse_rejection(reply)
+        msg = f"the batch was not written: {rejection.describe()}"
+        raise BatchRejectedError(msg, rejection)
+    return int(reply) == 0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,8 @@ class VerifyReport:
     entities_checked: int
     values_checked: int
     mismatches: list[Mismatch]
+    # entities checked of each kind the feature set defines (a sample takes N of each)
+    by_entity: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +69,8 @@ def verify(
     only: Mapping[str, Sequence[Any]] | None = None,
     at: datetime | None = None,
 ) -> VerifyReport:
-    """Every entity the database has state for (or a random sample), compared at one instant.
+    """Every entity the database has state for (or a random sample of ``sample`` entities of
+    each kind the feature set defines), compared at one instant.
 
     Entities that only Redis knows are found by scanning and compared against zeros too.
     ``only`` restricts the check to the given keys per entity (e.g. the entities one run wrote).
@@ -78,6 +81,7 @@ def verify(
     t_us = int(t.timestamp()) * 1_000_000
     mismatches: list[Mismatch] = []
     checked = values = 0
+    by_entity: dict[str, int] = {}
     with psycopg.connect(conninfo) as conn:
         for entity in store.entities():
             if only is not None:
@@ -99,7 +103,8 @@ def verify(
                     if value != want[name]:
                         mismatches.append(Mismatch(entity, online.key, name, value, want[name]))
             checked += len(chosen)
-    return VerifyReport(t, checked, values, mismatches)
+            by_entity[entity] = len(chosen)
+    return VerifyReport(t, checked, values, mismatches, by_entity)
 
 
 def verify_until_clean(

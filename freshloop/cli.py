@@ -300,16 +300,29 @@ def _store():
     from feature_pipelines import SAMPLE_FEATURES, FeatureStore
 
     settings = _settings()
-    return FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
+    return FeatureStore.connect(
+        settings.redis_conninfo("reader"), SAMPLE_FEATURES, settings.namespace
+    )
 
 
 @features.command("list")
 def features_list() -> None:
-    """Every feature definition, one line each."""
-    from feature_pipelines import SAMPLE_FEATURES, describe
+    """Every feature definition, one line each, with the feature services that read it."""
+    from feature_pipelines import describe
+    from feature_pipelines.services import services_using
+    from online_learning.features import SCORING_FEATURES
+    from online_learning.services import DEFAULT_SERVICE, SERVICES
 
-    for feature in SAMPLE_FEATURES:
-        click.echo(describe(feature))
+    chosen = _settings().feature_service
+    for feature in SCORING_FEATURES:
+        users = services_using(SERVICES.values(), feature.name)
+        click.echo(f"{describe(feature)} [services: {', '.join(users) or 'none'}]")
+    for service in SERVICES.values():
+        marks = [m for m, on in (("default", service.name == DEFAULT_SERVICE),
+                                 ("chosen", service.name == chosen)) if on]
+        note = f" ({', '.join(marks)})" if marks else ""
+        click.echo(f"service {service.name}{note}: {len(service.features)} features over "
+                   f"{', '.join(service.tables())}. {service.description}")
 
 
 @features.command("get")
@@ -349,9 +362,10 @@ def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> N
                                 sample=sample, at=at)
     for m in report.mismatches[:200]:
         click.echo(f"MISMATCH {m.entity} {m.key} {m.feature}: online={m.online} sql={m.oracle}")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in report.by_entity.items())
     click.echo(
-        f"[verify] {report.entities_checked} entities, {report.values_checked} values at "
-        f"{report.at.isoformat()}: {len(report.mismatches)} mismatches"
+        f"[verify] {report.entities_checked} entities ({kinds}), {report.values_checked} values "
+        f"at {report.at.isoformat()}: {len(report.mismatches)} mismatches"
     )
     if not report.ok:
         sys.exit(1)
@@ -373,6 +387,21 @@ def features_run(stats_json: str | None) -> None:
         Path(stats_json).write_text(json.dumps(stats.summary()))
     click.echo(f"[features] stopped: {stats.applied} applied, {stats.duplicates} duplicates, "
                f"{stats.dead_lettered} dead-lettered")
+
+
+@features.command("rebuild")
+@click.option("--reset-connector", is_flag=True,
+              help="Also make the connector forget its offsets and snapshot the live database "
+              "again (after the source database was replaced or restored).")
+@_friendly
+def features_rebuild(reset_connector: bool) -> None:
+    """Drop the namespace's features and positions and start it again from the live database
+    (stop its 'features run' first)."""
+    from feature_pipelines import SAMPLE_FEATURES
+    from feature_pipelines.source import rebuild_namespace
+
+    rebuild_namespace(_settings(), SAMPLE_FEATURES, reset_connector=reset_connector,
+                      echo=click.echo)
 
 
 # ---- learn ----------------------------------------------------------------------------------
@@ -503,6 +532,39 @@ def retrain(reason: str, as_json: bool) -> None:
                f"log_loss={champ.get('log_loss')}")
     click.echo(f"challenger {result.challenger_version}: roc_auc={chall.get('roc_auc')} "
                f"log_loss={chall.get('log_loss')}")
+
+
+# ---- point-in-time training sets -------------------------------------------------------------
+_WHEN = click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S",
+                        "%Y-%m-%d"])
+
+
+@cli.command("training-set")
+@click.option("--from", "t1", type=_WHEN, required=True,
+              help="First commit time included (UTC unless it has an offset).")
+@click.option("--to", "t2", type=_WHEN, required=True, help="Commit time where the set ends "
+              "(excluded).")
+@click.option("--service", default=None,
+              help="Feature service whose vector to build [default: FRESHLOOP_FEATURE_SERVICE].")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="Parquet file to write.")
+@click.option("--chunk", default=2000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Payments per statement and per row group.")
+@_friendly
+def training_set(t1: datetime, t2: datetime, service: str | None, out: str, chunk: int) -> None:
+    """Each payment committed in [--from, --to): its vector as of its commit, and its label."""
+    from online_learning.training_set import build_training_set
+
+    t1, t2 = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (t1, t2))
+    report = build_training_set(
+        _settings(), t1, t2, out, service=service, chunk=chunk,
+        on_chunk=lambda r: click.echo(f"[training-set] {r.rows} payments, "
+                                      f"{r.rows_per_s:,.0f}/s", err=True),
+    )
+    labels = ", ".join(f"{k} {v}" for k, v in sorted(report.labels.items())) or "none"
+    click.echo(f"[training-set] {report.rows} payments of service {report.service} in "
+               f"{report.seconds:.1f}s ({report.rows_per_s:,.0f}/s) -> {report.path}; "
+               f"labels: {labels}")
 
 
 # ---- simulate and demo ----------------------------------------------------------------------

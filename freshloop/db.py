@@ -10,9 +10,10 @@ import sqlalchemy.exc
 from psycopg import sql
 
 from freshloop.exceptions import ConfigurationError
+from freshloop.scram import scram_sha256_verifier
 from freshloop.settings import Settings
 
-__all__ = ["POSTGRES_DOWN", "SQL_DIR", "connect", "init_database"]
+__all__ = ["POSTGRES_DOWN", "SQL_DIR", "connect", "init_database", "sql_params"]
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,23 @@ def connect(settings: Settings, *, autocommit: bool = True) -> psycopg.Connectio
         raise ConfigurationError(msg) from exc
 
 
-def init_database(settings: Settings) -> list[str]:
-    """Run every ``sql/*.sql`` file in order, in one transaction; returns the files applied."""
-    params = {
+def sql_params(settings: Settings) -> dict[str, sql.Composable]:
+    """What fills the braces of ``sql/*.sql``. The CDC password goes as a SCRAM-SHA-256
+    verifier made here, never as itself: SQL text shows up in server logs (log_statement),
+    pg_stat_statements and pg_stat_activity."""
+    verifier = scram_sha256_verifier(settings.cdc_password.get_secret_value())
+    return {
         "cdc_user": sql.Identifier(settings.cdc_user),
         "cdc_user_text": sql.Literal(settings.cdc_user),
-        "cdc_password": sql.Literal(settings.cdc_password.get_secret_value()),
+        "cdc_password": sql.Literal(verifier),
         "publication": sql.Identifier(settings.publication_name),
         "publication_text": sql.Literal(settings.publication_name),
     }
+
+
+def init_database(settings: Settings) -> list[str]:
+    """Run every ``sql/*.sql`` file in order, in one transaction; returns the files applied."""
+    params = sql_params(settings)
     files = sorted(SQL_DIR.glob("*.sql"))
     with connect(settings, autocommit=False) as conn:
         # One init at a time: concurrent CREATE ... IF NOT EXISTS can still collide.

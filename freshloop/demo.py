@@ -14,6 +14,7 @@ Features and their positions are kept: they stay exact across runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -245,10 +246,14 @@ def _run(
     console.print(f"[bold]4/5[/] starting the service in namespace '{settings.namespace}'")
     _clear_learning_state(settings)
     service = Service(settings, api=api, drift=drift)
+    token = _dashboard_token(settings) if api else None
     service.start()
     _catch_up(service, console)
     if service.api_url:
-        console.print(f"  dashboard: {service.api_url}/   API docs: {service.api_url}/docs")
+        console.print(
+            f"  dashboard: {service.api_url}/?token={token}   API docs: {service.api_url}/docs "
+            f"(the token, '{_DEMO_DASHBOARD_NAME}', is valid {_DEMO_DASHBOARD_DAYS} day)"
+        )
     drift_note = "" if drift_at is None else f", the pattern changes at {drift_at:.0f}s"
     console.print(
         f"[bold]5/5[/] writing sample payments for {duration:.0f}s at {rate:.0f}/s{drift_note}"
@@ -281,7 +286,9 @@ def _run(
         console.print("stopping (Ctrl-C)")
     writer.join(timeout=30)
     snap = service.snapshot()
-    store = FeatureStore.connect(settings.redis_url, SCORING_FEATURES, settings.namespace)
+    store = FeatureStore.connect(
+        settings.redis_conninfo("reader"), SCORING_FEATURES, settings.namespace
+    )
     # The demo's entities (other writers may share the database: their rows are not ours to judge)
     only = {"customer": list(range(1, DEMO_WORKLOAD.customers + 1)),
             "merchant": list(range(1, DEMO_WORKLOAD.merchants + 1))}
@@ -296,11 +303,13 @@ def _run(
         mismatches=len(check.mismatches),
         dashboard=dashboard,
     )
-    _print_summary(console, summary, settings)
+    _print_summary(console, summary, settings, token)
     return summary
 
 
-def _print_summary(console: Console, s: DemoSummary, settings: Settings) -> None:
+def _print_summary(
+    console: Console, s: DemoSummary, settings: Settings, token: str | None = None
+) -> None:
     snap = s.snapshot
     console.line()  # the live table's last line ends without one when not on a terminal
     console.print(
@@ -321,16 +330,41 @@ def _print_summary(console: Console, s: DemoSummary, settings: Settings) -> None
     ns_env = f"FRESHLOOP_REDIS_NAMESPACE={settings.namespace}"
     console.print(
         f"Reports: '{ns_env} freshloop drift report --latest'; dashboard and API: "
-        f"'{ns_env} freshloop api serve' then {settings_api(settings)} (this run's "
+        f"'{ns_env} freshloop api serve' then {settings_api(settings, token)} (this run's "
         f"server stopped with the demo). The stack keeps running: 'freshloop stack down'."
     )
     if snap.errors:
         console.print(f"[red]errors[/]: {'; '.join(snap.errors)}")
 
 
-def settings_api(settings: Settings) -> str:
-    """Where ``freshloop api serve`` will listen with these settings."""
+def settings_api(settings: Settings, token: str | None = None) -> str:
+    """Where ``freshloop api serve`` will listen with these settings (with the dashboard's
+    ``?token=`` when given)."""
     host = "127.0.0.1" if settings.api_host in {"0.0.0.0", "::"} else settings.api_host  # noqa: S104
+    query = "" if token is None else f"?token={token}"
     if settings.api_port == 0:
-        return f"the address it prints (FRESHLOOP_API_PORT=0: a free port on {host})"
-    return f"http://{host}:{settings.api_port}/"
+        page = "the address it prints" + ("" if token is None else f" + /{query}")
+        return f"{page} (FRESHLOOP_API_PORT=0: a free port on {host})"
+    return f"http://{host}:{settings.api_port}/{query}"
+
+
+_DEMO_DASHBOARD_NAME = "demo-dashboard"
+_DEMO_DASHBOARD_DAYS = 1
+
+
+def _dashboard_token(settings: Settings) -> str:
+    """A fresh token for the demo's dashboard (predictions:read and features:read, one day):
+    the API asks for one like any other; the previous demo run's token is revoked."""
+    from freshloop.api.exceptions import TokenError
+    from freshloop.api.tokens import FEATURES_READ, PREDICTIONS_READ, TokenStore
+
+    engine = create_engine(settings.sqlalchemy_url())
+    try:
+        store = TokenStore(engine, settings.namespace)
+        with contextlib.suppress(TokenError):  # no earlier demo token: nothing to revoke
+            store.revoke(_DEMO_DASHBOARD_NAME)
+        scopes = [FEATURES_READ, PREDICTIONS_READ]
+        created = store.create(_DEMO_DASHBOARD_NAME, scopes, expires_days=_DEMO_DASHBOARD_DAYS)
+        return created.token
+    finally:
+        engine.dispose()

@@ -3,6 +3,7 @@
 __all__ = [
     "ConfigurationError",
     "DependencyRetryStopped",
+    "FencedError",
     "FreshloopError",
     "SetupError",
     "ServicePartDied",
@@ -28,6 +29,10 @@ class StackError(FreshloopError):
 
 class DependencyRetryStopped(FreshloopError):
     """A part was asked to stop while it waited for a dependency to come back."""
+
+
+class FencedError(FreshloopError):
+    """Another copy took over this namespace's learner or scheduler (a newer epoch): stop."""
 
 
 class ServicePartDied(FreshloopError):

@@ -24,6 +24,7 @@ __all__ = ["Settings", "load_settings"]
 
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,48}$")
 _PG_SIZE = re.compile(r"^(-1|[0-9]{1,12}(kB|MB|GB|TB)?)$")
+REDIS_ADMIN_USER = "freshloop_admin"  # the local stack's own Redis user (freshloop stack)
 
 
 class Settings(BaseSettings):
@@ -64,7 +65,41 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8083", description="Kafka Connect REST API."
     )
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="Redis holding features and predictions."
+        default="redis://127.0.0.1:6379/0",
+        description="Redis holding features and predictions; the pipeline, learner and "
+        "recovery connect as redis_user (a user:password written in the URL wins).",
+    )
+    redis_user: str = Field(
+        default="freshloop_writer",
+        description="Redis user that writes (pipeline, learner, recovery): data commands only, "
+        "no FLUSHALL, CONFIG SET, ACL, DEBUG or SHUTDOWN.",
+    )
+    redis_password: SecretStr = Field(
+        default=SecretStr("redis-writer-local-only"), description="Password of redis_user."
+    )
+    redis_read_url: str | None = Field(
+        default=None,
+        description="Redis the API and the scorer's feature reads use, as redis_read_user; "
+        "defaults to redis_url.",
+    )
+    redis_read_user: str = Field(
+        default="freshloop_reader",
+        description="Read-only Redis user (read commands only) of the API and the scorer's "
+        "feature reads.",
+    )
+    redis_read_password: SecretStr = Field(
+        default=SecretStr("redis-reader-local-only"), description="Password of redis_read_user."
+    )
+    redis_admin_password: SecretStr = Field(
+        default=SecretStr("redis-admin-local-only"),
+        description="Password of the local stack's Redis admin user (freshloop_admin), which "
+        "'freshloop stack' uses to set the users up.",
+    )
+    env: Literal["auto", "local", "production"] = Field(
+        default="auto",
+        description="Where this runs: 'local' accepts the public default passwords and signing "
+        "key, 'production' refuses them, 'auto' accepts them only while every service and "
+        "listener is on loopback.",
     )
     topic_prefix: str = Field(
         default="freshloop",
@@ -85,6 +120,17 @@ class Settings(BaseSettings):
     )
     redis_namespace: str | None = Field(
         default=None, description="Prefix of every Redis key; defaults to the topic prefix."
+    )
+    redis_allow_eviction: bool = Field(
+        default=False,
+        description="Start the feature pipeline on a Redis whose maxmemory-policy may evict "
+        "keys (anything but noeviction), or whose policy cannot be read; each eviction is then "
+        "taken as a loss and the features are rebuilt. Off: such a Redis is refused at start-up.",
+    )
+    loss_check_samples: int = Field(
+        default=16, ge=0, le=10_000,
+        description="Row states drawn from each assigned partition's expiry index every few "
+        "seconds to check they still exist (a loss found starts the rebuild; 0: off).",
     )
     metrics_port: int = Field(
         default=9464, ge=0, le=65535,
@@ -132,6 +178,17 @@ class Settings(BaseSettings):
         default=8000, ge=0, le=65535,
         description="Port of the HTTP API and dashboard (0: any free port).",
     )
+    api_anonymous: bool = Field(
+        default=False,
+        description="Let requests without a token read everything; only on a loopback "
+        "api_host (any other address is refused at start-up). Else every route but /healthz "
+        "needs a token ('freshloop api token create').",
+    )
+    api_token_cache_s: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="How long the API trusts a token it verified without asking Postgres "
+        "again: a revoked token keeps working at most this long (0: check every request).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING",
         description="Log level of every command (its --log-level option wins).",
@@ -152,6 +209,11 @@ class Settings(BaseSettings):
     model_spec: str = Field(
         default="river.preprocessing.StandardScaler | river.linear_model.LogisticRegression",
         description="River pipeline of a new model: dotted paths joined by '|'.",
+    )
+    feature_service: str = Field(
+        default="fraud", pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        description="Feature service whose features the model reads (scorer, learner, drift, "
+        "retrain); 'freshloop features list' shows the services.",
     )
     model_signing_key: SecretStr = Field(
         default=SecretStr("freshloop-local-model-signing-key"),
@@ -246,6 +308,12 @@ class Settings(BaseSettings):
         default="hour_sin,hour_cos,dow_sin,dow_cos",
         description="Comma-separated features left out of drift and quality checks: the "
         "time-of-day and day-of-week encodings differ between any two time windows by design.",
+    )
+    drift_warmup: bool = Field(
+        default=True,
+        description="Leave out of drift and quality checks the inputs whose windowed features "
+        "were still filling up when the reference began (the table's oldest event time plus the "
+        "window) and lifetime features, which grow by construction; false judges every input.",
     )
     drift_history: int = Field(
         default=50, ge=1, description="Previous reports shown in a report's over-time charts."
@@ -420,7 +488,18 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
-    @field_validator("kafka_bootstrap", "connect_url", "redis_url")
+    @field_validator("redis_url", "redis_read_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss"} or not parts.hostname:
+            msg = f"{info.field_name} must look like redis://host:port/db, got {value!r}"
+            raise ValueError(msg)
+        return cls._check_port(value)
+
+    @field_validator("kafka_bootstrap", "connect_url")
     @classmethod
     def _check_port(cls, value: str) -> str:
         text = value if "://" in value else f"kafka://{value.split(',')[0]}"
@@ -482,6 +561,25 @@ class Settings(BaseSettings):
             env[f"FRESHLOOP_{name.upper()}"] = str(value)
         return env
 
+    def redis_conninfo(self, role: Literal["writer", "reader", "admin"] = "writer") -> str:
+        """A redis-py URL of one Redis user with its password filled in. Never log it.
+
+        writer: the pipeline, learner and recovery; reader: the API and the scorer's feature
+        reads (read commands only); admin: the local stack's own user (ACLs, configuration).
+        """
+        url = (self.redis_read_url or self.redis_url) if role == "reader" else self.redis_url
+        user, secret = {
+            "writer": (self.redis_user, self.redis_password),
+            "reader": (self.redis_read_user, self.redis_read_password),
+            "admin": (REDIS_ADMIN_USER, self.redis_admin_password),
+        }[role]
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            return url  # credentials written into the URL itself win
+        where = parts.netloc
+        auth = f"{quote(user, safe='')}:{quote(secret.get_secret_value(), safe='')}"
+        return parts._replace(netloc=f"{auth}@{where}").geturl()
+
     def sqlalchemy_url(self) -> str:
         """The same database as a SQLAlchemy URL (psycopg 3 driver). Never log it."""
         return self.postgres_conninfo().replace("postgresql://", "postgresql+psycopg://", 1)
@@ -531,9 +629,12 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def load_settings() -> Settings:
-    """Load the settings once; a bad value stops here with a sentence that says how to fix it."""
+    """Load the settings once; a bad value stops here with a sentence that says how to fix it,
+    and so does a public default password or key outside the local stack."""
+    from freshloop.defaults import refuse_public_defaults
+
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"FRESHLOOP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
@@ -541,3 +642,5 @@ def load_settings() -> Settings:
         )
         msg = f"bad configuration: {problems}"
         raise ConfigurationError(msg) from exc
+    refuse_public_defaults(settings)
+    return settings

@@ -20,7 +20,9 @@ from typing import Any
 import river
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 
+from freshloop.fencing import fenced_error
 from online_learning.exceptions import SnapshotError
 from online_learning.learner import OnlineLearner
 from online_learning.model import OnlineModel
@@ -82,7 +84,25 @@ class CheckpointStore:
         examples: Sequence[LabelledExample],
         extra_status: Mapping[str, Any] | None = None,
     ) -> int:
-        """Insert the examples and the checkpoint atomically; returns the checkpoint id."""
+        """Insert the examples and the checkpoint atomically; returns the checkpoint id.
+
+        On a fenced engine (``freshloop.fencing``) the transaction writes nothing and
+        ``FencedError`` is raised once another copy took the learner's role over."""
+        try:
+            return self._write(learner, offsets, examples, extra_status)
+        except DBAPIError as exc:
+            fenced = fenced_error(exc)
+            if fenced is None:
+                raise
+            raise fenced from exc
+
+    def _write(
+        self,
+        learner: OnlineLearner,
+        offsets: Mapping[str, int],
+        examples: Sequence[LabelledExample],
+        extra_status: Mapping[str, Any] | None,
+    ) -> int:
         status = json_safe({**learner.status(), **(extra_status or {})})
         snapshot = dumps_signed(learner.snapshot(), self._key, _SNAPSHOT_KIND)
         with self.engine.begin() as conn:

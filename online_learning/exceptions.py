@@ -13,6 +13,7 @@ __all__ = [
     "RegistryError",
     "SignatureError",
     "SnapshotError",
+    "TrainingSetError",
     "VectorError",
     "VersionMismatchError",
 ]
@@ -64,3 +65,7 @@ class LearnerBusyError(OnlineLearningError):
 
 class PredictionsNotAcknowledged(OnlineLearningError):
     """Kafka did not acknowledge logged predictions in time (the scorer flushes again)."""
+
+
+class TrainingSetError(OnlineLearningError):
+    """A training set cannot be built as asked (range, time zone, missing row history)."""

@@ -53,9 +53,10 @@ from online_learning.features import SCORING_FEATURES
 from online_learning.messages import encode_prediction, payment_from_event
 from online_learning.records import Payment, Prediction
 from online_learning.registry import ModelRegistry
+from online_learning.services import feature_service
 from online_learning.serving import ModelSource, ServedModel
 from online_learning.topics import ensure_topic
-from online_learning.vector import SERVED_FEATURES, build_vector
+from online_learning.vector import build_vector
 
 __all__ = ["Scorer", "ScorerStats", "get_prediction", "prediction_key"]
 
@@ -86,15 +87,20 @@ class Scorer:
         namespace: str | None = None,
         features: FeatureSet = SCORING_FEATURES,
         engine: Engine | None = None,
-        served_names: Sequence[str] = SERVED_FEATURES,
+        served_names: Sequence[str] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.ns = namespace or settings.namespace
         self.stop = stop or threading.Event()  # ends a wait for Postgres or Kafka
         self.flush_timeout_s = 10.0
-        self.store = FeatureStore.connect(settings.redis_url, features, self.ns)
+        # features are read as the read-only user; predictions are written as the writer
+        self.store = FeatureStore.connect(settings.redis_conninfo("reader"), features, self.ns)
+        self.redis = redis.Redis.from_url(settings.redis_conninfo())
         self.topic = settings.predictions_topic_name
-        self.served_names = tuple(served_names)
+        # the model's inputs: the settings' feature service unless given
+        self.served_names = tuple(
+            feature_service(settings).features if served_names is None else served_names
+        )
         self.ttl_ms = int((settings.label_horizon + settings.label_grace).total_seconds() * 1000)
         self.max_age_ms = int(settings.score_max_age.total_seconds() * 1000)
         engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
@@ -144,7 +150,7 @@ class Scorer:
         )
         now = datetime.now(UTC)
         predictions: list[Prediction] = []
-        pipe = self.store.client.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for p in payments:
             values = {**by_customer[p.customer_id].values, **by_merchant[p.merchant_id].values}
             try:

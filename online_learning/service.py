@@ -35,6 +35,13 @@ Postgres or Redis unreachable: each call the join needs waits with backoff and i
 after a backoff while learning goes on in memory; each failure degrades component ``learner``
 in ``freshloop.health.HEALTH``. Stopped while waiting, the learner does not checkpoint: the
 work since its last checkpoint is redone on restart.
+
+Fencing (``freshloop.fencing``): taking the lock also takes the next learner epoch of the
+namespace, and every write of this learner's engine (checkpoints, training examples, the
+registry) is refused inside its transaction once the epoch is no longer current. The lock
+session is re-checked every second: lost to a Postgres restart with nobody else waiting, it is
+taken back; taken by another learner, this one raises ``FencedError`` and stops having written
+nothing after the takeover (``freshloop serve`` then exits non-zero).
 """
 
 from __future__ import annotations
@@ -50,7 +57,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-import psycopg
 import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -65,8 +71,9 @@ from sqlalchemy import Engine, create_engine
 
 from connectors.topics import asking_again
 from feature_pipelines.dead_letter import DeadLetters
-from freshloop.db import POSTGRES_DOWN, connect
-from freshloop.exceptions import DependencyRetryStopped
+from freshloop.db import POSTGRES_DOWN
+from freshloop.exceptions import DependencyRetryStopped, FencedError
+from freshloop.fencing import Ownership
 from freshloop.health import HEALTH, backoff_delay, retry
 from freshloop.settings import Settings
 from online_learning.checkpoints import CheckpointStore
@@ -82,6 +89,7 @@ from online_learning.messages import (
 from online_learning.records import LabelledExample, Prediction
 from online_learning.registry import ChampionRef, ModelRegistry
 from online_learning.scorer import _redis_fields, prediction_key
+from online_learning.services import feature_service
 from online_learning.serving import choose_source
 from online_learning.topics import ensure_topic
 
@@ -130,7 +138,11 @@ class LearnerService:
         self.stop = stop or threading.Event()
         self.max_batch = max_batch
         self._key = settings.model_signing_key.get_secret_value().encode()
-        engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+        # the lock and epoch of the namespace's learner; every write of ``engine`` is fenced
+        self.ownership = Ownership(settings, self.ns, "learner", f"freshloop learner {self.ns}")
+        engine = self.ownership.fence(
+            engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
+        )
         self.registry = ModelRegistry(engine, self.ns, self._key)
         self.checkpoints = CheckpointStore(engine, self.ns, self._key)
         self.join_config = JoinConfig(
@@ -143,7 +155,6 @@ class LearnerService:
         self.offsets: dict[str, int] = {}
         self._buffer: list[LabelledExample] = []
         self._champion: ChampionRef | None = None
-        self._lock: psycopg.Connection | None = None
         self._dirty = False
         self._consumer = Consumer(
             {
@@ -168,7 +179,7 @@ class LearnerService:
         )
         self._held: dict[str, deque[tuple[int, Prediction | None]]] = {}
         self._paused: set[str] = set()
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = redis.Redis.from_url(settings.redis_conninfo())
         # present while Redis holds every open prediction this learner logged (check_logs)
         self._sentinel = f"{self.ns}:learner:logs"
         self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)
@@ -198,7 +209,10 @@ class LearnerService:
             )
         else:
             model = self.registry.load(champion.version)
-            self.learner = OnlineLearner(model, self._key, self.join_config)
+            self.learner = OnlineLearner(
+                model, self._key, self.join_config,
+                served_names=feature_service(self.settings).features,
+            )
             self._champion = champion
             self.offsets = self._start_offsets()
             for name, offset in list(self.offsets.items()):
@@ -288,23 +302,14 @@ class LearnerService:
         return len(found)
 
     def _take_lock(self) -> None:
-        deadline = time.monotonic() + 15  # a killed predecessor's session may linger briefly
-        conn = connect(self.settings)
-        while True:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"freshloop learner {self.ns}",)
-            ).fetchone()
-            if row is not None and row[0]:
-                self._lock = conn
-                return
-            if time.monotonic() > deadline:
-                conn.close()
-                msg = (
-                    f"another learner owns namespace {self.ns!r}: run one 'learn run' per "
-                    "namespace (scale out scorers with 'learn serve' instead)"
-                )
-                raise LearnerBusyError(msg)
-            time.sleep(0.5)
+        """The namespace's learner lock and its next epoch: a waiting learner takes over the
+        moment the owner's session ends (a killed predecessor's session may linger briefly)."""
+        if not self.ownership.take(wait_s=15):
+            msg = (
+                f"another learner owns namespace {self.ns!r}: run one 'learn run' per "
+                "namespace (scale out scorers with 'learn serve' instead)"
+            )
+            raise LearnerBusyError(msg)
 
     def _partitions(self) -> list[tuple[str, int]]:
         topics = (self.predictions_topic, self.outcomes_topic)
@@ -349,6 +354,7 @@ class LearnerService:
         self.start()
         next_poll = time.monotonic()
         next_logs_check = time.monotonic() + 1.0
+        next_lock_check = time.monotonic() + 1.0
         last_checkpoint = time.monotonic()
         failures = 0  # consecutive failed polls / checkpoints: the backoff grows with them
         try:
@@ -365,6 +371,9 @@ class LearnerService:
                     except redis.RedisError as exc:
                         log.warning("redis unreachable checking the logged predictions: %s", exc)
                 try:  # Postgres restarting: keep the state in memory, try again after a backoff
+                    if now >= next_lock_check:  # a lost lock session: taken back, or we stop
+                        self.ownership.check()
+                        next_lock_check = now + 1.0
                     if now >= next_poll:
                         next_poll = now + self.settings.champion_poll_s
                         if self._poll_champion():
@@ -395,6 +404,9 @@ class LearnerService:
         except DependencyRetryStopped as exc:
             log.warning("learner stopped without a checkpoint (%s): work since the last one is "
                         "redone on restart", exc)
+        except FencedError as exc:
+            log.error("learner_fenced namespace=%s: %s", self.ns, exc)
+            raise
         finally:
             self.close()
         return self.counts
@@ -621,9 +633,7 @@ class LearnerService:
         self._cursor.close()
         self.redis.close()
         self.dead_letters.flush()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self.ownership.release()
 
 
 def _from_redis(payment_id: int, raw: dict[Any, Any]) -> Prediction | None:

@@ -30,26 +30,15 @@ from decimal import Decimal
 
 from online_learning.exceptions import VectorError
 from online_learning.records import FeatureValue, Payment
+from online_learning.services import DEFAULT_SERVICE, SERVICES
 
-__all__ = ["CHANNELS", "SERVED_FEATURES", "build_vector"]
+__all__ = ["CHANNELS", "SERVED_FEATURES", "build_vector", "input_names", "input_sources"]
 
 CHANNELS: tuple[str, ...] = ("web", "app", "pos")
 
-SERVED_FEATURES: tuple[str, ...] = (
-    "payment_count_10m",
-    "payment_count_1h",
-    "payment_count_24h",
-    "amount_sum_1h",
-    "amount_sum_24h",
-    "amount_mean_24h",
-    "declined_count_24h",
-    "distinct_merchants_24h",
-    "payment_count_lifetime",
-    "amount_sum_lifetime",
-    "merchant_payment_count_1h",
-    "merchant_amount_sum_24h",
-    "merchant_fraud_count_7d",
-)
+# The default feature service's inputs (``online_learning.services``): the contract models
+# were trained on before services existed. Code that serves a model asks the settings' service.
+SERVED_FEATURES: tuple[str, ...] = SERVICES[DEFAULT_SERVICE].features
 
 _TAU = 2.0 * math.pi
 
@@ -127,3 +116,36 @@ def build_vector(
     mean = _served_float("amount_mean_24h", served.get("amount_mean_24h"))
     x["amount_to_mean_24h"] = amount / mean if mean is not None and mean > 0.0 else 0.0
     return x
+
+
+@functools.lru_cache(maxsize=64)
+def input_names(served_names: tuple[str, ...] = SERVED_FEATURES) -> tuple[str, ...]:
+    """The keys ``build_vector`` returns for ``served_names``, in its order.
+
+    >>> input_names(("payment_count_1h",))[-3:]
+    ('payment_count_1h', 'payment_count_1h_missing', 'amount_to_mean_24h')
+    """
+    head = ("amount", "log_amount", *(f"channel_{c}" for c in CHANNELS), "channel_other",
+            "hour_sin", "hour_cos", "dow_sin", "dow_cos")
+    served = tuple(n for pair in _with_missing(served_names) for n in pair)
+    return (*head, *served, "amount_to_mean_24h")
+
+
+_DERIVED: dict[str, tuple[str, ...]] = {"amount_to_mean_24h": ("amount_mean_24h",)}
+
+
+def input_sources(name: str, served_names: Sequence[str] = SERVED_FEATURES) -> tuple[str, ...]:
+    """The served features the vector input ``name`` is built from (none: the payment alone).
+
+    >>> input_sources("payment_count_1h_missing", ("payment_count_1h",))
+    ('payment_count_1h',)
+    >>> input_sources("amount_to_mean_24h", ())
+    ('amount_mean_24h',)
+    >>> input_sources("log_amount", ("payment_count_1h",))
+    ()
+    """
+    if name in served_names:
+        return (name,)
+    if name.endswith("_missing") and name[: -len("_missing")] in served_names:
+        return (name[: -len("_missing")],)
+    return _DERIVED.get(name, ())

@@ -2,6 +2,7 @@
 -- captured tables, INSERT on the signal and heartbeat tables, nothing else.
 -- `freshloop db init` fills the braces from the settings (quoted as identifiers and literals).
 -- Idempotent: safe to apply again; a changed password is applied.
+-- The password comes as a SCRAM-SHA-256 verifier made by the client, never as itself.
 
 DO $$
 BEGIN

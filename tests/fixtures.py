@@ -120,6 +120,7 @@ LEARNING_TABLES = (
     "training_examples",
     "learner_checkpoints",
     "model_registry",
+    "freshloop_epochs",
 )
 
 
@@ -129,7 +130,7 @@ def drop_namespace(settings: Settings, tag: str) -> None:
     from bench.common import drop_keys
     from drift.scheduler import job_table
 
-    drop_keys(settings.redis_url, f"{tag}:*")
+    drop_keys(settings.redis_conninfo(), f"{tag}:*")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic = f"{tag}.predictions"
     if topic in admin.list_topics(timeout=10).topics:

@@ -21,11 +21,13 @@ from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feature_pipelines import FeatureSet
+from freshloop.api.auth import Authenticate, document_security
 from freshloop.api.backends import Backends, dependency_error
 from freshloop.api.exceptions import DependencyUnavailable
 from freshloop.api.metrics import ApiMetrics
 from freshloop.api.routes import router
 from freshloop.api.summary import History
+from freshloop.api.tokens import TokenStore
 from freshloop.settings import Settings
 
 __all__ = ["create_app"]
@@ -128,6 +130,13 @@ def create_app(settings: Settings, features: FeatureSet | None = None) -> FastAP
 
     metrics = app.state.metrics
 
+    # Inside _Observe (added last, so outermost): refused requests are counted too.
+    app.add_middleware(
+        Authenticate,
+        settings=settings,
+        store=TokenStore(backends.engine, backends.ns),
+    )
+    document_security(app)
     app.add_middleware(_Observe, metrics=metrics)
 
     return app

@@ -76,8 +76,9 @@ class Backends:
     def __init__(self, settings: Settings, features: FeatureSet) -> None:
         self.settings = settings
         self.ns = settings.namespace
+        # the API only reads: Redis's read-only user (settings.redis_read_user)
         self.redis = redis.Redis.from_url(
-            settings.redis_url,
+            settings.redis_conninfo("reader"),
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_CONNECT_TIMEOUT_S,
         )
@@ -96,7 +97,7 @@ class Backends:
         # short Redis round trip, shorter than a hop to a worker thread and back. RESP2:
         # hashes come as flat lists, which parse faster than RESP3's maps.
         self.aredis = redis.asyncio.Redis.from_url(
-            settings.redis_url,
+            settings.redis_conninfo("reader"),
             protocol=2,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_CONNECT_TIMEOUT_S,

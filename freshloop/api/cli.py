@@ -1,8 +1,11 @@
-"""``freshloop api serve``: the HTTP API and dashboard on their own (imports stay lazy)."""
+"""``freshloop api serve``: the HTTP API and dashboard on their own (imports stay lazy);
+``freshloop api token ...``: its tokens (token_cli.py)."""
 
 from __future__ import annotations
 
 import click
+
+from freshloop.api.token_cli import token
 
 __all__ = ["api"]
 
@@ -34,5 +37,15 @@ def serve(host: str | None, port: int | None) -> None:
         sys.exit(2)
     click.echo(f"[api] namespace {settings.namespace}: dashboard {server.url}/  "
                f"docs {server.url}/docs")
+    if settings.api_anonymous:
+        click.echo("[api] FRESHLOOP_API_ANONYMOUS=true: requests without a token read everything "
+                   "(loopback only)")
+    else:
+        click.echo("[api] every route but /healthz needs a token: 'freshloop api token create "
+                   "--name NAME --scope features:read|predictions:read|admin'; the dashboard "
+                   "takes it once at /?token=<token>")
     server.run()
     click.echo("[api] stopped")
+
+
+api.add_command(token)

@@ -2,7 +2,7 @@
 
 from freshloop.exceptions import FreshloopError
 
-__all__ = ["ApiError", "ApiStartError", "DependencyUnavailable"]
+__all__ = ["ApiError", "ApiStartError", "DependencyUnavailable", "TokenError", "TokenRefused"]
 
 
 class ApiError(FreshloopError):
@@ -19,3 +19,11 @@ class DependencyUnavailable(ApiError):
     def __init__(self, dependency: str, message: str) -> None:
         super().__init__(message)
         self.dependency = dependency
+
+
+class TokenError(ApiError):
+    """A token could not be created or revoked as asked (bad scope, name taken, no such name)."""
+
+
+class TokenRefused(ApiError):
+    """A request's token is malformed, unknown, revoked, expired or of another namespace."""

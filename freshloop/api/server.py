@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from freshloop.api.app import create_app
+from freshloop.api.auth import check_anonymous_bind
 from freshloop.api.exceptions import ApiStartError
 from freshloop.settings import Settings
 
@@ -66,6 +67,7 @@ class ApiServer:
         app: FastAPI | None = None,
     ) -> None:
         self.host = host or settings.api_host
+        check_anonymous_bind(settings, self.host)  # before listening, before building the app
         self.app = app or create_app(settings)
         self._sock = _bind(self.host, settings.api_port if port is None else port)
         self.port = int(self._sock.getsockname()[1])

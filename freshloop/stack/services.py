@@ -13,18 +13,26 @@ import os
 import socket
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from freshloop.defaults import is_loopback_host
 from freshloop.exceptions import SetupError, StackError
 from freshloop.settings import Settings
+from freshloop.stack.folders import private_dir, secure_shared_dir
+from freshloop.stack.redis_acl import admin_client, apply_acl, write_acl_file
 from freshloop.stack.setup import find_postgres_bindir, jar_sets
 
 __all__ = ["Service", "build_services"]
 
 _DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+_ENV_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+_CDC_PASSWORD_ENV = "FRESHLOOP_CDC_PASSWORD"  # noqa: S105 - a variable's name (connectors.config)
+# The environment a server starts with (see Service.env)
+_SERVER_ENV = frozenset({"PATH", "JAVA_HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"})
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -64,19 +72,24 @@ class Service:
         return self.settings.stack_bind
 
     def prepare(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ)
+        """Only what a server needs to run (where programs are, the locale, Java): not the
+        shell's whole environment, whose secrets a server could expose (Connect's ``${env:}``)."""
+        return {k: v for k, v in os.environ.items() if k in _SERVER_ENV}
 
     def ready(self) -> bool:
         return port_open(self.host, self.port)
 
     def after_start(self) -> None:
         """One-time work once the service answers (e.g. create the database)."""
+
+    def reconcile(self, echo: Callable[[str], None] | None = None) -> None:
+        """Idempotent work on a service that was already running at ``stack up``."""
 
     @property
     def stop_signal(self) -> int:
@@ -110,6 +123,8 @@ class Postgres(Service):
         return subprocess.run(args, user=self.run_as, capture_output=True, text=True, check=False)
 
     def prepare(self) -> None:
+        if self.root.parent != self.settings.home.resolve():
+            secure_shared_dir(self.root.parent)  # the fallback folder under /var/tmp
         super().prepare()
         if self.run_as:
             subprocess.run(["chown", f"{self.run_as}:", str(self.root)], check=True)
@@ -194,11 +209,22 @@ class Postgres(Service):
 
 
 class Redis(Service):
-    """Redis with the append-only file on, so features survive a restart."""
+    """Redis with the append-only file on, so features survive a restart, and no eviction;
+    its users (writer, read-only reader, admin; ``default`` off) come from an ACL file."""
+
+    @property
+    def aclfile(self) -> Path:
+        return self.root / "users.acl"
+
+    def prepare(self) -> None:
+        super().prepare()
+        write_acl_file(self.aclfile, self.settings)
 
     def command(self) -> list[str]:
         return [
             "redis-server",
+            "--aclfile",
+            str(self.aclfile),
             "--bind",
             self.host,
             "--port",
@@ -209,6 +235,8 @@ class Redis(Service):
             "yes",
             "--appendfsync",
             "everysec",
+            "--maxmemory-policy",  # evicting a key loses state (feature_pipelines/loss.py)
+            "noeviction",
             "--save",
             "",
             "--daemonize",
@@ -218,12 +246,25 @@ class Redis(Service):
         ]
 
     def ready(self) -> bool:
+        import redis
+
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            admin_client(self.settings, self.host, self.port, timeout=0.5).close()
+        except (redis.RedisError, OSError):
             return False
+        return True
+
+    def after_start(self) -> None:
+        self.reconcile()
+
+    def reconcile(self, echo: Callable[[str], None] | None = None) -> None:
+        """Bring the running Redis to the users of the settings (``stack up`` on a running
+        stack: new or changed passwords, a Redis set up before it had users)."""
+        client = admin_client(self.settings, self.host, self.port)
+        try:
+            apply_acl(client, self.settings, echo)
+        finally:
+            client.close()
 
 
 class _Java(Service):
@@ -343,6 +384,13 @@ class Connect(_Java):
         return self.root / "connect-distributed.properties"
 
     def prepare(self) -> None:
+        if not is_loopback_host(self.host):
+            msg = (
+                f"Kafka Connect's REST API has no authentication and creates connectors for "
+                f"anyone who reaches it, so it listens on loopback only; FRESHLOOP_STACK_BIND="
+                f"{self.host} is not loopback: set it to 127.0.0.1"
+            )
+            raise StackError(msg)
         super().prepare()
         plugins = jar_sets(self.settings.home)[1].target.parent
         props = {
@@ -369,21 +417,28 @@ class Connect(_Java):
             "producer.linger.ms": "1",
             "producer.compression.type": "none",
             "topic.creation.enable": "true",
-            # Connector configs refer to secrets as ${env:NAME}: never stored in Kafka.
+            # Connector configs refer to secrets as ${env:NAME}: never stored in Kafka. The
+            # provider reads only the connector's own variable (anyone who reaches the REST API
+            # can write a config), and a connector may not override its clients' configs
+            # (which could name other providers or login modules).
             "config.providers": "env",
-            "config.providers.env.class": (
-                "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
-            ),
+            "config.providers.env.class": _ENV_PROVIDER,
+            "config.providers.env.param.allowlist.pattern": f"^{_CDC_PASSWORD_ENV}$",
+            "connector.client.config.override.policy": "None",
         }
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def command(self) -> list[str]:
-        return [*self.java_args(), str(self.properties)]
+        args = self.java_args()
+        # the only ConfigProvider class any config in this JVM may instantiate (Kafka 3.8+)
+        args[-1:-1] = [f"-Dorg.apache.kafka.automatic.config.providers={_ENV_PROVIDER}"]
+        return [*args, str(self.properties)]
 
     def env(self) -> dict[str, str]:
+        """The server's few variables and the one secret its connector reads."""
         return {
-            **os.environ,
-            "FRESHLOOP_CDC_PASSWORD": self.settings.cdc_password.get_secret_value(),
+            **super().env(),
+            _CDC_PASSWORD_ENV: self.settings.cdc_password.get_secret_value(),
         }
 
     def ready(self) -> bool:
@@ -410,8 +465,7 @@ def _postgres_root(home: Path, run_as: str | None) -> Path:
 
 def build_services(settings: Settings) -> list[Service]:
     """The stack in start order; stop in reverse."""
-    home = settings.home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    home = private_dir(settings.home.resolve())
     run_as = "postgres" if os.geteuid() == 0 else None
     pg_root = _postgres_root(home, run_as)
     return [

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from freshloop.exceptions import StackError
 from freshloop.settings import Settings
+from freshloop.stack.folders import private_dir
 from freshloop.stack.services import Service, build_services, port_open
 from freshloop.stack.setup import ensure_jars, ensure_system_packages
 
@@ -132,16 +133,18 @@ class Stack:
     def up(self, names: Iterable[str] | None = None) -> list[str]:
         """Start whatever is not running yet, each only after the previous one answers.
 
-        Returns the names of the services this call started (empty when all were up).
+        Returns the names of the services this call started (empty when all were up). A
+        running service is brought to the settings where that is idempotent (Redis's users).
         """
         self.setup()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
+        private_dir(self.log_dir)
         started: list[str] = []
         for svc in self.select(names):
             pid = self.pid_of(svc)
             if pid is not None:
                 self._wait_ready(svc, pid)
+                svc.reconcile(self._echo)  # e.g. Redis's users on a Redis started before them
                 continue
             for port in (svc.port, *svc.extra_ports):
                 if port_open(svc.host, port):
@@ -170,6 +173,7 @@ class Stack:
                 cwd=svc.root,
                 env=svc.env(),
                 user=svc.run_as,
+                umask=0o077,  # what a server writes (data, its rewritten files) is its own
             )
         proc_start = _started_at(proc.pid)
         record = {"pid": proc.pid, "port": svc.port, "proc_start": proc_start, "at": time.time()}

@@ -88,6 +88,15 @@ class CheckWorld:
                 "'\\x00', '{}', CAST(:s AS jsonb), 0, 'test')"),
                 {"ns": self.ns, "s": orjson.dumps(status).decode()})
 
+    def origins(self, origins: dict[str, datetime]) -> None:
+        """The source origins a previous report found, as ``drift.warmup`` stores them."""
+        report = {"warmup": {"origins": {k: v.isoformat() for k, v in origins.items()}}}
+        with self.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO drift_reports (namespace, status, summary, report, decision, html) "
+                "VALUES (:ns, 'insufficient_data', '{}', CAST(:r AS jsonb), '{}', '')"),
+                {"ns": self.ns, "r": orjson.dumps(report).decode()})
+
     def pipeline_stats(self, p99_ms: float) -> None:
         """One live feature-pipeline consumer, as ``feature_pipelines.live_stats`` writes it."""
         now = datetime.now(UTC).timestamp()
@@ -103,9 +112,11 @@ def check_world(stack_settings: Settings) -> Iterator[CheckWorld]:
     settings = stack_settings.model_copy(update={
         "redis_namespace": ns, "drift_reference_size": 400, "drift_current_size": 400,
         "drift_min_samples": 50, "drift_current_window_s": 3600.0,
-        "drift_stale_recheck_s": 0.0})
+        "drift_stale_recheck_s": 0.0,
+        # these worlds test the statistics; the warm-up rule has tests of its own (test_warmup)
+        "drift_warmup": False})
     engine = create_engine(settings.sqlalchemy_url())
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     try:
         yield CheckWorld(settings, engine, client)
     finally:

@@ -116,7 +116,7 @@ def test_position_without_json_parse_equals_the_json_one(last: int | None, lsn: 
         (b'{"op":"c","after":{},"source":{}}', "no source.table"),
         (envelope("payments", "c", None, {"payment_id": 1}, lsn=3), "lacks needed column"),
         (envelope("payments", "u", None, ROW, lsn=3), "REPLICA IDENTITY FULL"),
-        (envelope("payments", "t", None, None, lsn=3), "not handled"),
+        (envelope("payments", "m", None, None, lsn=3), "not handled"),
     ],
 )
 def test_bad_events_have_a_reason(value: bytes, reason: str) -> None:

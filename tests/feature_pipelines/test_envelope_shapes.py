@@ -163,7 +163,7 @@ def test_money_stays_exact_through_the_pipeline() -> None:
         (_real(after=[1, 2]), KEY, "after must be an object"),
         (_real(op="d", before=None, after=None), KEY, "REPLICA IDENTITY FULL"),
         (_real(op="c", after=None), KEY, "op 'c'"),
-        (_real(op="t", after=None), KEY, "not handled"),
+        (_real(op="m", after=None), KEY, "not handled"),
         (_real(op="x"), KEY, "not handled"),
         (_real(after={**PAYMENT, "customer_id": None} | {"x": 1}), KEY, None),
     ],

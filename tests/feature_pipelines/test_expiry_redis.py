@@ -27,7 +27,7 @@ _BOOKKEEPING = {"_written_ms"}
 @pytest.fixture
 def ns(stack_settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
     tag = f"exp{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(stack_settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(stack_settings.redis_conninfo(), decode_responses=True)
     yield client, tag
     drop_namespace(stack_settings, tag)
     client.close()

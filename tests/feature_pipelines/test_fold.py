@@ -34,14 +34,14 @@ def _plan(entity: str) -> ReadPlan:
 
 @pytest.fixture
 def client(stack_settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(stack_settings.redis_url)
+    client = redis.Redis.from_url(stack_settings.redis_conninfo())
     yield client
     client.close()
 
 
 @pytest.fixture
 def client2(stack_settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(stack_settings.redis_url, protocol=2)
+    client = redis.Redis.from_url(stack_settings.redis_conninfo(), protocol=2)
     yield client
     client.close()
 
@@ -159,7 +159,7 @@ def test_async_reads_equal_sync_reads(
         client.hset(entity_key(ns, "customer", key), mapping=random_hash(rng, "customer"))
 
     async def read_async() -> list[list[EntityFeatures]]:
-        aclient = redis.asyncio.Redis.from_url(stack_settings.redis_url, protocol=protocol)
+        aclient = redis.asyncio.Redis.from_url(stack_settings.redis_conninfo(), protocol=protocol)
         try:
             store = AsyncFeatureStore(aclient, SAMPLE_FEATURES, ns, server_fold=server_fold)
             return [await store.get_many("customer", keys[:n], at=AT) for n in (0, 1, 3, 70)]
@@ -205,7 +205,7 @@ def test_a_read_is_sent_again_on_a_broken_connection(
     ns = f"fold{uuid.uuid4().hex[:8]}"
     for key in range(n_keys):
         client.hset(entity_key(ns, "customer", key), mapping=random_hash(rng, "customer"))
-    reader = redis.Redis.from_url(stack_settings.redis_url, protocol=2)
+    reader = redis.Redis.from_url(stack_settings.redis_conninfo(), protocol=2)
     try:
         store = FeatureStore(reader, FEATURES, ns)
         want = [(e.values, e.commit_ms) for e in store.get_many("customer", range(n_keys), at=AT)]
@@ -216,7 +216,7 @@ def test_a_read_is_sent_again_on_a_broken_connection(
 
         async def read_twice() -> list[list[EntityFeatures]]:
             areader = redis.asyncio.Redis.from_url(
-                stack_settings.redis_url, protocol=2, retry=AsyncRetry(NoBackoff(), 2)
+                stack_settings.redis_conninfo(), protocol=2, retry=AsyncRetry(NoBackoff(), 2)
             )
             try:
                 astore = AsyncFeatureStore(areader, FEATURES, ns)

@@ -35,7 +35,7 @@ def test_window_rate_and_lag_percentiles_cover_only_the_last_window() -> None:
 @pytest.fixture
 def client(stack_settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
     ns = f"t{uuid.uuid4().hex[:10]}"
-    conn = redis.Redis.from_url(stack_settings.redis_url)
+    conn = redis.Redis.from_url(stack_settings.redis_conninfo())
     yield conn, ns
     for space in (ns, f"{ns}x"):
         conn.delete(*(f"{space}:stats:pipeline:{c}" for c in "abc"), f"{space}:stats:pipelines")

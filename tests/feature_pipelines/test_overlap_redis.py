@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def ns(stack_settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
     tag = f"ovl{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(stack_settings.redis_url)
+    client = redis.Redis.from_url(stack_settings.redis_conninfo())
     yield client, tag
     drop_namespace(stack_settings, tag)
     client.close()
@@ -86,7 +86,10 @@ def test_scripts_lost_by_a_restart_are_loaded_again(ns: tuple[redis.Redis, str])
     other = f"{tag}:r:{{payments:77}}"
     client.hset(other, mapping={"ver": "3"})
     writer._load_scripts()  # a running writer has loaded them once
-    client.script_flush()  # what a restart without persistence of scripts leaves
+    # what a restart without persistence of scripts leaves (SCRIPT FLUSH is the admin's)
+    admin = redis.Redis.from_url(Settings().redis_conninfo("admin"))
+    admin.script_flush()
+    admin.close()
     read, pending = writer.read_then_apply([other], plan, {"t:0": 10})
     assert read == {other: {"ver": "3"}}  # read again once the scripts are back
     assert pending.wait() is False  # not written: the shell re-plans and writes it
@@ -140,7 +143,7 @@ def test_a_refused_write_in_flight_is_written_again_and_the_batch_held_over_it_r
     messages = [_Message(n, key, value) for n, (key, value) in enumerate(items)]
     batches = [messages[start : start + 30] for start in range(0, len(messages), 30)]
     tags = [f"ovl{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    client = redis.Redis.from_url(stack_settings.redis_url)
+    client = redis.Redis.from_url(stack_settings.redis_conninfo())
     try:
         plain = FeaturePipeline(stack_settings, namespace=tags[0])
         for batch in batches:

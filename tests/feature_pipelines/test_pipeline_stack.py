@@ -57,7 +57,7 @@ def ns_start(pipeline: Settings) -> Iterator[tuple[Settings, dict[str, int]]]:
     yield settings, start
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     for key in client.scan_iter(match=f"{settings.namespace}:*", count=1000):
         client.delete(key)
 
@@ -76,7 +76,7 @@ def _start_at_end(settings: Settings) -> dict[str, int]:
 
     group = f"{settings.namespace}-features"
     RedisBatchWriter(
-        redis.Redis.from_url(settings.redis_url), SAMPLE_FEATURES, settings.namespace, group
+        redis.Redis.from_url(settings.redis_conninfo()), SAMPLE_FEATURES, settings.namespace, group
     ).set_offsets(offsets)
     return offsets
 
@@ -91,7 +91,7 @@ def ns(ns_start: tuple[Settings, dict[str, int]]) -> Settings:
 
 
 def _store(settings: Settings) -> FeatureStore:
-    return FeatureStore.connect(settings.redis_url, SAMPLE_FEATURES, settings.namespace)
+    return FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, settings.namespace)
 
 
 def _assert_verified(settings: Settings, only: dict[str, list[int]], wait_s: float = 60) -> None:
@@ -119,7 +119,7 @@ def _spawn(settings: Settings) -> subprocess.Popen:
 def test_generator_workload_gives_zero_mismatches(ns_start) -> None:
     ns, start = ns_start
     pipeline = FeaturePipeline(ns, max_batch=500)
-    client = redis.Redis.from_url(ns.redis_url)
+    client = redis.Redis.from_url(ns.redis_conninfo())
     worker = threading.Thread(target=pipeline.run, daemon=True)
     worker.start()
     try:

@@ -137,3 +137,34 @@ def test_freshloop_services_settings_point_at_the_compose_services() -> None:
     assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104 - in its container
     assert command[command.index("--port") + 1] == str(s.api_port)
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
+
+
+def test_compose_locks_redis_and_connect_as_the_local_stack_does() -> None:
+    from freshloop.defaults import refuse_public_defaults
+    from freshloop.stack.redis_acl import READER_RULES, WRITER_RULES
+    from freshloop.stack.services import _ENV_PROVIDER
+
+    services = _compose()["services"]
+    command = services["redis"]["command"]
+    users = {
+        rule.split()[0]: rule.split()
+        for flag, rule in zip(command, command[1:], strict=False)
+        if flag == "--user"
+    }
+    s = Settings()
+    writer, reader = users[s.redis_user], users[s.redis_read_user]
+    assert writer[3:] == list(WRITER_RULES) and reader[3:] == list(READER_RULES)
+    default_password = s.redis_password.get_secret_value()
+    assert writer[2] == ">${FRESHLOOP_REDIS_PASSWORD:-" + default_password + "}"
+    assert users["default"][:2] == ["default", "off"]
+    assert "freshloop_admin" in " ".join(services["redis"]["healthcheck"]["test"])
+    connect = services["connect"]["environment"]
+    allowed = connect["CONNECT_CONFIG_PROVIDERS_ENV_PARAM_ALLOWLIST_PATTERN"]
+    assert allowed.replace("$$", "$") == f"^{PASSWORD_ENV}$"  # compose writes $ as $$
+    assert connect["CONNECT_CONNECTOR_CLIENT_CONFIG_OVERRIDE_POLICY"] == "None"
+    assert f"automatic.config.providers={_ENV_PROVIDER}" in connect["KAFKA_OPTS"]
+    for name in _APPS:  # the defaults pass start-up because compose says it is a local stack
+        env = _resolved_env(services[name])
+        app = Settings(**{k.removeprefix("FRESHLOOP_").lower(): v for k, v in env.items()})
+        assert app.env == "local"
+        refuse_public_defaults(app)

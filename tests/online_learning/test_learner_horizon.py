@@ -82,7 +82,7 @@ def test_a_backlog_after_downtime_learns_in_event_time_and_a_replay_learns_the_s
     # Five hours of payments, ten hours ago: on a wall clock every horizon has passed.
     base = datetime.now(UTC).replace(microsecond=0) - 10 * H
     first = random.Random(uuid.uuid4().int).randrange(10**9, 10**12)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     payments = {first + i: base + i * STEP for i in range(60)}
     for pid, created_at in payments.items():

@@ -55,7 +55,7 @@ def _outcome_ids(settings: Settings, payment_ids: set[int]) -> set[int]:
 def _all_scored(settings: Settings, payment_ids: set[int]) -> bool:
     """Each payment's prediction is logged in Redis, or already learned (a checkpoint that
     stores a payment as learned removes its logged prediction from Redis)."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     open_ = {p for p in payment_ids if get_prediction(client, settings.namespace, p) is None}
     return not open_ or open_ <= {r[0] for r in _examples(settings)}
 
@@ -140,7 +140,7 @@ def test_every_outcome_is_learned_once_and_the_pattern_is_learned(learn_ns: Sett
     assert metrics["n_fraud"] >= 30
     assert metrics["rolling_roc_auc"] > 0.8
     # The logged vector is exactly what was trained on; the learned ones left Redis.
-    client = redis.Redis.from_url(learn_ns.redis_url)
+    client = redis.Redis.from_url(learn_ns.redis_conninfo())
     logged = _logged(learn_ns, {r[0] for r in mine[:50]})
     for payment_id, features, _label in mine[:50]:
         assert logged[payment_id] == features

@@ -149,7 +149,7 @@ class System:
     def sentinel_written(self) -> bool:
         import redis
 
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis.Redis.from_url(self.settings.redis_conninfo())
         return bool(client.keys(f"{self.settings.namespace}:epoch:*"))
 
     def procs(self) -> list[Proc]:
@@ -202,7 +202,7 @@ class System:
     # ---- the two end checks ----------------------------------------------------------------
     def assert_features_exact(self, report: SimulationReport, wait_s: float = 90) -> None:
         s = self.settings
-        store = FeatureStore.connect(s.redis_url, SCORING_FEATURES, s.namespace)
+        store = FeatureStore.connect(s.redis_conninfo(), SCORING_FEATURES, s.namespace)
         result = verify_until_clean(
             self.settings.postgres_conninfo(),
             store,

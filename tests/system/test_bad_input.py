@@ -77,7 +77,7 @@ class Probe:
 
     def assert_exact(self, owners: list[int]) -> None:
         s = self.settings
-        store = FeatureStore.connect(s.redis_url, self.features, s.namespace)
+        store = FeatureStore.connect(s.redis_conninfo(), self.features, s.namespace)
         report = verify_until_clean(
             self.settings.postgres_conninfo(), store, wait_s=60, only={"owner": owners}
         )

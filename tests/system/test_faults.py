@@ -43,7 +43,7 @@ return n
 def _wipe_namespace(system: System) -> int:
     """Every key of the namespace, in one atomic step, as a FLUSHALL or a lost disk would: a
     SCAN-then-DEL could interleave with a batch and keep half of it, which no real loss does."""
-    client = redis.Redis.from_url(system.settings.redis_url)
+    client = redis.Redis.from_url(system.settings.redis_conninfo())
     return int(client.eval(_WIPE, 0, f"{system.settings.namespace}:*"))
 
 

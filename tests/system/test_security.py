@@ -94,6 +94,9 @@ def _secrets(settings: Settings) -> dict[str, str]:
         "postgres_password": settings.postgres_password.get_secret_value(),
         "cdc_password": settings.cdc_password.get_secret_value(),
         "model_signing_key": settings.model_signing_key.get_secret_value(),
+        "redis_password": settings.redis_password.get_secret_value(),
+        "redis_read_password": settings.redis_read_password.get_secret_value(),
+        "redis_admin_password": settings.redis_admin_password.get_secret_value(),
     }
     for name, value in list(found.items()):
         if value in names:

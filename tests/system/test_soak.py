@@ -62,7 +62,7 @@ class Sampler:
         self.kafka = Consumer(
             {"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "soak-probe"}
         )
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = redis.Redis.from_url(self.settings.redis_conninfo())
         stack = Stack(self.settings)
         self.services = {svc.name: stack.pid_of(svc) for svc in stack.services}
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -119,7 +119,7 @@ class Sampler:
 
 def redis_memory_by_kind(settings: Settings) -> dict[str, dict[str, float]]:
     """MEMORY USAGE of every key of the namespace, by kind: entity hashes, row states, ..."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_conninfo())
     sizes: dict[str, list[int]] = defaultdict(list)
     ns = settings.namespace
     keys = list(client.scan_iter(match=f"{ns}:*", count=1000))

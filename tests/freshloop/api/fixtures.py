@@ -1,5 +1,6 @@
-"""Fixtures of the API tests: an isolated namespace, a live server on a free loopback port, and
-writers for what the dashboard reads (pipeline stats, drift reports, retrains)."""
+"""Fixtures of the API tests: an isolated namespace, a live server on a free loopback port whose
+client sends an admin token of the namespace, and writers for what the dashboard reads (pipeline
+stats, drift reports, retrains)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import orjson
 import psycopg
 import pytest
 import redis
+import sqlalchemy
 
 from feature_pipelines.live_stats import StatsPublisher
 from freshloop.api import ApiServer
+from freshloop.api.tokens import TokenStore
 from freshloop.settings import Settings
 from tests.fixtures import drop_namespace
 
@@ -28,6 +31,7 @@ __all__ = [
     "api_ns",
     "insert_report",
     "insert_retrain",
+    "make_token",
     "serve",
     "unused_port",
     "write_stats",
@@ -63,6 +67,20 @@ def api_ns(pipeline: Settings) -> Iterator[Settings]:
     )
     yield settings
     drop_namespace(settings, tag)
+    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM api_tokens WHERE namespace = %s", (tag,))
+
+
+def make_token(settings: Settings, *scopes: str, expires_days: float | None = None) -> str:
+    """A new token of the namespace (admin unless scopes are given), under a unique name."""
+    engine = sqlalchemy.create_engine(settings.sqlalchemy_url())
+    try:
+        created = TokenStore(engine, settings.namespace).create(
+            f"test-{uuid.uuid4().hex[:8]}", scopes or ("admin",), expires_days=expires_days
+        )
+    finally:
+        engine.dispose()
+    return created.token
 
 
 @dataclass
@@ -70,17 +88,22 @@ class ApiHandle:
     settings: Settings
     server: ApiServer
     http: httpx.Client
+    token: str
 
     @property
     def url(self) -> str:
         return self.server.url
 
 
-def serve(settings: Settings) -> Iterator[ApiHandle]:
+def serve(settings: Settings, *, tokens_from: Settings | None = None) -> Iterator[ApiHandle]:
+    """The server; its client sends an admin token made in ``tokens_from`` (default: the same
+    settings; a server whose Postgres is unreachable needs the token made elsewhere)."""
+    token = make_token(tokens_from or settings)
     server = ApiServer(settings, port=0).start()
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            yield ApiHandle(settings, server, http)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.url, timeout=30, headers=headers) as http:
+            yield ApiHandle(settings, server, http, token)
     finally:
         server.stop()
 
@@ -112,7 +135,7 @@ def write_stats(
     """A pipeline consumer's live stats, written by the pipeline's own publisher: ``applied``
     changes in the last second (so that many per second) with these commit->applied lags."""
     publisher = StatsPublisher(
-        redis.Redis.from_url(settings.redis_url), settings.namespace, consumer, ttl_s=300
+        redis.Redis.from_url(settings.redis_conninfo()), settings.namespace, consumer, ttl_s=300
     )
     publisher.record(applied, lags_ms)
     publisher.publish(applied_total=applied_total, dead_lettered_total=dead_lettered_total,

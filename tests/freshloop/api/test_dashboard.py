@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium): the page loads from a live
 server, its script fetches the summary and shows the numbers put in Redis and Postgres, and a
-screenshot is taken."""
+screenshot is taken. The browser gives the token once (``/?token=``); the page then reads the
+summary with the session cookie it got."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_the_dashboard_shows_live_numbers_in_a_browser(
     report = insert_report(api_ns, "drift", {"dataset_drift_share": 0.625},
                            decision={"action": "retrain"})
 
-    done = _chromium(tmp_path, "--dump-dom", f"{api.url}/")
+    done = _chromium(tmp_path, "--dump-dom", f"{api.url}/?token={api.token}")
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     # Filled in by the page's script from /api/summary (the served HTML holds only dashes).
@@ -67,7 +68,7 @@ def test_the_dashboard_shows_live_numbers_in_a_browser(
 
     shot = tmp_path / "dashboard.png"
     done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1000",
-                     "--hide-scrollbars", f"{api.url}/")
+                     "--hide-scrollbars", f"{api.url}/?token={api.token}")
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -1,0 +1,56 @@
+"""The feature services of the fraud model: the one place its inputs are declared.
+
+``fraud`` is the contract every model trained so far was trained on (its vector is the one
+``build_vector`` made before services existed, key for key, so checkpoints and registered
+models stay loadable). ``fraud_channels`` adds ``distinct_channels_24h``, computed by the
+scoring pipeline all along but read by no model. ``FRESHLOOP_FEATURE_SERVICE`` chooses the one
+the scorer, the learner, the drift checks and retrains use; ``freshloop training-set --service``
+builds point-in-time training data for any of them.
+"""
+
+from __future__ import annotations
+
+from feature_pipelines.services import FeatureService, resolve_service
+from freshloop.settings import Settings
+from online_learning.features import SCORING_FEATURES
+
+__all__ = ["DEFAULT_SERVICE", "SERVICES", "feature_service"]
+
+_FRAUD_FEATURES: tuple[str, ...] = (
+    "payment_count_10m",
+    "payment_count_1h",
+    "payment_count_24h",
+    "amount_sum_1h",
+    "amount_sum_24h",
+    "amount_mean_24h",
+    "declined_count_24h",
+    "distinct_merchants_24h",
+    "payment_count_lifetime",
+    "amount_sum_lifetime",
+    "merchant_payment_count_1h",
+    "merchant_amount_sum_24h",
+    "merchant_fraud_count_7d",
+)
+
+SERVICES: dict[str, FeatureService] = {
+    s.name: s
+    for s in (
+        FeatureService(
+            "fraud", _FRAUD_FEATURES, SCORING_FEATURES,
+            "The fraud model's inputs since the first release (the default).",
+        ),
+        FeatureService(
+            "fraud_channels", (*_FRAUD_FEATURES, "distinct_channels_24h"), SCORING_FEATURES,
+            "The fraud inputs plus the customer's distinct channels over 24 h.",
+        ),
+    )
+}
+
+DEFAULT_SERVICE = "fraud"
+
+
+def feature_service(settings: Settings | None = None, name: str | None = None) -> FeatureService:
+    """The service ``name`` names, else the one the settings choose, else the default."""
+    if name is None:
+        name = DEFAULT_SERVICE if settings is None else settings.feature_service
+    return resolve_service(SERVICES, name)
