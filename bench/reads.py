@@ -68,7 +68,9 @@ class ApiProcess:
 
     def __init__(self, ns: str) -> None:
         self.port = _free_port()
-        env = {**os.environ, "FRESHLOOP_REDIS_NAMESPACE": ns, "FRESHLOOP_METRICS_PORT": "0"}
+        # anonymous on loopback: the peer (feast serve) reads without authentication too
+        env = {**os.environ, "FRESHLOOP_REDIS_NAMESPACE": ns, "FRESHLOOP_METRICS_PORT": "0",
+               "FRESHLOOP_API_ANONYMOUS": "true"}
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -93,18 +93,21 @@ def load_examples(
     ]
 
 
-def service_inputs(examples: list[Example], names: tuple[str, ...]) -> list[Example]:
+def service_inputs(examples: list[Example], names: tuple[str, ...],
+                   served: tuple[str, ...] = ()) -> list[Example]:
     """The examples whose logged vector holds every input in ``names``, cut to those inputs
     (in that order): a challenger learns the settings' feature service, not whatever a scorer
     under another service logged. Under the service the vectors were logged with, this keeps
-    every example unchanged.
+    every example unchanged. A vector that holds none of the service's ``served`` features was
+    not built by any feature service (a custom scorer's, a test's): it is kept as logged.
 
     >>> from datetime import UTC, datetime
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
-    >>> out = service_inputs([Example(1, {"a": 1.0, "b": 2.0}, True, 0.5, t),
-    ...                       Example(2, {"b": 1.0}, False, 0.1, t)], ("a",))
+    >>> out = service_inputs([Example(1, {"a": 1.0, "c": 3.0, "b": 2.0}, True, 0.5, t),
+    ...                       Example(2, {"c": 1.0}, False, 0.1, t),
+    ...                       Example(3, {"z": 1.0}, True, 0.5, t)], ("a", "c"), ("a", "c"))
     >>> [(e.payment_id, dict(e.features)) for e in out]
-    [(1, {'a': 1.0})]
+    [(1, {'a': 1.0, 'c': 3.0}), (3, {'z': 1.0})]
     """
     out = []
     for e in examples:
@@ -112,6 +115,8 @@ def service_inputs(examples: list[Example], names: tuple[str, ...]) -> list[Exam
         if all(n in x for n in names):
             kept = x if len(x) == len(names) else {n: x[n] for n in names}
             out.append(replace(e, features=kept))
+        elif not any(n in x for n in served):
+            out.append(e)
     return out
 
 
@@ -169,7 +174,7 @@ def _run(
     since = db_now - timedelta(seconds=settings.retrain_window_s)
     loaded = load_examples(engine, ns, since=since, limit=settings.retrain_max_examples)
     service = feature_service(settings)
-    examples = service_inputs(loaded, input_names(service.features))
+    examples = service_inputs(loaded, input_names(service.features), service.features)
     if len(examples) < settings.retrain_min_examples:
         other = len(loaded) - len(examples)
         msg = (
