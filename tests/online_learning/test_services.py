@@ -84,15 +84,19 @@ def test_services_using_and_tables() -> None:
 
 def test_retrain_learns_the_services_inputs_only() -> None:
     t = datetime(2026, 1, 1, tzinfo=UTC)
-    names = input_names(feature_service(Settings()).features)
+    served = feature_service(Settings()).features
+    names = input_names(served)
     full = dict.fromkeys(names, 1.0)
     logged = [
         Example(1, full, True, 0.5, t),  # as logged under the service: kept unchanged
         Example(2, full | {"distinct_channels_24h": 1.0}, False, 0.1, t),  # cut to the inputs
         Example(3, {k: v for k, v in full.items() if k != "amount"}, False, 0.1, t),  # dropped
     ]
-    out = service_inputs(logged, names)
+    out = service_inputs(logged, names, served)
     assert [e.payment_id for e in out] == [1, 2]
+    # a vector no feature service built (a custom scorer's) is kept as logged
+    custom = Example(4, {"a": 1.0}, True, 0.5, t)
+    assert service_inputs([custom], names, served) == [custom]
     assert out[0].features is full
     assert tuple(out[1].features) == names
 

@@ -27,7 +27,8 @@ from tests.system.fixtures import (
 )
 from tests.system.test_faults import _connector_running, _restart
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+# the lock-session scenario kills only its own learner's session: it runs in make test too
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 
 def _lock_key(settings: Settings) -> str:
@@ -61,6 +62,7 @@ def test_learner_lock_session_killed_while_a_second_learner_waits(system: System
     assert counts["learned"] > 0
 
 
+@pytest.mark.slow
 def test_postgres_restarted_while_the_learner_drains_a_backlog(system: System) -> None:
     stack = stack_of(system.settings)
     system.start(serve=1)
