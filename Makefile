@@ -75,8 +75,9 @@ bench: setup $(BENCH_PEERS) ## Benchmarks with their peers (Quix, Feast, batch S
 		--repeat $${BENCH_REPEAT:-3} --prediction-rate 200,500 --batch-rate 200 --max-rates $${BENCH_MAX_RATES:-300,400,600,800}
 	@$(BIN)/python -m bench.report
 
-lint: $(INSTALLED) ## ruff and mypy
+lint: $(INSTALLED) ## ruff (checks and format) and mypy
 	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
 
 up: setup ## Start the local stack (no-op when it is up)

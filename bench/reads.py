@@ -69,8 +69,12 @@ class ApiProcess:
     def __init__(self, ns: str) -> None:
         self.port = _free_port()
         # anonymous on loopback: the peer (feast serve) reads without authentication too
-        env = {**os.environ, "FRESHLOOP_REDIS_NAMESPACE": ns, "FRESHLOOP_METRICS_PORT": "0",
-               "FRESHLOOP_API_ANONYMOUS": "true"}
+        env = {
+            **os.environ,
+            "FRESHLOOP_REDIS_NAMESPACE": ns,
+            "FRESHLOOP_METRICS_PORT": "0",
+            "FRESHLOOP_API_ANONYMOUS": "true",
+        }
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -173,7 +177,7 @@ def measure_freshloop(
             f"batch{BATCH}": percentiles(
                 _time_calls(lambda ks: store.get_many("customer", ks), batches)
             ),
-        }
+        },
     }
     if api is not None:
         api.reconnect()

@@ -88,9 +88,7 @@ def holdout_metrics(labels: Sequence[bool], scores: Sequence[float]) -> dict[str
     }
 
 
-def split(
-    examples: Sequence[Example], holdout_share: float
-) -> tuple[list[Example], list[Example]]:
+def split(examples: Sequence[Example], holdout_share: float) -> tuple[list[Example], list[Example]]:
     """Time-ordered split: the newest ``holdout_share`` (by label time) is the holdout."""
     ordered = sorted(examples, key=lambda e: (e.labelled_at, e.payment_id))
     n_holdout = max(1, round(len(ordered) * holdout_share)) if ordered else 0

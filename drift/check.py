@@ -54,9 +54,20 @@ log = logging.getLogger(__name__)
 Decide = Callable[[dict[str, Any]], dict[str, Any]]
 
 SUMMARY_KEYS = (
-    "dataset_drift_share", "drifted_features", "score_drift", "label_rate_drift", "auc",
-    "baseline_auc", "auc_drop", "log_loss", "concept_alarms", "freshness_p99_ms",
-    "stale_entities", "quality_success", "n_reference", "n_current",
+    "dataset_drift_share",
+    "drifted_features",
+    "score_drift",
+    "label_rate_drift",
+    "auc",
+    "baseline_auc",
+    "auc_drop",
+    "log_loss",
+    "concept_alarms",
+    "freshness_p99_ms",
+    "stale_entities",
+    "quality_success",
+    "n_reference",
+    "n_current",
 )
 
 
@@ -103,11 +114,13 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def performance(reference: Window, current: Window, champion: Champion | None,
-                min_samples: int = 1) -> dict[str, Any]:
+def performance(
+    reference: Window, current: Window, champion: Champion | None, min_samples: int = 1
+) -> dict[str, Any]:
     """ROC AUC and log loss of the served scores over the current window, against a baseline:
     the champion's held-out metrics from its retrain when recorded, else the reference's.
     A window with fewer than ``min_samples`` rows gives no metrics (None)."""
+
     def metrics(w: Window) -> tuple[float | None, float | None]:
         if len(w.rows) < min_samples:
             return None, None
@@ -124,10 +137,14 @@ def performance(reference: Window, current: Window, champion: Champion | None,
         base_auc, base_loss, source = ref_auc, ref_loss, "reference"
     drop = None if auc is None or base_auc is None else float(base_auc) - auc
     return {
-        "auc": _round(auc), "log_loss": _round(loss),
-        "baseline_auc": _round(base_auc), "baseline_log_loss": _round(base_loss),
-        "baseline_source": source, "auc_drop": _round(drop),
-        "reference_auc": _round(ref_auc), "reference_log_loss": _round(ref_loss),
+        "auc": _round(auc),
+        "log_loss": _round(loss),
+        "baseline_auc": _round(base_auc),
+        "baseline_log_loss": _round(base_loss),
+        "baseline_source": source,
+        "auc_drop": _round(drop),
+        "reference_auc": _round(ref_auc),
+        "reference_log_loss": _round(ref_loss),
     }
 
 
@@ -161,8 +178,11 @@ def build_summary(
     """The headline numbers the retrain policy and the dashboard read (pure)."""
     head = stats.summarize(features)
     share = head["dataset_drift_share"]
-    label_delta = (None if label.reference_mean is None or label.current_mean is None
-                   else label.current_mean - label.reference_mean)
+    label_delta = (
+        None
+        if label.reference_mean is None or label.current_mean is None
+        else label.current_mean - label.reference_mean
+    )
     return {
         "dataset_drift_share": _round(share),
         "drifted_features": head["drifted_features"],
@@ -193,9 +213,13 @@ def status_of(summary: Mapping[str, Any], decision: Mapping[str, Any], min_sampl
         return "drift"
     if min(summary.get("n_reference") or 0, summary.get("n_current") or 0) < min_samples:
         return "insufficient_data"
-    if (summary.get("drifted_features") or summary.get("score_drifted")
-            or summary.get("label_rate_drifted") or summary.get("quality_success") is False
-            or (summary.get("stale_entities") or 0) > 0):
+    if (
+        summary.get("drifted_features")
+        or summary.get("score_drifted")
+        or summary.get("label_rate_drifted")
+        or summary.get("quality_success") is False
+        or (summary.get("stale_entities") or 0) > 0
+    ):
         return "warning"
     return "ok"
 
@@ -208,49 +232,74 @@ def _default_decide(settings: Settings) -> Decide:
 
     def decide(summary: dict[str, Any]) -> dict[str, Any]:
         reasons = policy.triggers(summary)
-        return {"action": "none", "reasons": reasons, "drift": bool(reasons),
-                "blocked": "no retrain policy acts on this check ('freshloop drift run' does)"
-                if reasons else None}
+        return {
+            "action": "none",
+            "reasons": reasons,
+            "drift": bool(reasons),
+            "blocked": "no retrain policy acts on this check ('freshloop drift run' does)"
+            if reasons
+            else None,
+        }
 
     return decide
 
 
 def _learner(conn: Connection, namespace: str) -> dict[str, Any]:
-    row = conn.execute(text(
-        "SELECT checkpoint_id, created_at, status FROM learner_checkpoints "
-        "WHERE namespace = :ns ORDER BY checkpoint_id DESC LIMIT 1"
-    ), {"ns": namespace}).first()
+    row = conn.execute(
+        text(
+            "SELECT checkpoint_id, created_at, status FROM learner_checkpoints "
+            "WHERE namespace = :ns ORDER BY checkpoint_id DESC LIMIT 1"
+        ),
+        {"ns": namespace},
+    ).first()
     if row is None:
         return {}
     status = dict(row.status or {})
-    return {"checkpoint_id": row.checkpoint_id, "checkpoint_at": row.created_at.isoformat(),
-            "alarms": [int(a) for a in status.get("drift_alarms") or []],
-            "metrics": status.get("metrics") or {}}
+    return {
+        "checkpoint_id": row.checkpoint_id,
+        "checkpoint_at": row.created_at.isoformat(),
+        "alarms": [int(a) for a in status.get("drift_alarms") or []],
+        "metrics": status.get("metrics") or {},
+    }
 
 
 def _history(conn: Connection, namespace: str, limit: int) -> list[dict[str, Any]]:
     """Previous reports of the namespace, oldest first, for the over-time charts."""
-    rows = conn.execute(text(
-        "SELECT report_id, created_at, status, summary, "
-        "report -> 'concept' -> 'max_alarm_index' AS max_alarm "
-        "FROM drift_reports WHERE namespace = :ns ORDER BY report_id DESC LIMIT :n"
-    ), {"ns": namespace, "n": limit}).all()
+    rows = conn.execute(
+        text(
+            "SELECT report_id, created_at, status, summary, "
+            "report -> 'concept' -> 'max_alarm_index' AS max_alarm "
+            "FROM drift_reports WHERE namespace = :ns ORDER BY report_id DESC LIMIT :n"
+        ),
+        {"ns": namespace, "n": limit},
+    ).all()
     out = []
     for r in reversed(rows):
         s = r.summary or {}
-        out.append({"report_id": r.report_id, "created_at": r.created_at.isoformat(),
-                    "status": r.status, "dataset_drift_share": s.get("dataset_drift_share"),
-                    "score_drift": s.get("score_drift"), "auc": s.get("auc"),
-                    "baseline_auc": s.get("baseline_auc"), "max_alarm_index": r.max_alarm})
+        out.append(
+            {
+                "report_id": r.report_id,
+                "created_at": r.created_at.isoformat(),
+                "status": r.status,
+                "dataset_drift_share": s.get("dataset_drift_share"),
+                "score_drift": s.get("score_drift"),
+                "auc": s.get("auc"),
+                "baseline_auc": s.get("baseline_auc"),
+                "max_alarm_index": r.max_alarm,
+            }
+        )
     return out
 
 
 def _stored_origins(conn: Connection, namespace: str) -> dict[str, Any]:
     """The source origins the namespace's newest report found (``drift.warmup``)."""
-    row = conn.execute(text(
-        "SELECT report -> 'warmup' -> 'origins' FROM drift_reports WHERE namespace = :ns "
-        "ORDER BY report_id DESC LIMIT 1"
-    ), {"ns": namespace}).scalar_one_or_none()
+    row = conn.execute(
+        text(
+            "SELECT report -> 'warmup' -> 'origins' FROM drift_reports WHERE namespace = :ns "
+            "ORDER BY report_id DESC LIMIT 1"
+        ),
+        {"ns": namespace},
+    ).scalar_one_or_none()
     return dict(row) if isinstance(row, dict) else {}
 
 
@@ -267,22 +316,30 @@ class _Clock:
         self._t = now
 
 
-def _quality(reference: Window, current: Window, settings: Settings,
-             ignored: set[str]) -> dict[str, Any] | None:
+def _quality(
+    reference: Window, current: Window, settings: Settings, ignored: set[str]
+) -> dict[str, Any] | None:
     names = [n for n in reference.feature_names() if n not in ignored]
     if not names:
         return None
     specs = quality.expectations_from_reference(
         {n: reference.column(n) for n in names},
-        quality.QualityConfig(mostly=settings.drift_quality_mostly,
-                              mean_sd=settings.drift_quality_mean_sd,
-                              min_rows=settings.drift_min_samples),
+        quality.QualityConfig(
+            mostly=settings.drift_quality_mostly,
+            mean_sd=settings.drift_quality_mean_sd,
+            min_rows=settings.drift_min_samples,
+        ),
     )
     return quality.validate([r.features for r in current.rows], specs)
 
 
-def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime | None = None,
-              engine: Engine | None = None) -> DriftReport:
+def run_check(
+    settings: Settings,
+    *,
+    decide: Decide | None = None,
+    now: datetime | None = None,
+    engine: Engine | None = None,
+) -> DriftReport:
     """Check the namespace of ``settings`` now; store and return the report."""
     from drift.report import render_html
 
@@ -296,63 +353,109 @@ def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime
         with engine.connect() as conn:
             champion = champion_of(conn, ns)
             size = settings.drift_reference_size
-            available = count_from(conn, ns, None if champion is None else champion.since,
-                                   2 * size)
+            available = count_from(conn, ns, None if champion is None else champion.since, 2 * size)
             reference = load_window(conn, ns, reference_spec(champion, size, available))
-            current = load_window(conn, ns, current_spec(
-                now, settings.drift_current_window_s, settings.drift_current_size,
-                reference.end if reference.rows else None))
+            current = load_window(
+                conn,
+                ns,
+                current_spec(
+                    now,
+                    settings.drift_current_window_s,
+                    settings.drift_current_size,
+                    reference.end if reference.rows else None,
+                ),
+            )
             learner = _learner(conn, ns)
             history = _history(conn, ns, settings.drift_history)
-            origins = (warmup.read_origins(conn, ns, service.source, service.features,
-                                           _stored_origins(conn, ns))
-                       if settings.drift_warmup else {})
-            ref_start = (warmup.reference_start(conn, [r.payment_id for r in reference.rows],
-                                                (r.predicted_at for r in reference.rows))
-                         if settings.drift_warmup else None)
+            origins = (
+                warmup.read_origins(
+                    conn, ns, service.source, service.features, _stored_origins(conn, ns)
+                )
+                if settings.drift_warmup
+                else {}
+            )
+            ref_start = (
+                warmup.reference_start(
+                    conn,
+                    [r.payment_id for r in reference.rows],
+                    (r.predicted_at for r in reference.rows),
+                )
+                if settings.drift_warmup
+                else None
+            )
         clock.lap("read")
 
         t = _thresholds(settings)
         every = set(reference.feature_names()) | set(current.feature_names())
-        warm = (warmup.assess(sorted(every), service.source, service.features, origins,
-                              ref_start) if settings.drift_warmup else warmup.Warmup({}, None))
+        warm = (
+            warmup.assess(sorted(every), service.source, service.features, origins, ref_start)
+            if settings.drift_warmup
+            else warmup.Warmup({}, None)
+        )
         ignored = set(settings.drift_ignored_features) | set(warm.unjudged)
         names = sorted(every - ignored)
-        features = {n: stats.feature_drift(n, _numbers(reference.column(n)),
-                                           _numbers(current.column(n)), t) for n in names}
-        score = stats.feature_drift("score", [r.score for r in reference.rows],
-                                    [r.score for r in current.rows], t, categorical=False)
-        label = stats.feature_drift("label", [float(r.label) for r in reference.rows],
-                                    [float(r.label) for r in current.rows], t, categorical=True)
+        features = {
+            n: stats.feature_drift(n, _numbers(reference.column(n)), _numbers(current.column(n)), t)
+            for n in names
+        }
+        score = stats.feature_drift(
+            "score",
+            [r.score for r in reference.rows],
+            [r.score for r in current.rows],
+            t,
+            categorical=False,
+        )
+        label = stats.feature_drift(
+            "label",
+            [float(r.label) for r in reference.rows],
+            [float(r.label) for r in current.rows],
+            t,
+            categorical=True,
+        )
         perf = performance(reference, current, champion, settings.drift_min_samples)
         clock.lap("statistics")
-        previous_max = next((h["max_alarm_index"] for h in reversed(history)
-                             if h["max_alarm_index"] is not None), None)
+        previous_max = next(
+            (h["max_alarm_index"] for h in reversed(history) if h["max_alarm_index"] is not None),
+            None,
+        )
         alarms = learner.get("alarms", [])
         fresh_alarms = new_alarms(alarms, previous_max)
         lag = freshness.pipeline_lag(settings)
         clock.lap("freshness_lag")
-        recent = [r.payment_id for r in sorted(current.rows, key=lambda r: r.predicted_at,
-                                               reverse=True)]
+        recent = [
+            r.payment_id for r in sorted(current.rows, key=lambda r: r.predicted_at, reverse=True)
+        ]
         stale = freshness.stale_entities(settings, engine, recent)
         clock.lap("freshness_stale")
-        quality_result = (_quality(reference, current, settings, ignored) if current.rows
-                          else None)
+        quality_result = _quality(reference, current, settings, ignored) if current.rows else None
         clock.lap("quality")
 
         fresh = {"p99_ms": lag["p99_ms"], "stale": stale["stale"]}
-        summary = build_summary(features, score, label, perf, fresh_alarms, fresh,
-                                quality_result, len(reference.rows), len(current.rows))
+        summary = build_summary(
+            features,
+            score,
+            label,
+            perf,
+            fresh_alarms,
+            fresh,
+            quality_result,
+            len(reference.rows),
+            len(current.rows),
+        )
         decision = dict((decide or _default_decide(settings))(dict(summary)))
         status = status_of(summary, decision, settings.drift_min_samples)
         report = {
             "namespace": ns,
             "created_at": now.isoformat(),
             "status": status,
-            "champion": None if champion is None else {
-                "version": champion.version, "since": champion.since.isoformat(),
+            "champion": None
+            if champion is None
+            else {
+                "version": champion.version,
+                "since": champion.since.isoformat(),
                 "retrain_start": _iso(champion.retrain_start),
-                "retrain_end": _iso(champion.retrain_end)},
+                "retrain_end": _iso(champion.retrain_end),
+            },
             "reference": reference.describe(),
             "current": current.describe(),
             "thresholds": asdict(t),
@@ -361,10 +464,16 @@ def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime
             "features": {n: f.to_dict() for n, f in features.items()},
             "score": score.to_dict(),
             "label": label.to_dict(),
-            "performance": {**perf, "learner": learner.get("metrics", {}),
-                            "learner_checkpoint_id": learner.get("checkpoint_id")},
-            "concept": {"new_alarms": fresh_alarms, "alarms_total": len(alarms),
-                        "max_alarm_index": max(alarms) if alarms else previous_max},
+            "performance": {
+                **perf,
+                "learner": learner.get("metrics", {}),
+                "learner_checkpoint_id": learner.get("checkpoint_id"),
+            },
+            "concept": {
+                "new_alarms": fresh_alarms,
+                "alarms_total": len(alarms),
+                "max_alarm_index": max(alarms) if alarms else previous_max,
+            },
             "freshness": {"lag": lag, "stale": stale},
             "quality": quality_result,
             "history": history,
@@ -372,37 +481,71 @@ def run_check(settings: Settings, *, decide: Decide | None = None, now: datetime
         }
         report = _jsonable(report)
         with engine.begin() as conn:
-            report_id = conn.execute(text(
-                "INSERT INTO drift_reports (namespace, created_at, champion_version, "
-                "reference_start, reference_end, current_start, current_end, status, summary, "
-                "report, decision, html) VALUES (:ns, :at, :cv, :rs, :re, :cs, :ce, :st, "
-                "CAST(:summary AS jsonb), CAST(:report AS jsonb), CAST(:decision AS jsonb), '') "
-                "RETURNING report_id"
-            ), {"ns": ns, "at": now, "cv": None if champion is None else champion.version,
-                "rs": reference.start, "re": reference.end, "cs": current.start,
-                "ce": current.end, "st": status, "summary": _dumps(summary),
-                "report": _dumps(report), "decision": _dumps(decision)}).scalar_one()
+            report_id = conn.execute(
+                text(
+                    "INSERT INTO drift_reports (namespace, created_at, champion_version, "
+                    "reference_start, reference_end, current_start, current_end, status, summary, "
+                    "report, decision, html) VALUES (:ns, :at, :cv, :rs, :re, :cs, :ce, :st, "
+                    "CAST(:summary AS jsonb), CAST(:report AS jsonb), "
+                    "CAST(:decision AS jsonb), '') "
+                    "RETURNING report_id"
+                ),
+                {
+                    "ns": ns,
+                    "at": now,
+                    "cv": None if champion is None else champion.version,
+                    "rs": reference.start,
+                    "re": reference.end,
+                    "cs": current.start,
+                    "ce": current.end,
+                    "st": status,
+                    "summary": _dumps(summary),
+                    "report": _dumps(report),
+                    "decision": _dumps(decision),
+                },
+            ).scalar_one()
             report["report_id"] = report_id
             html = render_html(report, summary, decision)
-            conn.execute(text("UPDATE drift_reports SET html = :html, "
-                              "report = CAST(:report AS jsonb) WHERE report_id = :id"),
-                         {"html": html, "report": _dumps(report), "id": report_id})
+            conn.execute(
+                text(
+                    "UPDATE drift_reports SET html = :html, "
+                    "report = CAST(:report AS jsonb) WHERE report_id = :id"
+                ),
+                {"html": html, "report": _dumps(report), "id": report_id},
+            )
     finally:
         if own_engine:
             engine.dispose()
-    log.info("drift check namespace=%s report_id=%s status=%s share=%s auc=%s n_ref=%s n_cur=%s",
-             ns, report_id, status, summary["dataset_drift_share"], summary["auc"],
-             summary["n_reference"], summary["n_current"])
-    return DriftReport(report_id, ns, now, status,
-                       None if champion is None else champion.version,
-                       reference.start, reference.end, current.start, current.end,
-                       summary, report, decision, html)
+    log.info(
+        "drift check namespace=%s report_id=%s status=%s share=%s auc=%s n_ref=%s n_cur=%s",
+        ns,
+        report_id,
+        status,
+        summary["dataset_drift_share"],
+        summary["auc"],
+        summary["n_reference"],
+        summary["n_current"],
+    )
+    return DriftReport(
+        report_id,
+        ns,
+        now,
+        status,
+        None if champion is None else champion.version,
+        reference.start,
+        reference.end,
+        current.start,
+        current.end,
+        summary,
+        report,
+        decision,
+        html,
+    )
 
 
 def _numbers(values: Sequence[Any]) -> list[float]:
     """Numeric feature values; anything else (None, text) is left to the quality suite."""
-    return [float(v) for v in values
-            if isinstance(v, int | float) and not isinstance(v, bool)]
+    return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -15,11 +15,15 @@ def drift() -> None:
 @drift.command("report")
 @click.option("--latest", "latest", is_flag=True, help="The newest report (the default).")
 @click.option("--id", "report_id", type=int, default=None, help="The report with this id.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
-              default=None, help="Also write the report's self-contained HTML page here.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write the report's self-contained HTML page here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def drift_report(latest: bool, report_id: int | None, html_path: str | None,
-                 as_json: bool) -> None:
+def drift_report(latest: bool, report_id: int | None, html_path: str | None, as_json: bool) -> None:
     """Show a stored drift report of this namespace: a terminal summary, JSON or HTML."""
     from drift.report_cli import show_report
 
@@ -27,8 +31,13 @@ def drift_report(latest: bool, report_id: int | None, html_path: str | None,
 
 
 @drift.command("check-now")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
-              default=None, help="Also write the report's HTML page here.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write the report's HTML page here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def drift_check_now(html_path: str | None, as_json: bool) -> None:
     """Run one drift and data-quality check now, store it, and print its summary."""
@@ -39,11 +48,17 @@ def drift_check_now(html_path: str | None, as_json: bool) -> None:
 
 @drift.command("run")
 @click.option(
-    "--interval", type=click.FloatRange(min=1.0), default=None,
+    "--interval",
+    type=click.FloatRange(min=1.0),
+    default=None,
     help="Seconds between checks [default: FRESHLOOP_DRIFT_INTERVAL_S].",
 )
-@click.option("--now", "first_now", is_flag=True,
-              help="Run the first check right away instead of after one interval.")
+@click.option(
+    "--now",
+    "first_now",
+    is_flag=True,
+    help="Run the first check right away instead of after one interval.",
+)
 def drift_run(interval: float | None, first_now: bool) -> None:
     """Run THE drift scheduler of this namespace until Ctrl-C / SIGTERM: check, policy, retrain."""
     import sys
@@ -61,8 +76,10 @@ def drift_run(interval: float | None, first_now: bool) -> None:
         if d.get("blocked"):
             line += f", blocked: {d['blocked']}"
         if cycle.retrain is not None:
-            line += (f" -> retrain {cycle.retrain.retrain_id} {cycle.retrain.status}: "
-                     f"{cycle.retrain.detail}")
+            line += (
+                f" -> retrain {cycle.retrain.retrain_id} {cycle.retrain.status}: "
+                f"{cycle.retrain.detail}"
+            )
         if cycle.error:
             line += f" -> {cycle.error}"
         click.echo(line)
@@ -71,8 +88,10 @@ def drift_run(interval: float | None, first_now: bool) -> None:
         settings = load_settings()
         if interval is not None:
             settings = settings.model_copy(update={"drift_interval_s": interval})
-        click.echo(f"[drift] scheduler of namespace {settings.namespace!r}: job "
-                   f"{job_id(settings.namespace)} every {settings.drift_interval_s:g}s")
+        click.echo(
+            f"[drift] scheduler of namespace {settings.namespace!r}: job "
+            f"{job_id(settings.namespace)} every {settings.drift_interval_s:g}s"
+        )
         run_until_signal(settings, first_run_in_s=0.0 if first_now else None, on_cycle=show)
     except FreshloopError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)

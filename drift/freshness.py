@@ -53,8 +53,9 @@ def pipeline_lag(settings: Settings) -> dict[str, Any]:
         finally:
             client.close()
     except redis.RedisError as exc:
-        log.warning("freshness: pipeline stats unreadable namespace=%s error=%s",
-                    settings.namespace, exc)
+        log.warning(
+            "freshness: pipeline stats unreadable namespace=%s error=%s", settings.namespace, exc
+        )
         return {"p99_ms": None, "consumers": [], "error": f"Redis: {exc}"}
     return {"p99_ms": worst_p99(stats), "consumers": stats, "error": None}
 
@@ -63,15 +64,19 @@ def _recent_customers(engine: Engine, payment_ids: Sequence[int], sample: int) -
     if not payment_ids or sample <= 0:
         return []
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT customer_id, max(payment_id) AS last FROM payments "
-            "WHERE payment_id = ANY(:ids) GROUP BY customer_id ORDER BY last DESC LIMIT :n"
-        ), {"ids": list(payment_ids), "n": sample})
+        rows = conn.execute(
+            text(
+                "SELECT customer_id, max(payment_id) AS last FROM payments "
+                "WHERE payment_id = ANY(:ids) GROUP BY customer_id ORDER BY last DESC LIMIT :n"
+            ),
+            {"ids": list(payment_ids), "n": sample},
+        )
         return [int(r.customer_id) for r in rows]
 
 
-def stale_entities(settings: Settings, engine: Engine,
-                   recent_payment_ids: Sequence[int]) -> dict[str, Any]:
+def stale_entities(
+    settings: Settings, engine: Engine, recent_payment_ids: Sequence[int]
+) -> dict[str, Any]:
     """Customers of ``recent_payment_ids`` (newest first) whose features stay wrong."""
     if settings.drift_stale_sample <= 0:
         return {"stale": None, "checked": 0, "entities": [], "error": "disabled"}
@@ -93,9 +98,11 @@ def stale_entities(settings: Settings, engine: Engine,
             again = verify(conninfo, store, only={"customer": differing})
             stale = sorted({m.key for m in again.mismatches if m.entity == "customer"})
     except Exception as exc:  # a freshness probe must not sink the report
-        log.warning("freshness: stale check failed namespace=%s error=%s",
-                    settings.namespace, exc)
-        return {"stale": None, "checked": 0, "entities": [], "error": f"{type(exc).__name__}: "
-                f"{exc}"}
-    return {"stale": len(stale), "checked": len(customers), "entities": stale[:50],
-            "error": None}
+        log.warning("freshness: stale check failed namespace=%s error=%s", settings.namespace, exc)
+        return {
+            "stale": None,
+            "checked": 0,
+            "entities": [],
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+    return {"stale": len(stale), "checked": len(customers), "entities": stale[:50], "error": None}

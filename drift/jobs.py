@@ -112,8 +112,9 @@ def run_prune(context: JobContext, *, dry_run: bool = False) -> PruneReport:
     and the day partitions of training examples (database-wide, decided in event time)."""
     from drift.prune import prune
 
-    report = prune(context.engine, context.settings, dry_run=dry_run,
-                   namespaces=[context.settings.namespace])
+    report = prune(
+        context.engine, context.settings, dry_run=dry_run, namespaces=[context.settings.namespace]
+    )
     for line in report.lines():
         log.info("prune namespace=%s %s", context.settings.namespace, line)
     return report
@@ -151,23 +152,39 @@ def run_cycle(context: JobContext, *, now: datetime | None = None) -> CycleResul
         report = context.check(settings, decide=decide)
     report_id = _field(report, "report_id")
     decision = dict(_field(report, "decision") or {})
-    log.info("drift check namespace=%s report_id=%s action=%s reasons=%s blocked=%s",
-             settings.namespace, report_id, decision.get("action"), decision.get("reasons"),
-             decision.get("blocked"))
+    log.info(
+        "drift check namespace=%s report_id=%s action=%s reasons=%s blocked=%s",
+        settings.namespace,
+        report_id,
+        decision.get("action"),
+        decision.get("reasons"),
+        decision.get("blocked"),
+    )
     if decision.get("action") != "retrain":
         return CycleResult(report_id, decision)
 
     def progress(p: Mapping[str, Any]) -> None:
-        log.info("retrain progress namespace=%s retrain_id=%s phase=%s pct=%s",
-                 settings.namespace, p.get("retrain_id"), p.get("phase"), p.get("pct"))
+        log.info(
+            "retrain progress namespace=%s retrain_id=%s phase=%s pct=%s",
+            settings.namespace,
+            p.get("retrain_id"),
+            p.get("phase"),
+            p.get("pct"),
+        )
         if context.stop.is_set():
             msg = "the drift scheduler is stopping"
             raise RetrainStoppedError(msg)
 
     reason = "; ".join(decision.get("reasons") or []) or "policy"
     try:
-        result = retrain(settings, trigger="policy", reason=reason, report_id=report_id,
-                         on_progress=progress, engine=context.engine)
+        result = retrain(
+            settings,
+            trigger="policy",
+            reason=reason,
+            report_id=report_id,
+            on_progress=progress,
+            engine=context.engine,
+        )
     except RetrainBusyError as exc:
         log.warning("retrain skipped namespace=%s: %s", settings.namespace, exc)
         return CycleResult(report_id, decision, error=str(exc))

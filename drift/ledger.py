@@ -79,8 +79,9 @@ class RetrainLedger:
                 },
             )
         if done.rowcount:
-            log.warning("stale retrains marked failed namespace=%s count=%d", self.ns,
-                        done.rowcount)
+            log.warning(
+                "stale retrains marked failed namespace=%s count=%d", self.ns, done.rowcount
+            )
         return int(done.rowcount)
 
     def start(self, trigger: str, reason: str, report_id: int | None = None) -> int:
@@ -114,8 +115,13 @@ class RetrainLedger:
                 raise
             msg = self._busy_message()
             raise RetrainBusyError(msg) from exc
-        log.info("retrain started namespace=%s retrain_id=%d trigger=%s reason=%r", self.ns,
-                 retrain_id, trigger, reason)
+        log.info(
+            "retrain started namespace=%s retrain_id=%d trigger=%s reason=%r",
+            self.ns,
+            retrain_id,
+            trigger,
+            reason,
+        )
         return int(retrain_id)
 
     def _busy_message(self) -> str:
@@ -148,10 +154,18 @@ class RetrainLedger:
 
     def finish(self, retrain_id: int, status: str, detail: str, **fields: Any) -> None:
         """Close the row with its outcome (promoted, kept or failed)."""
-        self._set(retrain_id, {**fields, "status": status, "detail": detail,
-                               "finished_at": datetime.now(UTC)}, only_running=False)
-        log.info("retrain finished namespace=%s retrain_id=%d status=%s detail=%r", self.ns,
-                 retrain_id, status, detail)
+        self._set(
+            retrain_id,
+            {**fields, "status": status, "detail": detail, "finished_at": datetime.now(UTC)},
+            only_running=False,
+        )
+        log.info(
+            "retrain finished namespace=%s retrain_id=%d status=%s detail=%r",
+            self.ns,
+            retrain_id,
+            status,
+            detail,
+        )
 
     def _set(self, retrain_id: int, fields: dict[str, Any], *, only_running: bool) -> None:
         allowed = set(_COLUMNS) | {"status", "detail", "finished_at", "progress"}

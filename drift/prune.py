@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 
 _LOCK_TIMEOUT = "10s"
 _DEFAULT = "training_examples_default"
-_COLUMNS = ("namespace, payment_id, features, label, score, model_version, predicted_at, "
-            "labelled_at, source, learned_at")
+_COLUMNS = (
+    "namespace, payment_id, features, label, score, model_version, predicted_at, "
+    "labelled_at, source, learned_at"
+)
 
 # Each victims query selects the key of the rows to go; {scope} limits the namespaces.
 _VICTIMS: dict[str, tuple[str, str, str]] = {
@@ -106,9 +108,12 @@ def prune(
         trans = conn.begin()
         try:
             conn.execute(text(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'"))
-            got = conn.execute(text(
-                "SELECT pg_try_advisory_xact_lock(hashtext('freshloop prune ' || current_schema()))"
-            )).scalar_one()
+            got = conn.execute(
+                text(
+                    "SELECT pg_try_advisory_xact_lock("
+                    "hashtext('freshloop prune ' || current_schema()))"
+                )
+            ).scalar_one()
             if not got:
                 report.notes.append("another prune is running: nothing done")
             else:
@@ -122,8 +127,7 @@ def prune(
             trans.rollback()  # a dry run read the same decisions; nothing is kept
         else:
             trans.commit()
-    log.info("prune dry_run=%s %s", dry_run,
-             " ".join(f"{t.table}={t.rows}" for t in report.tables))
+    log.info("prune dry_run=%s %s", dry_run, " ".join(f"{t.table}={t.rows}" for t in report.tables))
     return report
 
 
@@ -135,17 +139,23 @@ def _examples(conn: Connection, settings: Settings, report: PruneReport, dry_run
     watermark = _watermark(conn, namespaces)
     protected = _protected(conn, settings, namespaces)
     plan = plan_days(
-        partitions, default_days, watermark=watermark,
+        partitions,
+        default_days,
+        watermark=watermark,
         retention_days=settings.retention_examples_days,
-        ahead_days=settings.retention_partitions_ahead_days, protected=protected,
+        ahead_days=settings.retention_partitions_ahead_days,
+        protected=protected,
     )
     report.watermark, report.cutoff = watermark, plan.cutoff
     rows, size = 0, 0
     for day in plan.drop:
         name = partition_name(day)
-        n, b = conn.execute(text(
-            f"SELECT (SELECT count(*) FROM {name}), pg_total_relation_size(:t)"  # noqa: S608
-        ), {"t": name}).one()
+        n, b = conn.execute(
+            text(
+                f"SELECT (SELECT count(*) FROM {name}), pg_total_relation_size(:t)"  # noqa: S608
+            ),
+            {"t": name},
+        ).one()
         rows, size = rows + int(n), size + int(b)
     for day in plan.purge:
         n, b = default_days[day]
@@ -153,7 +163,8 @@ def _examples(conn: Connection, settings: Settings, report: PruneReport, dry_run
     if plan.held:
         report.notes.append(
             f"training_examples: {len(plan.held)} expired day(s) kept for drift reference "
-            f"windows or running retrains ({plan.held[0]} .. {plan.held[-1]})")
+            f"windows or running retrains ({plan.held[0]} .. {plan.held[-1]})"
+        )
     report.tables.append(TableResult("training_examples", rows, size, _describe(plan)))
     if not dry_run:
         _apply(conn, plan)
@@ -173,67 +184,101 @@ def _describe(plan: DayPlan) -> str:
 def _apply(conn: Connection, plan: DayPlan) -> None:
     for day in plan.purge:
         lo, hi = day_bounds(day)
-        conn.execute(text(f"DELETE FROM {_DEFAULT} WHERE labelled_at >= :lo "  # noqa: S608
-                          "AND labelled_at < :hi"), {"lo": lo, "hi": hi})
+        conn.execute(
+            text(
+                f"DELETE FROM {_DEFAULT} WHERE labelled_at >= :lo "  # noqa: S608
+                "AND labelled_at < :hi"
+            ),
+            {"lo": lo, "hi": hi},
+        )
     for day in plan.split:
         # The new partition may not be created while the default holds rows of its day: move
         # them aside, create it, put them back (routed into it), all in this transaction.
         lo, hi = day_bounds(day)
-        conn.execute(text("CREATE TEMP TABLE _freshloop_moving (LIKE training_examples) "
-                          "ON COMMIT DROP"))
-        conn.execute(text(
-            f"WITH moved AS (DELETE FROM {_DEFAULT} WHERE labelled_at >= :lo AND "  # noqa: S608
-            f"labelled_at < :hi RETURNING {_COLUMNS}) "
-            f"INSERT INTO _freshloop_moving ({_COLUMNS}) SELECT {_COLUMNS} FROM moved"
-        ), {"lo": lo, "hi": hi})
+        conn.execute(
+            text("CREATE TEMP TABLE _freshloop_moving (LIKE training_examples) ON COMMIT DROP")
+        )
+        conn.execute(
+            text(
+                f"WITH moved AS (DELETE FROM {_DEFAULT} WHERE labelled_at >= :lo AND "  # noqa: S608
+                f"labelled_at < :hi RETURNING {_COLUMNS}) "
+                f"INSERT INTO _freshloop_moving ({_COLUMNS}) SELECT {_COLUMNS} FROM moved"
+            ),
+            {"lo": lo, "hi": hi},
+        )
         conn.execute(text("SELECT freshloop_examples_partition(:d)"), {"d": day})
-        conn.execute(text(f"INSERT INTO training_examples ({_COLUMNS}) "  # noqa: S608
-                          f"SELECT {_COLUMNS} FROM _freshloop_moving"))
+        conn.execute(
+            text(
+                f"INSERT INTO training_examples ({_COLUMNS}) "  # noqa: S608
+                f"SELECT {_COLUMNS} FROM _freshloop_moving"
+            )
+        )
         conn.execute(text("DROP TABLE _freshloop_moving"))
     for day in plan.create:
         conn.execute(text("SELECT freshloop_examples_partition(:d)"), {"d": day})
     for day in plan.drop:
         conn.execute(text(f"DROP TABLE IF EXISTS {partition_name(day)}"))
     if plan.drop or plan.purge or plan.split or plan.create:
-        log.info("training_examples partitions dropped=%s purged=%s split=%s created=%s",
-                 [str(d) for d in plan.drop], [str(d) for d in plan.purge],
-                 [str(d) for d in plan.split], [str(d) for d in plan.create])
+        log.info(
+            "training_examples partitions dropped=%s purged=%s split=%s created=%s",
+            [str(d) for d in plan.drop],
+            [str(d) for d in plan.purge],
+            [str(d) for d in plan.split],
+            [str(d) for d in plan.create],
+        )
 
 
 def _partitions(conn: Connection) -> tuple[set[date], bool]:
-    names = conn.execute(text(
-        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'training_examples'::regclass"
-    )).scalars().all()
+    names = (
+        conn.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'training_examples'::regclass"
+            )
+        )
+        .scalars()
+        .all()
+    )
     days = {d for d in (partition_day(n) for n in names) if d is not None}
     return days, _DEFAULT in names
 
 
 def _default_days(conn: Connection) -> dict[date, tuple[int, int]]:
-    rows = conn.execute(text(
-        f"SELECT (labelled_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n, "  # noqa: S608
-        f"coalesce(sum(pg_column_size(t.*)), 0) AS b FROM {_DEFAULT} AS t GROUP BY 1"
-    )).all()
+    rows = conn.execute(
+        text(
+            f"SELECT (labelled_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n, "  # noqa: S608
+            f"coalesce(sum(pg_column_size(t.*)), 0) AS b FROM {_DEFAULT} AS t GROUP BY 1"
+        )
+    ).all()
     return {r.day: (int(r.n), int(r.b)) for r in rows}
 
 
 def _example_namespaces(conn: Connection) -> list[str]:
     """Every namespace with examples, by a skip scan of the (namespace, labelled_at) index."""
-    return list(conn.execute(text(
-        "WITH RECURSIVE ns AS ("
-        " (SELECT namespace FROM training_examples ORDER BY namespace LIMIT 1)"
-        " UNION ALL SELECT (SELECT t.namespace FROM training_examples AS t"
-        "  WHERE t.namespace > ns.namespace ORDER BY t.namespace LIMIT 1)"
-        " FROM ns WHERE ns.namespace IS NOT NULL)"
-        " SELECT namespace FROM ns WHERE namespace IS NOT NULL"
-    )).scalars().all())
+    return list(
+        conn.execute(
+            text(
+                "WITH RECURSIVE ns AS ("
+                " (SELECT namespace FROM training_examples ORDER BY namespace LIMIT 1)"
+                " UNION ALL SELECT (SELECT t.namespace FROM training_examples AS t"
+                "  WHERE t.namespace > ns.namespace ORDER BY t.namespace LIMIT 1)"
+                " FROM ns WHERE ns.namespace IS NOT NULL)"
+                " SELECT namespace FROM ns WHERE namespace IS NOT NULL"
+            )
+        )
+        .scalars()
+        .all()
+    )
 
 
 def _watermark(conn: Connection, namespaces: Sequence[str]) -> datetime | None:
     """The newest ``labelled_at`` of the table (per namespace: served by the index)."""
-    newest = [conn.execute(text(
-        "SELECT max(labelled_at) FROM training_examples WHERE namespace = :ns"
-    ), {"ns": ns}).scalar_one() for ns in namespaces]
+    newest = [
+        conn.execute(
+            text("SELECT max(labelled_at) FROM training_examples WHERE namespace = :ns"), {"ns": ns}
+        ).scalar_one()
+        for ns in namespaces
+    ]
     found = [t for t in newest if t is not None]
     return max(found) if found else None
 
@@ -264,11 +309,14 @@ def _reference_span(conn: Connection, namespace: str, size: int) -> Span | None:
         where.append("labelled_at <= :end")
         params["end"] = spec.end
     order = "DESC" if spec.newest else "ASC"
-    row = conn.execute(text(
-        "SELECT min(labelled_at) AS lo, max(labelled_at) AS hi, count(*) AS n FROM ("  # noqa: S608
-        f"SELECT labelled_at FROM training_examples WHERE {' AND '.join(where)} "
-        f"ORDER BY labelled_at {order} LIMIT :limit) AS w"
-    ), params).one()
+    row = conn.execute(
+        text(
+            "SELECT min(labelled_at) AS lo, max(labelled_at) AS hi, count(*) AS n FROM ("  # noqa: S608
+            f"SELECT labelled_at FROM training_examples WHERE {' AND '.join(where)} "
+            f"ORDER BY labelled_at {order} LIMIT :limit) AS w"
+        ),
+        params,
+    ).one()
     why = f"drift reference of {namespace} ({spec.kind})"
     if spec.kind == "retrain":
         return None if row.n == 0 else Span(row.lo, row.hi, why)
@@ -279,20 +327,29 @@ def _reference_span(conn: Connection, namespace: str, size: int) -> Span | None:
 
 
 # -- the count-bounded tables ---------------------------------------------------------------
-def _count_table(conn: Connection, settings: Settings, table: str,
-                 namespaces: Sequence[str] | None, dry_run: bool) -> TableResult:
+def _count_table(
+    conn: Connection,
+    settings: Settings,
+    table: str,
+    namespaces: Sequence[str] | None,
+    dry_run: bool,
+) -> TableResult:
     key, victims, setting = _VICTIMS[table]
     keep = int(getattr(settings, setting))
     scope = "TRUE" if namespaces is None else "namespace = ANY(:namespaces)"
     params: dict[str, Any] = {"keep": keep, "namespaces": list(namespaces or [])}
     chosen = victims.format(scope=scope)
     if dry_run:
-        sql = (f"SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {table} AS t "  # noqa: S608
-               f"WHERE {_qualified(key)} IN ({chosen})")
+        sql = (
+            f"SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {table} AS t "  # noqa: S608
+            f"WHERE {_qualified(key)} IN ({chosen})"
+        )
     else:
-        sql = (f"WITH gone AS (DELETE FROM {table} AS t WHERE {_qualified(key)} IN "  # noqa: S608
-               f"({chosen}) RETURNING pg_column_size(t.*) AS b) "
-               "SELECT count(*), coalesce(sum(b), 0) FROM gone")
+        sql = (
+            f"WITH gone AS (DELETE FROM {table} AS t WHERE {_qualified(key)} IN "  # noqa: S608
+            f"({chosen}) RETURNING pg_column_size(t.*) AS b) "
+            "SELECT count(*), coalesce(sum(b), 0) FROM gone"
+        )
     n, b = conn.execute(text(sql), params).one()
     return TableResult(table, int(n), int(b), f"newest {keep} per namespace kept")
 

@@ -67,8 +67,10 @@ def expectations_from_reference(
     c = config or QualityConfig()
     specs: list[dict[str, Any]] = [
         {"type": "ExpectTableRowCountToBeBetween", "kwargs": {"min_value": c.min_rows}},
-        {"type": "ExpectTableColumnsToMatchSet",
-         "kwargs": {"column_set": sorted(reference), "exact_match": False}},
+        {
+            "type": "ExpectTableColumnsToMatchSet",
+            "kwargs": {"column_set": sorted(reference), "exact_match": False},
+        },
     ]
     for name in sorted(reference):
         ref = _finite(reference[name])
@@ -82,14 +84,24 @@ def expectations_from_reference(
             width = hi - lo
             low = 0.0 if lo >= 0 else lo - c.range_margin * width
             high = hi + c.range_margin * width
-        specs.append({"type": "ExpectColumnValuesToBeBetween",
-                      "kwargs": {"column": name, "min_value": low, "max_value": high,
-                                 "mostly": c.mostly}})
+        specs.append(
+            {
+                "type": "ExpectColumnValuesToBeBetween",
+                "kwargs": {"column": name, "min_value": low, "max_value": high, "mostly": c.mostly},
+            }
+        )
         mean, sd = float(ref.mean()), float(ref.std())
         half = max(c.mean_sd * sd, c.mean_floor)
-        specs.append({"type": "ExpectColumnMeanToBeBetween",
-                      "kwargs": {"column": name, "min_value": max(mean - half, low),
-                                 "max_value": min(mean + half, high)}})
+        specs.append(
+            {
+                "type": "ExpectColumnMeanToBeBetween",
+                "kwargs": {
+                    "column": name,
+                    "min_value": max(mean - half, low),
+                    "max_value": min(mean + half, high),
+                },
+            }
+        )
     return specs
 
 
@@ -111,23 +123,29 @@ def _result_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = {k: v for k, v in (config.get("kwargs") or {}).items() if k != "batch_id"}
     result = raw.get("result") or {}
     exc = raw.get("exception_info") or {}
-    return _plain({
-        "expectation": config.get("type"),
-        "column": kwargs.pop("column", None),
-        "kwargs": kwargs,
-        "success": bool(raw.get("success")),
-        "observed_value": result.get("observed_value"),
-        "element_count": result.get("element_count"),
-        "unexpected_count": result.get("unexpected_count"),
-        "unexpected_percent": result.get("unexpected_percent"),
-        "partial_unexpected": (result.get("partial_unexpected_list") or [])[:_PARTIAL],
-        "details": result.get("details"),
-        "error": exc.get("exception_message") if exc.get("raised_exception") else None,
-    })
+    return _plain(
+        {
+            "expectation": config.get("type"),
+            "column": kwargs.pop("column", None),
+            "kwargs": kwargs,
+            "success": bool(raw.get("success")),
+            "observed_value": result.get("observed_value"),
+            "element_count": result.get("element_count"),
+            "unexpected_count": result.get("unexpected_count"),
+            "unexpected_percent": result.get("unexpected_percent"),
+            "partial_unexpected": (result.get("partial_unexpected_list") or [])[:_PARTIAL],
+            "details": result.get("details"),
+            "error": exc.get("exception_message") if exc.get("raised_exception") else None,
+        }
+    )
 
 
-def validate(rows: Sequence[Mapping[str, Any]], specs: Sequence[Mapping[str, Any]],
-             *, suite_name: str = "current_window") -> dict[str, Any]:
+def validate(
+    rows: Sequence[Mapping[str, Any]],
+    specs: Sequence[Mapping[str, Any]],
+    *,
+    suite_name: str = "current_window",
+) -> dict[str, Any]:
     """Run ``specs`` over ``rows`` (one dict of feature values per row) with GE.
 
     Returns ``{"success", "statistics": {evaluated, successful, unsuccessful, success_percent},
@@ -146,8 +164,11 @@ def validate(rows: Sequence[Mapping[str, Any]], specs: Sequence[Mapping[str, Any
             frame[name] = pd.to_numeric(frame[name], errors="coerce")
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (ctx.data_sources.add_pandas("freshloop").add_dataframe_asset("features")
-             .add_batch_definition_whole_dataframe("window"))
+    batch = (
+        ctx.data_sources.add_pandas("freshloop")
+        .add_dataframe_asset("features")
+        .add_batch_definition_whole_dataframe("window")
+    )
     expectations = []
     for spec in specs:
         kind = getattr(gxe, str(spec["type"]), None)
@@ -162,18 +183,21 @@ def validate(rows: Sequence[Mapping[str, Any]], specs: Sequence[Mapping[str, Any
     # suite each time (quadratic: ~25 s for 130 expectations).
     suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
     definition = gx.ValidationDefinition(name=f"{suite_name}_validation", data=batch, suite=suite)
-    raw = definition.run(batch_parameters={"dataframe": frame},
-                         result_format="SUMMARY").to_json_dict()
+    raw = definition.run(
+        batch_parameters={"dataframe": frame}, result_format="SUMMARY"
+    ).to_json_dict()
     stats = raw.get("statistics") or {}
-    return _plain({
-        "success": bool(raw.get("success")),
-        "statistics": {
-            "evaluated": stats.get("evaluated_expectations"),
-            "successful": stats.get("successful_expectations"),
-            "unsuccessful": stats.get("unsuccessful_expectations"),
-            "success_percent": stats.get("success_percent"),
-        },
-        "results": [_result_row(r) for r in raw.get("results") or []],
-        "n_rows": len(frame),
-        "great_expectations_version": gx.__version__,
-    })
+    return _plain(
+        {
+            "success": bool(raw.get("success")),
+            "statistics": {
+                "evaluated": stats.get("evaluated_expectations"),
+                "successful": stats.get("successful_expectations"),
+                "unsuccessful": stats.get("unsuccessful_expectations"),
+                "success_percent": stats.get("success_percent"),
+            },
+            "results": [_result_row(r) for r in raw.get("results") or []],
+            "n_rows": len(frame),
+            "great_expectations_version": gx.__version__,
+        }
+    )

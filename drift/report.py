@@ -14,8 +14,12 @@ from typing import Any
 __all__ = ["render_html", "render_terminal"]
 
 _REF, _CUR = "#4e79a7", "#f28e2b"
-_STATUS_COLOUR = {"ok": "#2e7d32", "warning": "#ef6c00", "drift": "#c62828",
-                  "insufficient_data": "#616161"}
+_STATUS_COLOUR = {
+    "ok": "#2e7d32",
+    "warning": "#ef6c00",
+    "drift": "#c62828",
+    "insufficient_data": "#616161",
+}
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
@@ -54,8 +58,13 @@ def _short(value: Any) -> str:
     return _fmt(value)
 
 
-def _bars(labels: Sequence[str], ref: Sequence[float], cur: Sequence[float],
-          width: int = 300, height: int = 120) -> str:
+def _bars(
+    labels: Sequence[str],
+    ref: Sequence[float],
+    cur: Sequence[float],
+    width: int = 300,
+    height: int = 120,
+) -> str:
     """Grouped bars: reference and current proportion per bin."""
     n = max(len(ref), len(cur), 1)
     top = max([*ref, *cur, 1e-9])
@@ -69,21 +78,31 @@ def _bars(labels: Sequence[str], ref: Sequence[float], cur: Sequence[float],
             v = values[i] if i < len(values) else 0.0
             h = (base - 4) * v / top
             title = f"{labels[i] if i < len(labels) else i}: {'reference' if j == 0 else 'current'}"
-            parts.append(f'<rect x="{x + j * bar:.1f}" y="{base - h:.1f}" width="{bar:.1f}" '
-                         f'height="{h:.1f}" fill="{colour}"><title>{_e(title)} '
-                         f'{v:.3f}</title></rect>')
+            parts.append(
+                f'<rect x="{x + j * bar:.1f}" y="{base - h:.1f}" width="{bar:.1f}" '
+                f'height="{h:.1f}" fill="{colour}"><title>{_e(title)} '
+                f"{v:.3f}</title></rect>"
+            )
     parts.append(f'<line x1="0" y1="{base}" x2="{width}" y2="{base}" stroke="#999"/>')
     if labels:
-        parts.append(f'<text x="{pad}" y="{height - 3}" font-size="10" fill="#777">'
-                     f'{_e(labels[0])}</text>')
-        parts.append(f'<text x="{width - pad}" y="{height - 3}" font-size="10" fill="#777" '
-                     f'text-anchor="end">{_e(labels[-1])}</text>')
+        parts.append(
+            f'<text x="{pad}" y="{height - 3}" font-size="10" fill="#777">{_e(labels[0])}</text>'
+        )
+        parts.append(
+            f'<text x="{width - pad}" y="{height - 3}" font-size="10" fill="#777" '
+            f'text-anchor="end">{_e(labels[-1])}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _lines(xs: Sequence[str], series: Mapping[str, Sequence[float | None]],
-           colours: Sequence[str], width: int = 520, height: int = 170) -> str:
+def _lines(
+    xs: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    colours: Sequence[str],
+    width: int = 520,
+    height: int = 170,
+) -> str:
     """Line chart of a few series over the reports (x: report order, labelled by id)."""
     values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     if not xs or not values:
@@ -99,26 +118,31 @@ def _lines(xs: Sequence[str], series: Mapping[str, Sequence[float | None]],
     def y(v: float) -> float:
         return top + h * (1 - (v - lo) / (hi - lo))
 
-    parts = [f'<svg width="{width}" height="{height}" role="img" viewBox="0 0 {width} {height}">',
-             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#999"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">'
-             f'{hi:.3g}</text>',
-             f'<text x="{left - 4}" y="{top + h}" font-size="10" text-anchor="end">{lo:.3g}</text>',
-             f'<text x="{left}" y="{height - 4}" font-size="10">#{_e(xs[0])}</text>',
-             f'<text x="{left + w}" y="{height - 4}" font-size="10" text-anchor="end">'
-             f'#{_e(xs[-1])}</text>']
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img" viewBox="0 0 {width} {height}">',
+        f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#999"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>',
+        f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">{hi:.3g}</text>',
+        f'<text x="{left - 4}" y="{top + h}" font-size="10" text-anchor="end">{lo:.3g}</text>',
+        f'<text x="{left}" y="{height - 4}" font-size="10">#{_e(xs[0])}</text>',
+        f'<text x="{left + w}" y="{height - 4}" font-size="10" text-anchor="end">'
+        f"#{_e(xs[-1])}</text>",
+    ]
     for (name, s), colour in zip(series.items(), colours, strict=False):
         points = [(x(i), y(v)) for i, v in enumerate(s) if v is not None and math.isfinite(v)]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" '
-                         f'stroke-width="2"><title>{_e(name)}</title></polyline>')
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="{colour}" '
+                f'stroke-width="2"><title>{_e(name)}</title></polyline>'
+            )
         for px, py in points:
             parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colour}"/>')
     parts.append("</svg>")
-    legend = "".join(f'<span style="color:{c}">&#9632; {_e(n)}</span>'
-                     for n, c in zip(series, colours, strict=False))
+    legend = "".join(
+        f'<span style="color:{c}">&#9632; {_e(n)}</span>'
+        for n, c in zip(series, colours, strict=False)
+    )
     return "".join(parts) + f'<div class="legend">{legend}</div>'
 
 
@@ -128,29 +152,43 @@ def _bin_labels(drift: Mapping[str, Any]) -> list[str]:
         return [f"{b:g}" for b in bins]
     if not bins:
         return []
-    return [f"< {bins[0]:.3g}", *[f"[{a:.3g}, {b:.3g})" for a, b in zip(bins, bins[1:],
-                                                                         strict=False)],
-            f">= {bins[-1]:.3g}"]
+    return [
+        f"< {bins[0]:.3g}",
+        *[f"[{a:.3g}, {b:.3g})" for a, b in zip(bins, bins[1:], strict=False)],
+        f">= {bins[-1]:.3g}",
+    ]
 
 
 def _card(name: str, d: Mapping[str, Any]) -> str:
-    flag = '<span class="bad">drifted</span>' if d.get("drifted") else '<span class="good">' \
-        "stable</span>"
-    stat = (f"{_e(d.get('method'))} {_fmt(d.get('statistic'))}"
-            + (f", p={_fmt(d.get('p_value'), 3)}" if d.get("p_value") is not None else "")
-            + f", PSI {_fmt(d.get('psi'), 3)}")
-    return (f'<div class="card"><h3>{_e(name)} &middot; {flag}</h3>'
-            f'<div class="muted">{stat}; mean {_fmt(d.get("reference_mean"))} &rarr; '
-            f'{_fmt(d.get("current_mean"))}</div>'
-            f'{_bars(_bin_labels(d), d.get("reference_hist") or [], d.get("current_hist") or [])}'
-            "</div>")
+    flag = (
+        '<span class="bad">drifted</span>'
+        if d.get("drifted")
+        else '<span class="good">stable</span>'
+    )
+    stat = (
+        f"{_e(d.get('method'))} {_fmt(d.get('statistic'))}"
+        + (f", p={_fmt(d.get('p_value'), 3)}" if d.get("p_value") is not None else "")
+        + f", PSI {_fmt(d.get('psi'), 3)}"
+    )
+    return (
+        f'<div class="card"><h3>{_e(name)} &middot; {flag}</h3>'
+        f'<div class="muted">{stat}; mean {_fmt(d.get("reference_mean"))} &rarr; '
+        f"{_fmt(d.get('current_mean'))}</div>"
+        f"{_bars(_bin_labels(d), d.get('reference_hist') or [], d.get('current_hist') or [])}"
+        "</div>"
+    )
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], num: Sequence[int] = ()) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in num else f"<td>{c}</td>"
-                         for i, c in enumerate(row)) + "</tr>" for row in rows)
+        "<tr>"
+        + "".join(
+            f'<td class="num">{c}</td>' if i in num else f"<td>{c}</td>" for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -158,10 +196,12 @@ def _quality_section(q: Mapping[str, Any] | None) -> str:
     if not q:
         return '<p class="muted">not run: the current window is empty</p>'
     st = q.get("statistics") or {}
-    verdict = '<span class="good">passed</span>' if q.get("success") else \
-        '<span class="bad">failed</span>'
-    results = sorted(q.get("results") or [], key=lambda r: (r.get("success"),
-                                                            str(r.get("column"))))
+    verdict = (
+        '<span class="good">passed</span>'
+        if q.get("success")
+        else '<span class="bad">failed</span>'
+    )
+    results = sorted(q.get("results") or [], key=lambda r: (r.get("success"), str(r.get("column"))))
     passed: list[list[str]] = []
     failed: list[list[str]] = []
     for r in results:
@@ -173,114 +213,203 @@ def _quality_section(q: Mapping[str, Any] | None) -> str:
         kwargs = ", ".join(f"{k}={_short(v)}" for k, v in (r.get("kwargs") or {}).items())
         partial = r.get("partial_unexpected")
         sample = _e(_fmt(partial)) if partial and not r.get("success") else ""
-        row = [ok, _e(r.get("expectation")), _e(r.get("column") or "(table)"), _e(kwargs),
-               _e(_fmt(observed)), sample]
+        row = [
+            ok,
+            _e(r.get("expectation")),
+            _e(r.get("column") or "(table)"),
+            _e(kwargs),
+            _e(_fmt(observed)),
+            sample,
+        ]
         (passed if r.get("success") else failed).append(row)
     headers = ["", "expectation", "column", "arguments", "observed", "unexpected"]
-    return (f"<p>Great Expectations {_e(q.get('great_expectations_version'))}: {verdict}, "
-            f"{_e(st.get('successful'))} of {_e(st.get('evaluated'))} expectations met over "
-            f"{_e(q.get('n_rows'))} rows.</p>"
-            + (_table(headers, failed) if failed else "")
-            + f"<details><summary>{len(passed)} expectations met</summary>"
-            + _table(headers, passed) + "</details>")
+    return (
+        f"<p>Great Expectations {_e(q.get('great_expectations_version'))}: {verdict}, "
+        f"{_e(st.get('successful'))} of {_e(st.get('evaluated'))} expectations met over "
+        f"{_e(q.get('n_rows'))} rows.</p>"
+        + (_table(headers, failed) if failed else "")
+        + f"<details><summary>{len(passed)} expectations met</summary>"
+        + _table(headers, passed)
+        + "</details>"
+    )
 
 
-def render_html(report: Mapping[str, Any], summary: Mapping[str, Any],
-                decision: Mapping[str, Any]) -> str:
+def render_html(
+    report: Mapping[str, Any], summary: Mapping[str, Any], decision: Mapping[str, Any]
+) -> str:
     """The whole page of one report (``report`` as stored in ``drift_reports.report``)."""
     status = str(report.get("status"))
     colour = _STATUS_COLOUR.get(status, "#616161")
     champion = report.get("champion") or {}
     ref, cur = report.get("reference") or {}, report.get("current") or {}
-    head = (f"<h1>Drift report #{_e(report.get('report_id'))} &middot; namespace "
-            f"{_e(report.get('namespace'))}</h1><p><span class='badge' style='background:"
-            f"{colour}'>{_e(status)}</span> at {_e(report.get('created_at'))}; champion "
-            f"{_e(champion.get('version', 'none'))}</p><p class='muted'>reference ("
-            f"{_e(ref.get('kind'))}): {_e(ref.get('n'))} rows labelled {_e(ref.get('start'))} "
-            f"&rarr; {_e(ref.get('end'))}<br>current: {_e(cur.get('n'))} rows labelled "
-            f"{_e(cur.get('start'))} &rarr; {_e(cur.get('end'))}</p>")
+    head = (
+        f"<h1>Drift report #{_e(report.get('report_id'))} &middot; namespace "
+        f"{_e(report.get('namespace'))}</h1><p><span class='badge' style='background:"
+        f"{colour}'>{_e(status)}</span> at {_e(report.get('created_at'))}; champion "
+        f"{_e(champion.get('version', 'none'))}</p><p class='muted'>reference ("
+        f"{_e(ref.get('kind'))}): {_e(ref.get('n'))} rows labelled {_e(ref.get('start'))} "
+        f"&rarr; {_e(ref.get('end'))}<br>current: {_e(cur.get('n'))} rows labelled "
+        f"{_e(cur.get('start'))} &rarr; {_e(cur.get('end'))}</p>"
+    )
     reasons = decision.get("reasons") or []
-    dec = (f"<h2>Decision</h2><p><b>{_e(decision.get('action', 'none'))}</b>"
-           + (f": {_e('; '.join(map(str, reasons)))}" if reasons else ": no trigger fired")
-           + (f"<br>blocked: {_e(decision.get('blocked'))}" if decision.get("blocked") else "")
-           + "</p>")
+    dec = (
+        f"<h2>Decision</h2><p><b>{_e(decision.get('action', 'none'))}</b>"
+        + (f": {_e('; '.join(map(str, reasons)))}" if reasons else ": no trigger fired")
+        + (f"<br>blocked: {_e(decision.get('blocked'))}" if decision.get("blocked") else "")
+        + "</p>"
+    )
     headline = "<h2>Headline</h2>" + _table(
-        ["measure", "value"], [[_e(k), _e(_fmt(v))] for k, v in summary.items()])
+        ["measure", "value"], [[_e(k), _e(_fmt(v))] for k, v in summary.items()]
+    )
     history = list(report.get("history") or [])
     now_point = {"report_id": report.get("report_id"), **summary}
     points = [*history, now_point]
     xs = [str(p.get("report_id")) for p in points]
-    over_time = ("<h2>Over time</h2><div class='grid'><div class='card'><h3>drift scores</h3>"
-                 + _lines(xs, {"dataset drift share": [p.get("dataset_drift_share")
-                                                       for p in points],
-                               "score PSI": [p.get("score_drift") for p in points]},
-                          ["#c62828", "#6a1b9a"])
-                 + "</div><div class='card'><h3>ROC AUC</h3>"
-                 + _lines(xs, {"current window": [p.get("auc") for p in points],
-                               "baseline": [p.get("baseline_auc") for p in points]},
-                          [_CUR, _REF])
-                 + "</div></div>")
+    over_time = (
+        "<h2>Over time</h2><div class='grid'><div class='card'><h3>drift scores</h3>"
+        + _lines(
+            xs,
+            {
+                "dataset drift share": [p.get("dataset_drift_share") for p in points],
+                "score PSI": [p.get("score_drift") for p in points],
+            },
+            ["#c62828", "#6a1b9a"],
+        )
+        + "</div><div class='card'><h3>ROC AUC</h3>"
+        + _lines(
+            xs,
+            {
+                "current window": [p.get("auc") for p in points],
+                "baseline": [p.get("baseline_auc") for p in points],
+            },
+            [_CUR, _REF],
+        )
+        + "</div></div>"
+    )
     feats = report.get("features") or {}
     order = sorted(feats, key=lambda n: (not feats[n].get("drifted"), n))
-    legend = (f"<div class='legend'><span style='color:{_REF}'>&#9632; reference</span>"
-              f"<span style='color:{_CUR}'>&#9632; current</span></div>")
+    legend = (
+        f"<div class='legend'><span style='color:{_REF}'>&#9632; reference</span>"
+        f"<span style='color:{_CUR}'>&#9632; current</span></div>"
+    )
     perf = report.get("performance") or {}
-    outputs = ("<h2>Scores, labels and performance</h2>" + legend + "<div class='grid'>"
-               + _card("score", report.get("score") or {})
-               + _card("label (fraud rate)", report.get("label") or {}) + "</div>"
-               + _table(["", "current window", "baseline (" + _e(perf.get("baseline_source"))
-                         + ")", "learner (rolling)"],
-                        [["ROC AUC", _fmt(perf.get("auc")), _fmt(perf.get("baseline_auc")),
-                          _fmt((perf.get("learner") or {}).get("rolling_roc_auc"))],
-                         ["log loss", _fmt(perf.get("log_loss")),
-                          _fmt(perf.get("baseline_log_loss")),
-                          _fmt((perf.get("learner") or {}).get("rolling_log_loss"))]],
-                        num=(1, 2, 3)))
+    outputs = (
+        "<h2>Scores, labels and performance</h2>"
+        + legend
+        + "<div class='grid'>"
+        + _card("score", report.get("score") or {})
+        + _card("label (fraud rate)", report.get("label") or {})
+        + "</div>"
+        + _table(
+            [
+                "",
+                "current window",
+                "baseline (" + _e(perf.get("baseline_source")) + ")",
+                "learner (rolling)",
+            ],
+            [
+                [
+                    "ROC AUC",
+                    _fmt(perf.get("auc")),
+                    _fmt(perf.get("baseline_auc")),
+                    _fmt((perf.get("learner") or {}).get("rolling_roc_auc")),
+                ],
+                [
+                    "log loss",
+                    _fmt(perf.get("log_loss")),
+                    _fmt(perf.get("baseline_log_loss")),
+                    _fmt((perf.get("learner") or {}).get("rolling_log_loss")),
+                ],
+            ],
+            num=(1, 2, 3),
+        )
+    )
     concept = report.get("concept") or {}
     new = concept.get("new_alarms") or []
-    concept_html = (f"<h2>Concept drift (learner's ADWIN)</h2><p>{len(new)} new alarm(s) since "
-                    "the previous report"
-                    + (f" (at learned examples {_e(_fmt(new))})" if new else "")
-                    + f"; {_e(concept.get('alarms_total', 0))} in the learner's history.</p>")
+    concept_html = (
+        f"<h2>Concept drift (learner's ADWIN)</h2><p>{len(new)} new alarm(s) since "
+        "the previous report"
+        + (f" (at learned examples {_e(_fmt(new))})" if new else "")
+        + f"; {_e(concept.get('alarms_total', 0))} in the learner's history.</p>"
+    )
     fresh = report.get("freshness") or {}
     lag, stale = fresh.get("lag") or {}, fresh.get("stale") or {}
-    consumers = [[_e(c.get("consumer_id")), _fmt(c.get("events_per_s")), _fmt(c.get("lag_p50_ms")),
-                  _fmt(c.get("lag_p99_ms")), _fmt(c.get("applied_total"))]
-                 for c in lag.get("consumers") or []]
-    fresh_html = (f"<h2>Freshness</h2><p>commit &rarr; visible lag p99: "
-                  f"<b>{_e(_fmt(lag.get('p99_ms')))}</b> ms"
-                  + (f" ({_e(lag.get('error'))})" if lag.get("error") else "")
-                  + f"<br>stale entities: <b>{_e(_fmt(stale.get('stale')))}</b> of "
-                  f"{_e(stale.get('checked', 0))} recently active customers checked against the "
-                  "SQL oracle" + (f" ({_e(stale.get('error'))})" if stale.get("error") else "")
-                  + (f": {_e(_fmt(stale.get('entities')))}" if stale.get("entities") else "")
-                  + "</p>"
-                  + (_table(["consumer", "events/s", "lag p50 ms", "lag p99 ms", "applied"],
-                            consumers, num=(1, 2, 3, 4)) if consumers else ""))
-    feature_rows = [[_e(n), _e(feats[n].get("kind")), _e(feats[n].get("method")),
-                     _fmt(feats[n].get("statistic")), _fmt(feats[n].get("p_value"), 3),
-                     _fmt(feats[n].get("psi"), 3),
-                     '<span class="bad">yes</span>' if feats[n].get("drifted") else "no"]
-                    for n in order]
-    feature_html = (f"<h2>Features ({_e(len(summary.get('drifted_features') or []))} of "
-                    f"{_e(len(feats))} drifted)</h2>"
-                    + _table(["feature", "kind", "test", "statistic", "p", "PSI", "drifted"],
-                             feature_rows, num=(3, 4, 5)) + legend + "<div class='grid'>"
-                    + "".join(_card(n, feats[n]) for n in order) + "</div>")
+    consumers = [
+        [
+            _e(c.get("consumer_id")),
+            _fmt(c.get("events_per_s")),
+            _fmt(c.get("lag_p50_ms")),
+            _fmt(c.get("lag_p99_ms")),
+            _fmt(c.get("applied_total")),
+        ]
+        for c in lag.get("consumers") or []
+    ]
+    fresh_html = (
+        f"<h2>Freshness</h2><p>commit &rarr; visible lag p99: "
+        f"<b>{_e(_fmt(lag.get('p99_ms')))}</b> ms"
+        + (f" ({_e(lag.get('error'))})" if lag.get("error") else "")
+        + f"<br>stale entities: <b>{_e(_fmt(stale.get('stale')))}</b> of "
+        f"{_e(stale.get('checked', 0))} recently active customers checked against the "
+        "SQL oracle"
+        + (f" ({_e(stale.get('error'))})" if stale.get("error") else "")
+        + (f": {_e(_fmt(stale.get('entities')))}" if stale.get("entities") else "")
+        + "</p>"
+        + (
+            _table(
+                ["consumer", "events/s", "lag p50 ms", "lag p99 ms", "applied"],
+                consumers,
+                num=(1, 2, 3, 4),
+            )
+            if consumers
+            else ""
+        )
+    )
+    feature_rows = [
+        [
+            _e(n),
+            _e(feats[n].get("kind")),
+            _e(feats[n].get("method")),
+            _fmt(feats[n].get("statistic")),
+            _fmt(feats[n].get("p_value"), 3),
+            _fmt(feats[n].get("psi"), 3),
+            '<span class="bad">yes</span>' if feats[n].get("drifted") else "no",
+        ]
+        for n in order
+    ]
+    feature_html = (
+        f"<h2>Features ({_e(len(summary.get('drifted_features') or []))} of "
+        f"{_e(len(feats))} drifted)</h2>"
+        + _table(
+            ["feature", "kind", "test", "statistic", "p", "PSI", "drifted"],
+            feature_rows,
+            num=(3, 4, 5),
+        )
+        + legend
+        + "<div class='grid'>"
+        + "".join(_card(n, feats[n]) for n in order)
+        + "</div>"
+    )
     quality_html = "<h2>Data quality</h2>" + _quality_section(report.get("quality"))
     unjudged = (report.get("warmup") or {}).get("unjudged") or {}
     if unjudged:
-        feature_html += ("<h3>Not judged (still filling up, or growing by construction)</h3>"
-                         + _table(["input", "why"], [[_e(n), _e(why)]
-                                                     for n, why in sorted(unjudged.items())]))
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Drift report "
-            f"#{_e(report.get('report_id'))} ({_e(status)})</title><style>{_CSS}</style></head>"
-            f"<body>{head}{dec}{headline}{over_time}{outputs}{concept_html}{fresh_html}"
-            f"{quality_html}{feature_html}</body></html>")
+        feature_html += (
+            "<h3>Not judged (still filling up, or growing by construction)</h3>"
+            + _table(["input", "why"], [[_e(n), _e(why)] for n, why in sorted(unjudged.items())])
+        )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Drift report "
+        f"#{_e(report.get('report_id'))} ({_e(status)})</title><style>{_CSS}</style></head>"
+        f"<body>{head}{dec}{headline}{over_time}{outputs}{concept_html}{fresh_html}"
+        f"{quality_html}{feature_html}</body></html>"
+    )
 
 
-def render_terminal(report: Mapping[str, Any], summary: Mapping[str, Any],
-                    decision: Mapping[str, Any], console: Any = None) -> None:
+def render_terminal(
+    report: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    console: Any = None,
+) -> None:
     """Print a short summary of one report with rich."""
     from rich.console import Console
     from rich.table import Table
@@ -289,11 +418,14 @@ def render_terminal(report: Mapping[str, Any], summary: Mapping[str, Any],
     status = str(report.get("status"))
     style = {"ok": "green", "warning": "yellow", "drift": "bold red"}.get(status, "dim")
     champion = (report.get("champion") or {}).get("version", "none")
-    console.print(f"drift report #{report.get('report_id')} of {report.get('namespace')!r} at "
-                  f"{report.get('created_at')}: [{style}]{status}[/] (champion {champion})")
+    console.print(
+        f"drift report #{report.get('report_id')} of {report.get('namespace')!r} at "
+        f"{report.get('created_at')}: [{style}]{status}[/] (champion {champion})"
+    )
     ref, cur = report.get("reference") or {}, report.get("current") or {}
-    console.print(f"reference ({ref.get('kind')}): {ref.get('n')} rows {ref.get('start')} -> "
-                  f"{ref.get('end')}")
+    console.print(
+        f"reference ({ref.get('kind')}): {ref.get('n')} rows {ref.get('start')} -> {ref.get('end')}"
+    )
     console.print(f"current: {cur.get('n')} rows {cur.get('start')} -> {cur.get('end')}")
     table = Table("measure", "value", show_header=True)
     for key, value in summary.items():
@@ -308,5 +440,6 @@ def render_terminal(report: Mapping[str, Any], summary: Mapping[str, Any],
         seen = r.get("details") or r.get("observed_value")
         if seen is None:
             seen = f"{r.get('unexpected_count')} unexpected values"
-        console.print(f"  quality FAIL {r.get('expectation')} {r.get('column') or ''}: "
-                      f"observed {_fmt(seen)}")
+        console.print(
+            f"  quality FAIL {r.get('expectation')} {r.get('column') or ''}: observed {_fmt(seen)}"
+        )

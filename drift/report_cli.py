@@ -31,8 +31,9 @@ def _out(report: DriftReport, html_path: str | None, as_json: bool) -> None:
         click.echo(f"[drift] HTML report written to {html_path}", err=as_json)
 
 
-def show_report(*, latest: bool, report_id: int | None, html_path: str | None,
-                as_json: bool) -> None:
+def show_report(
+    *, latest: bool, report_id: int | None, html_path: str | None, as_json: bool
+) -> None:
     """Print a stored report (the newest unless ``report_id``)."""
     from sqlalchemy import create_engine
 

@@ -80,7 +80,7 @@ def partition_day(name: str) -> date | None:
     if not name.startswith(PARTITION_PREFIX):
         return None
     try:
-        return datetime.strptime(name[len(PARTITION_PREFIX):], "%Y%m%d").replace(tzinfo=UTC).date()
+        return datetime.strptime(name[len(PARTITION_PREFIX) :], "%Y%m%d").replace(tzinfo=UTC).date()
     except ValueError:
         return None
 
@@ -157,8 +157,10 @@ class PruneReport:
     def lines(self) -> list[str]:
         """Human lines, one per table, then the notes."""
         verb = "would go" if self.dry_run else "went"
-        head = (f"examples watermark {self.watermark.isoformat() if self.watermark else '-'}, "
-                f"cutoff {self.cutoff.isoformat() if self.cutoff else '-'}")
+        head = (
+            f"examples watermark {self.watermark.isoformat() if self.watermark else '-'}, "
+            f"cutoff {self.cutoff.isoformat() if self.cutoff else '-'}"
+        )
         out = [head]
         for t in self.tables:
             tail = f" ({t.detail})" if t.detail else ""

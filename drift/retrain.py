@@ -41,7 +41,12 @@ from online_learning.services import feature_service
 from online_learning.vector import input_names
 
 __all__ = [
-    "ProgressCallback", "RetrainResult", "Trigger", "load_examples", "retrain", "service_inputs",
+    "ProgressCallback",
+    "RetrainResult",
+    "Trigger",
+    "load_examples",
+    "retrain",
+    "service_inputs",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,9 +79,7 @@ class RetrainResult:
         return asdict(self)
 
 
-def load_examples(
-    engine: Engine, namespace: str, *, since: datetime, limit: int
-) -> list[Example]:
+def load_examples(engine: Engine, namespace: str, *, since: datetime, limit: int) -> list[Example]:
     """The newest ``limit`` examples labelled at or after ``since``, oldest first."""
     with engine.connect() as conn:
         rows = conn.execute(
@@ -93,8 +96,9 @@ def load_examples(
     ]
 
 
-def service_inputs(examples: list[Example], names: tuple[str, ...],
-                   served: tuple[str, ...] = ()) -> list[Example]:
+def service_inputs(
+    examples: list[Example], names: tuple[str, ...], served: tuple[str, ...] = ()
+) -> list[Example]:
     """The examples whose logged vector holds every input in ``names``, cut to those inputs
     (in that order): a challenger learns the settings' feature service, not whatever a scorer
     under another service logged. Under the service the vectors were logged with, this keeps
@@ -181,8 +185,12 @@ def _run(
             f"only {len(examples)} labelled examples of namespace {ns!r} since "
             f"{since.isoformat()}, need {settings.retrain_min_examples} "
             "(FRESHLOOP_RETRAIN_MIN_EXAMPLES / FRESHLOOP_RETRAIN_WINDOW_S)"
-            + (f"; {other} more were logged without every input of feature service "
-               f"{service.name!r} (scored under another service)" if other else "")
+            + (
+                f"; {other} more were logged without every input of feature service "
+                f"{service.name!r} (scored under another service)"
+                if other
+                else ""
+            )
         )
         raise NotEnoughExamplesError(msg)
     train, holdout = split(examples, settings.retrain_holdout_share)

@@ -121,7 +121,9 @@ def _drop_legacy_job_table(engine: Engine, namespace: str) -> None:
         conn.execute(text(f'DROP TABLE "{table}"'))
     log.warning(
         "legacy_job_table_dropped namespace=%s table=%s: its pickled jobs were not loaded (the "
-        "jobs are defined in code now)", namespace, table,
+        "jobs are defined in code now)",
+        namespace,
+        table,
     )
 
 
@@ -215,13 +217,19 @@ def run_scheduler(
     scheduler = None
     try:
         _drop_legacy_job_table(engine, ns)
-        scheduler = build_scheduler(settings, engine, first_run_in_s=first_run_in_s,
-                                    first_prune_in_s=first_prune_in_s)
+        scheduler = build_scheduler(
+            settings, engine, first_run_in_s=first_run_in_s, first_prune_in_s=first_prune_in_s
+        )
         scheduler.add_listener(_report, EVENT_JOB_ERROR | EVENT_JOB_EXECUTED)
         HEALTH.register("drift")
         scheduler.start()
-        log.info("drift scheduler started namespace=%s interval_s=%s job=%s epoch=%d", ns,
-                 settings.drift_interval_s, job_id(ns), ownership.epoch)
+        log.info(
+            "drift scheduler started namespace=%s interval_s=%s job=%s epoch=%d",
+            ns,
+            settings.drift_interval_s,
+            job_id(ns),
+            ownership.epoch,
+        )
         _watch(ownership, stop_event)
     except FencedError as exc:
         log.error("scheduler_fenced namespace=%s: %s", ns, exc)
@@ -249,8 +257,11 @@ def _watch(ownership: Ownership, stop_event: threading.Event) -> None:
             delay = backoff_delay(failures, 0.5, 15.0)
             failures += 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            log.warning("postgres_unreachable component=drift error=%s: lock re-checked in "
-                        "%.1f s", first, delay)
+            log.warning(
+                "postgres_unreachable component=drift error=%s: lock re-checked in %.1f s",
+                first,
+                delay,
+            )
         else:
             if failures:
                 failures, delay = 0, 1.0

@@ -132,8 +132,9 @@ def _psi_of(ref_p: _Float, cur_p: _Float, epsilon: float = EPSILON) -> float:
     return float(np.sum((cur_p - ref_p) * np.log(cur_p / ref_p)))
 
 
-def psi(reference: ArrayLike, current: ArrayLike, bins: int = 10,
-        epsilon: float = EPSILON) -> float:
+def psi(
+    reference: ArrayLike, current: ArrayLike, bins: int = 10, epsilon: float = EPSILON
+) -> float:
     """Population stability index of ``current`` against ``reference``'s quantile bins.
 
     ``sum((c - r) * ln(c / r))`` over the bins, each proportion floored at ``epsilon``.
@@ -212,7 +213,8 @@ def feature_drift(
     t = thresholds or Thresholds()
     ref, cur = _clean(reference), _clean(current)
     kind: Literal["numeric", "categorical"] = (
-        "categorical" if (is_categorical(ref, cur) if categorical is None else categorical)
+        "categorical"
+        if (is_categorical(ref, cur) if categorical is None else categorical)
         else "numeric"
     )
     n_ref, n_cur = int(ref.size), int(cur.size)
@@ -253,10 +255,21 @@ def feature_drift(
             statistic, p_value = ks_test(ref, cur)
             drifted = p_value < threshold
     return FeatureDrift(
-        name=name, kind=kind, method=method, statistic=statistic, p_value=p_value,
-        threshold=threshold, psi=psi_value, drifted=bool(drifted), n_reference=n_ref,
-        n_current=n_cur, reference_mean=_mean(ref), current_mean=_mean(cur), bins=bins,
-        reference_hist=ref_hist, current_hist=cur_hist,
+        name=name,
+        kind=kind,
+        method=method,
+        statistic=statistic,
+        p_value=p_value,
+        threshold=threshold,
+        psi=psi_value,
+        drifted=bool(drifted),
+        n_reference=n_ref,
+        n_current=n_cur,
+        reference_mean=_mean(ref),
+        current_mean=_mean(cur),
+        bins=bins,
+        reference_hist=ref_hist,
+        current_hist=cur_hist,
     )
 
 

@@ -53,15 +53,20 @@ class Warmup:
     def to_dict(self) -> dict[str, Any]:
         return {
             "origins": {k: None if v is None else v.isoformat() for k, v in self.origins.items()},
-            "reference_start": None if self.reference_start is None
+            "reference_start": None
+            if self.reference_start is None
             else self.reference_start.isoformat(),
             "unjudged": dict(sorted(self.unjudged.items())),
         }
 
 
-def assess(names: Iterable[str], features: FeatureSet, served_names: tuple[str, ...],
-           origins: Mapping[str, datetime | None],
-           reference_start: datetime | None) -> Warmup:
+def assess(
+    names: Iterable[str],
+    features: FeatureSet,
+    served_names: tuple[str, ...],
+    origins: Mapping[str, datetime | None],
+    reference_start: datetime | None,
+) -> Warmup:
     """The warm-up rule above over the inputs ``names`` (pure).
 
     >>> from datetime import UTC, timedelta
@@ -87,8 +92,12 @@ def assess(names: Iterable[str], features: FeatureSet, served_names: tuple[str, 
     return Warmup(dict(origins), reference_start, unjudged)
 
 
-def _not_full(source: str, features: FeatureSet, origins: Mapping[str, datetime | None],
-              reference_start: datetime | None) -> str | None:
+def _not_full(
+    source: str,
+    features: FeatureSet,
+    origins: Mapping[str, datetime | None],
+    reference_start: datetime | None,
+) -> str | None:
     feature = next((f for f in features if f.name == source), None)
     if feature is None:
         return None  # not a feature of this set: nothing known to fill up
@@ -106,15 +115,21 @@ def _not_full(source: str, features: FeatureSet, origins: Mapping[str, datetime 
         return f"{source}: the reference holds no payment yet"
     full_from = origin + feature.window
     if reference_start < full_from:
-        return (f"{source} fills up until {full_from.isoformat()} ({since} "
-                f"{origin.isoformat()}, window {feature.window}); the reference starts "
-                f"{reference_start.isoformat()}")
+        return (
+            f"{source} fills up until {full_from.isoformat()} ({since} "
+            f"{origin.isoformat()}, window {feature.window}); the reference starts "
+            f"{reference_start.isoformat()}"
+        )
     return None
 
 
-def read_origins(conn: Connection, namespace: str, features: FeatureSet,
-                 served_names: Iterable[str],
-                 known: Mapping[str, Any] | None = None) -> dict[str, datetime | None]:
+def read_origins(
+    conn: Connection,
+    namespace: str,
+    features: FeatureSet,
+    served_names: Iterable[str],
+    known: Mapping[str, Any] | None = None,
+) -> dict[str, datetime | None]:
     """The oldest event time of each table and column the served windowed features read, and
     when the namespace's first scored payment was created (``NAMESPACE``).
 
@@ -128,11 +143,14 @@ def read_origins(conn: Connection, namespace: str, features: FeatureSet,
     else:
         # the oldest labelled example, found through the (namespace, labelled_at) index; its
         # payment's creation time (event time), or when it was scored if the payment is gone
-        out[NAMESPACE] = conn.execute(text(
-            "SELECT coalesce(p.created_at, t.predicted_at) FROM (SELECT payment_id, "
-            "predicted_at FROM training_examples WHERE namespace = :ns ORDER BY labelled_at "
-            "LIMIT 1) AS t LEFT JOIN payments AS p ON p.payment_id = t.payment_id"),
-            {"ns": namespace}).scalar_one_or_none()
+        out[NAMESPACE] = conn.execute(
+            text(
+                "SELECT coalesce(p.created_at, t.predicted_at) FROM (SELECT payment_id, "
+                "predicted_at FROM training_examples WHERE namespace = :ns ORDER BY labelled_at "
+                "LIMIT 1) AS t LEFT JOIN payments AS p ON p.payment_id = t.payment_id"
+            ),
+            {"ns": namespace},
+        ).scalar_one_or_none()
     for f in features:
         if f.name not in wanted or f.window is None:
             continue
@@ -150,8 +168,9 @@ def read_origins(conn: Connection, namespace: str, features: FeatureSet,
     return out
 
 
-def reference_start(conn: Connection, payment_ids: list[int],
-                    predicted: Iterable[datetime] = ()) -> datetime | None:
+def reference_start(
+    conn: Connection, payment_ids: list[int], predicted: Iterable[datetime] = ()
+) -> datetime | None:
     """When the oldest payment of the reference window was created; when none of them is in
     ``payments`` any more (deleted), the earliest time one was scored (``predicted``: live, a
     payment is scored within moments of its commit). None: an empty reference."""
@@ -159,5 +178,6 @@ def reference_start(conn: Connection, payment_ids: list[int],
     if payment_ids:
         found = conn.execute(
             text("SELECT min(created_at) FROM payments WHERE payment_id = ANY(:ids)"),
-            {"ids": payment_ids}).scalar_one_or_none()
+            {"ids": payment_ids},
+        ).scalar_one_or_none()
     return found if found is not None else min(predicted, default=None)

@@ -103,8 +103,9 @@ class Window:
         }
 
 
-def reference_spec(champion: Champion | None, size: int,
-                   available: int | None = None) -> WindowSpec:
+def reference_spec(
+    champion: Champion | None, size: int, available: int | None = None
+) -> WindowSpec:
     """The reference rule above, as a spec (pure).
 
     ``available``: how many rows there are from the reference's start on (counted up to
@@ -121,10 +122,14 @@ def reference_spec(champion: Champion | None, size: int,
     >>> reference_spec(Champion("m1", t), 500, available=300).limit
     150
     """
-    if champion is not None and champion.retrain_start is not None \
-            and champion.retrain_end is not None:
-        return WindowSpec("retrain", champion.retrain_start, champion.retrain_end, size,
-                          newest=True)
+    if (
+        champion is not None
+        and champion.retrain_start is not None
+        and champion.retrain_end is not None
+    ):
+        return WindowSpec(
+            "retrain", champion.retrain_start, champion.retrain_end, size, newest=True
+        )
     limit = size if available is None or available >= 2 * size else max(available // 2, 1)
     if champion is None:
         return WindowSpec("first", None, None, limit, newest=False)
@@ -134,13 +139,16 @@ def reference_spec(champion: Champion | None, size: int,
 def count_from(conn: Connection, namespace: str, start: datetime | None, cap: int) -> int:
     """Rows labelled at or after ``start`` (all rows: None), counted up to ``cap``."""
     where = "namespace = :ns" + ("" if start is None else " AND labelled_at >= :start")
-    sql = (f"SELECT count(*) FROM (SELECT 1 FROM training_examples WHERE {where} "  # noqa: S608
-           "LIMIT :cap) AS t")
+    sql = (
+        f"SELECT count(*) FROM (SELECT 1 FROM training_examples WHERE {where} "  # noqa: S608
+        "LIMIT :cap) AS t"
+    )
     return int(conn.execute(text(sql), {"ns": namespace, "start": start, "cap": cap}).scalar_one())
 
 
-def current_spec(now: datetime, window_s: float, size: int,
-                 reference_end: datetime | None) -> WindowSpec:
+def current_spec(
+    now: datetime, window_s: float, size: int, reference_end: datetime | None
+) -> WindowSpec:
     """The newest ``size`` rows of the last ``window_s`` seconds, after the reference (pure)."""
     start = now - timedelta(seconds=window_s)
     start_open = False
@@ -151,16 +159,22 @@ def current_spec(now: datetime, window_s: float, size: int,
 
 def champion_of(conn: Connection, namespace: str) -> Champion | None:
     """The namespace's champion, with the data window of the retrain that promoted it."""
-    row = conn.execute(text(
-        "SELECT version, coalesce(promoted_at, created_at) AS since, metrics "
-        "FROM model_registry WHERE namespace = :ns AND status = 'champion'"
-    ), {"ns": namespace}).first()
+    row = conn.execute(
+        text(
+            "SELECT version, coalesce(promoted_at, created_at) AS since, metrics "
+            "FROM model_registry WHERE namespace = :ns AND status = 'champion'"
+        ),
+        {"ns": namespace},
+    ).first()
     if row is None:
         return None
-    retrain = conn.execute(text(
-        "SELECT data_start, data_end FROM retrains WHERE namespace = :ns "
-        "AND challenger_version = :v AND status = 'promoted' ORDER BY retrain_id DESC LIMIT 1"
-    ), {"ns": namespace, "v": row.version}).first()
+    retrain = conn.execute(
+        text(
+            "SELECT data_start, data_end FROM retrains WHERE namespace = :ns "
+            "AND challenger_version = :v AND status = 'promoted' ORDER BY retrain_id DESC LIMIT 1"
+        ),
+        {"ns": namespace, "v": row.version},
+    ).first()
     return Champion(
         version=row.version,
         since=row.since,
@@ -181,8 +195,10 @@ def load_window(conn: Connection, namespace: str, spec: WindowSpec) -> Window:
         where.append("labelled_at <= :end")
         params["end"] = spec.end
     order = "DESC" if spec.newest else "ASC"
-    head = ("SELECT payment_id, features, label, score, model_version, predicted_at, "
-            "labelled_at FROM training_examples")
+    head = (
+        "SELECT payment_id, features, label, score, model_version, predicted_at, "
+        "labelled_at FROM training_examples"
+    )
     cond = " AND ".join(where)
     tail = f"ORDER BY labelled_at {order}, payment_id {order} LIMIT :limit"
     # the fragments are fixed text; every value is a bound parameter
@@ -190,11 +206,22 @@ def load_window(conn: Connection, namespace: str, spec: WindowSpec) -> Window:
     rows = []
     for r in conn.execute(text(sql), params):
         if not isinstance(r.features, dict):
-            msg = (f"training_examples row {r.payment_id} of namespace {namespace!r} has "
-                   f"features of type {type(r.features).__name__}, expected a JSON object")
+            msg = (
+                f"training_examples row {r.payment_id} of namespace {namespace!r} has "
+                f"features of type {type(r.features).__name__}, expected a JSON object"
+            )
             raise DriftCheckError(msg)
-        rows.append(Example(int(r.payment_id), r.features, bool(r.label), float(r.score),
-                            r.model_version, r.predicted_at, r.labelled_at))
+        rows.append(
+            Example(
+                int(r.payment_id),
+                r.features,
+                bool(r.label),
+                float(r.score),
+                r.model_version,
+                r.predicted_at,
+                r.labelled_at,
+            )
+        )
     if spec.newest:
         rows.reverse()
     return Window(spec, rows)

@@ -32,7 +32,6 @@ __all__ = ["FOLD_MANY", "LOCAL", "MANY", "FoldRead"]
 LOCAL, MANY = 0, 1  # how a read folds: see ``FoldRead.way``
 
 
-
 def _spec(feature: Feature) -> str:
     """How FOLD_MANY reads a feature: a keyed kind is ``#`` and the name of its reducer (if
     any); a counter kind is its fields' parts, ``|``-separated, each followed by where it adds:

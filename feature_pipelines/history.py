@@ -37,8 +37,9 @@ def history_table(table: str) -> str:
 
 
 def _visible(alias: sql.Identifier) -> sql.Composable:
-    return sql.SQL("{a}._valid_from <= p._pos AND ({a}._valid_to IS NULL OR {a}._valid_to > p._pos)"
-                   ).format(a=alias)
+    return sql.SQL(
+        "{a}._valid_from <= p._pos AND ({a}._valid_to IS NULL OR {a}._valid_to > p._pos)"
+    ).format(a=alias)
 
 
 def _window(feature: Feature, column: sql.Composable) -> sql.Composable | None:
@@ -61,29 +62,40 @@ def _feature_lateral(feature: Feature, index: int, params: dict[str, Any]) -> sq
     where: list[sql.Composable] = [_visible(s)]
     entity_key = sql.SQL("p.{}").format(sql.Identifier(feature.entity.key))
     if feature.lookup is None:
-        where.append(sql.SQL("{}.{} = {}").format(s, sql.Identifier(feature.entity.key),
-                                                  entity_key))
+        where.append(
+            sql.SQL("{}.{} = {}").format(s, sql.Identifier(feature.entity.key), entity_key)
+        )
     else:
         lk = feature.lookup
         l_ = sql.Identifier("l")
         src = sql.SQL("{} JOIN {} AS {} ON {}.{} = {}.{} AND {}").format(
-            src, sql.Identifier(history_table(lk.table)), l_, l_, sql.Identifier(lk.key), s,
-            sql.Identifier(lk.column), _visible(l_),
+            src,
+            sql.Identifier(history_table(lk.table)),
+            l_,
+            l_,
+            sql.Identifier(lk.key),
+            s,
+            sql.Identifier(lk.column),
+            _visible(l_),
         )
         where.append(sql.SQL("{}.{} = {}").format(l_, sql.Identifier(lk.provides), entity_key))
     for j, cond in enumerate(feature.where):
         name = f"f{index}_c{j}"
         params[name] = cond.equals
-        where.append(sql.SQL("{}.{} = {}").format(s, sql.Identifier(cond.column),
-                                                  sql.Placeholder(name)))
+        where.append(
+            sql.SQL("{}.{} = {}").format(s, sql.Identifier(cond.column), sql.Placeholder(name))
+        )
     window = _window(feature, sql.SQL("{}.{}").format(s, sql.Identifier(feature.event_time)))
     if window is not None:
         where.append(window)
-    value = None if feature.value is None else sql.SQL("{}.{}").format(
-        s, sql.Identifier(feature.value))
+    value = (
+        None if feature.value is None else sql.SQL("{}.{}").format(s, sql.Identifier(feature.value))
+    )
     return sql.SQL("CROSS JOIN LATERAL (SELECT {m} FROM {src} WHERE {w}) AS {alias}").format(
-        m=kind_of(feature.agg).sql_measures(value), src=src,
-        w=sql.SQL(" AND ").join(where), alias=sql.Identifier(f"f{index}"),
+        m=kind_of(feature.agg).sql_measures(value),
+        src=src,
+        w=sql.SQL(" AND ").join(where),
+        alias=sql.Identifier(f"f{index}"),
     )
 
 
@@ -121,9 +133,13 @@ def as_of_query(
         "p AS (SELECT c._id, c._pos, c._t_us, fv.* FROM c CROSS JOIN LATERAL ({first}) AS fv) "
         "SELECT p._id{sep}{measures} FROM p {laterals} ORDER BY p._pos, p._id"
     ).format(
-        ids=sql.Placeholder("ids"), pos=sql.Placeholder("pos"), t=sql.Placeholder("t_us"),
-        first=first, sep=sql.SQL(", ") if measures else sql.SQL(""),
-        measures=sql.SQL(", ").join(measures), laterals=sql.SQL(" ").join(laterals),
+        ids=sql.Placeholder("ids"),
+        pos=sql.Placeholder("pos"),
+        t=sql.Placeholder("t_us"),
+        first=first,
+        sep=sql.SQL(", ") if measures else sql.SQL(""),
+        measures=sql.SQL(", ").join(measures),
+        laterals=sql.SQL(" ").join(laterals),
     )
     return query, params
 
@@ -132,6 +148,6 @@ def states_from_row(features: Sequence[Feature], row: Sequence[Any]) -> dict[str
     """A row of ``as_of_query`` (without its leading key) as each feature's ``State``."""
     out: dict[str, State] = {}
     for i, f in enumerate(features):
-        n, total, values = row[3 * i: 3 * i + 3]
+        n, total, values = row[3 * i : 3 * i + 3]
         out[f.name] = state_from_row(f, n, total, values)
     return out

@@ -150,9 +150,13 @@ def db_init() -> None:
 @db.command("prune")
 @click.option("--dry-run", is_flag=True, help="Show what would go; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--namespace", "namespaces", multiple=True,
-              help="Prune the count-kept tables of this namespace only (repeatable; default: "
-              "all). Example partitions are database-wide.")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Prune the count-kept tables of this namespace only (repeatable; default: "
+    "all). Example partitions are database-wide.",
+)
 @_friendly
 def db_prune(dry_run: bool, as_json: bool, namespaces: tuple[str, ...]) -> None:
     """Apply retention now (what the drift scheduler runs every retention_interval_s)."""
@@ -318,11 +322,19 @@ def features_list() -> None:
         users = services_using(SERVICES.values(), feature.name)
         click.echo(f"{describe(feature)} [services: {', '.join(users) or 'none'}]")
     for service in SERVICES.values():
-        marks = [m for m, on in (("default", service.name == DEFAULT_SERVICE),
-                                 ("chosen", service.name == chosen)) if on]
+        marks = [
+            m
+            for m, on in (
+                ("default", service.name == DEFAULT_SERVICE),
+                ("chosen", service.name == chosen),
+            )
+            if on
+        ]
         note = f" ({', '.join(marks)})" if marks else ""
-        click.echo(f"service {service.name}{note}: {len(service.features)} features over "
-                   f"{', '.join(service.tables())}. {service.description}")
+        click.echo(
+            f"service {service.name}{note}: {len(service.features)} features over "
+            f"{', '.join(service.tables())}. {service.description}"
+        )
 
 
 @features.command("get")
@@ -345,11 +357,22 @@ def features_get(entity: str, key: str) -> None:
 
 @features.command("verify")
 @click.option("--sample", type=int, default=None, help="Check a random sample of N entities.")
-@click.option("--wait", "wait_s", type=float, default=10.0, show_default=True,
-              help="Seconds to let the pipeline catch up before reporting mismatches.")
-@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
-              default=None, help="Compare at this instant (UTC unless it has an offset; "
-              "default: now), e.g. the event-time watermark of a replay or simulation.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to let the pipeline catch up before reporting mismatches.",
+)
+@click.option(
+    "--at",
+    "at",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="Compare at this instant (UTC unless it has an offset; "
+    "default: now), e.g. the event-time watermark of a replay or simulation.",
+)
 @_friendly
 def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> None:
     """Compare online values with the SQL oracle; exit 1 on any mismatch."""
@@ -358,8 +381,9 @@ def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> N
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     settings = _settings()
-    report = verify_until_clean(settings.postgres_conninfo(), _store(), wait_s=wait_s,
-                                sample=sample, at=at)
+    report = verify_until_clean(
+        settings.postgres_conninfo(), _store(), wait_s=wait_s, sample=sample, at=at
+    )
     for m in report.mismatches[:200]:
         click.echo(f"MISMATCH {m.entity} {m.key} {m.feature}: online={m.online} sql={m.oracle}")
     kinds = ", ".join(f"{n} {kind}" for kind, n in report.by_entity.items())
@@ -372,8 +396,12 @@ def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> N
 
 
 @features.command("run")
-@click.option("--stats-json", type=click.Path(dir_okay=False), default=None,
-              help="Write counts and commit->visible lag percentiles here on exit.")
+@click.option(
+    "--stats-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write counts and commit->visible lag percentiles here on exit.",
+)
 @_friendly
 def features_run(stats_json: str | None) -> None:
     """Run the feature pipeline until Ctrl-C / SIGTERM."""
@@ -385,14 +413,19 @@ def features_run(stats_json: str | None) -> None:
         from pathlib import Path
 
         Path(stats_json).write_text(json.dumps(stats.summary()))
-    click.echo(f"[features] stopped: {stats.applied} applied, {stats.duplicates} duplicates, "
-               f"{stats.dead_lettered} dead-lettered")
+    click.echo(
+        f"[features] stopped: {stats.applied} applied, {stats.duplicates} duplicates, "
+        f"{stats.dead_lettered} dead-lettered"
+    )
 
 
 @features.command("rebuild")
-@click.option("--reset-connector", is_flag=True,
-              help="Also make the connector forget its offsets and snapshot the live database "
-              "again (after the source database was replaced or restored).")
+@click.option(
+    "--reset-connector",
+    is_flag=True,
+    help="Also make the connector forget its offsets and snapshot the live database "
+    "again (after the source database was replaced or restored).",
+)
 @_friendly
 def features_rebuild(reset_connector: bool) -> None:
     """Drop the namespace's features and positions and start it again from the live database
@@ -400,8 +433,9 @@ def features_rebuild(reset_connector: bool) -> None:
     from feature_pipelines import SAMPLE_FEATURES
     from feature_pipelines.source import rebuild_namespace
 
-    rebuild_namespace(_settings(), SAMPLE_FEATURES, reset_connector=reset_connector,
-                      echo=click.echo)
+    rebuild_namespace(
+        _settings(), SAMPLE_FEATURES, reset_connector=reset_connector, echo=click.echo
+    )
 
 
 # ---- learn ----------------------------------------------------------------------------------
@@ -417,8 +451,10 @@ def learn_run() -> None:
     from online_learning import run_learner
 
     counts = run_learner(_settings())
-    click.echo(f"[learn] stopped: {counts.predictions} predictions, {counts.outcomes} outcomes, "
-               f"{counts.dead_lettered} dead-lettered, {counts.checkpoints} checkpoints")
+    click.echo(
+        f"[learn] stopped: {counts.predictions} predictions, {counts.outcomes} outcomes, "
+        f"{counts.dead_lettered} dead-lettered, {counts.checkpoints} checkpoints"
+    )
 
 
 @learn.command("serve")
@@ -449,13 +485,19 @@ def learn_status(as_json: bool) -> None:
         return
     m = status.get("metrics", {})
     click.echo(f"checkpoint      {status['checkpoint_id']} at {status['checkpoint_at']}")
-    click.echo(f"model           {status['model_version']} (champion {status['champion']}, "
-               f"{status['model_learned']} learned)")
-    click.echo(f"examples        {status['counts'].get('learned', 0)} learned, "
-               f"{status['training_examples']} in training_examples")
-    click.echo(f"metrics         roc_auc={m.get('roc_auc')} log_loss={m.get('log_loss')} "
-               f"rolling_roc_auc={m.get('rolling_roc_auc')} "
-               f"rolling_log_loss={m.get('rolling_log_loss')}")
+    click.echo(
+        f"model           {status['model_version']} (champion {status['champion']}, "
+        f"{status['model_learned']} learned)"
+    )
+    click.echo(
+        f"examples        {status['counts'].get('learned', 0)} learned, "
+        f"{status['training_examples']} in training_examples"
+    )
+    click.echo(
+        f"metrics         roc_auc={m.get('roc_auc')} log_loss={m.get('log_loss')} "
+        f"rolling_roc_auc={m.get('rolling_roc_auc')} "
+        f"rolling_log_loss={m.get('rolling_log_loss')}"
+    )
     click.echo(f"join backlog    {status['backlog']}")
     click.echo(f"drift alarms    {len(status.get('drift_alarms', []))}")
     click.echo(f"service         {status.get('service', {})}")
@@ -487,8 +529,13 @@ def config() -> None:
 
 
 @config.command("reference")
-@click.option("--write", "write_to", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Replace the generated table in this markdown file (e.g. README.md).")
+@click.option(
+    "--write",
+    "write_to",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Replace the generated table in this markdown file (e.g. README.md).",
+)
 @_friendly
 def config_reference(write_to: str | None) -> None:
     """Print the configuration reference (markdown), or refresh it in a file."""
@@ -505,8 +552,12 @@ def config_reference(write_to: str | None) -> None:
 
 # ---- retrain --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--reason", default="manual retrain", show_default=True,
-              help="Why, as recorded in the retrains table.")
+@click.option(
+    "--reason",
+    default="manual retrain",
+    show_default=True,
+    help="Why, as recorded in the retrains table.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_friendly
 def retrain(reason: str, as_json: bool) -> None:
@@ -517,8 +568,11 @@ def retrain(reason: str, as_json: bool) -> None:
 
     def show(progress: dict[str, Any]) -> None:
         extra = f" ({progress['learned']}/{progress['of']})" if "learned" in progress else ""
-        click.echo(f"[retrain] {progress['retrain_id']}: {progress['phase']:<11} "
-                   f"{progress['pct']:5.1f}%{extra}", err=True)
+        click.echo(
+            f"[retrain] {progress['retrain_id']}: {progress['phase']:<11} "
+            f"{progress['pct']:5.1f}%{extra}",
+            err=True,
+        )
 
     result = run_retrain(_settings(), trigger="manual", reason=reason, on_progress=show)
     if as_json:
@@ -526,30 +580,52 @@ def retrain(reason: str, as_json: bool) -> None:
         return
     champ, chall = result.champion_metrics, result.challenger_metrics
     click.echo(f"retrain {result.retrain_id}: {result.status.upper()} - {result.detail}")
-    click.echo(f"data      {result.n_train} train + {result.n_holdout} holdout, labelled "
-               f"{result.data_start} .. {result.data_end}")
-    click.echo(f"champion   {result.champion_version}: roc_auc={champ.get('roc_auc')} "
-               f"log_loss={champ.get('log_loss')}")
-    click.echo(f"challenger {result.challenger_version}: roc_auc={chall.get('roc_auc')} "
-               f"log_loss={chall.get('log_loss')}")
+    click.echo(
+        f"data      {result.n_train} train + {result.n_holdout} holdout, labelled "
+        f"{result.data_start} .. {result.data_end}"
+    )
+    click.echo(
+        f"champion   {result.champion_version}: roc_auc={champ.get('roc_auc')} "
+        f"log_loss={champ.get('log_loss')}"
+    )
+    click.echo(
+        f"challenger {result.challenger_version}: roc_auc={chall.get('roc_auc')} "
+        f"log_loss={chall.get('log_loss')}"
+    )
 
 
 # ---- point-in-time training sets -------------------------------------------------------------
-_WHEN = click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S",
-                        "%Y-%m-%d"])
+_WHEN = click.DateTime(
+    ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]
+)
 
 
 @cli.command("training-set")
-@click.option("--from", "t1", type=_WHEN, required=True,
-              help="First commit time included (UTC unless it has an offset).")
-@click.option("--to", "t2", type=_WHEN, required=True, help="Commit time where the set ends "
-              "(excluded).")
-@click.option("--service", default=None,
-              help="Feature service whose vector to build [default: FRESHLOOP_FEATURE_SERVICE].")
-@click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
-              help="Parquet file to write.")
-@click.option("--chunk", default=2000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Payments per statement and per row group.")
+@click.option(
+    "--from",
+    "t1",
+    type=_WHEN,
+    required=True,
+    help="First commit time included (UTC unless it has an offset).",
+)
+@click.option(
+    "--to", "t2", type=_WHEN, required=True, help="Commit time where the set ends (excluded)."
+)
+@click.option(
+    "--service",
+    default=None,
+    help="Feature service whose vector to build [default: FRESHLOOP_FEATURE_SERVICE].",
+)
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write."
+)
+@click.option(
+    "--chunk",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Payments per statement and per row group.",
+)
 @_friendly
 def training_set(t1: datetime, t2: datetime, service: str | None, out: str, chunk: int) -> None:
     """Each payment committed in [--from, --to): its vector as of its commit, and its label."""
@@ -557,14 +633,22 @@ def training_set(t1: datetime, t2: datetime, service: str | None, out: str, chun
 
     t1, t2 = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (t1, t2))
     report = build_training_set(
-        _settings(), t1, t2, out, service=service, chunk=chunk,
-        on_chunk=lambda r: click.echo(f"[training-set] {r.rows} payments, "
-                                      f"{r.rows_per_s:,.0f}/s", err=True),
+        _settings(),
+        t1,
+        t2,
+        out,
+        service=service,
+        chunk=chunk,
+        on_chunk=lambda r: click.echo(
+            f"[training-set] {r.rows} payments, {r.rows_per_s:,.0f}/s", err=True
+        ),
     )
     labels = ", ".join(f"{k} {v}" for k, v in sorted(report.labels.items())) or "none"
-    click.echo(f"[training-set] {report.rows} payments of service {report.service} in "
-               f"{report.seconds:.1f}s ({report.rows_per_s:,.0f}/s) -> {report.path}; "
-               f"labels: {labels}")
+    click.echo(
+        f"[training-set] {report.rows} payments of service {report.service} in "
+        f"{report.seconds:.1f}s ({report.rows_per_s:,.0f}/s) -> {report.path}; "
+        f"labels: {labels}"
+    )
 
 
 # ---- simulate and demo ----------------------------------------------------------------------
@@ -579,17 +663,24 @@ def training_set(t1: datetime, t2: datetime, service: str | None, out: str, chun
 @click.option("--customers", default=300, show_default=True)
 @click.option("--merchants", default=60, show_default=True)
 @click.option(
-    "--time-scale", default=None, type=click.FloatRange(min=0, min_open=True),
+    "--time-scale",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
     help="Event seconds per wall second (3600: a wall second is an hour of created_at and "
     "reported_at; the span ends now). Delays and --drift-at are then in event seconds; "
     "--rate and --duration stay wall seconds. [default: event time is the wall clock]",
 )
 @click.option(
-    "--outcome-share", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+    "--outcome-share",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
     help="Share of payments whose outcome is reported (the rest reach the label horizon).",
 )
 @click.option(
-    "--label-delay-spread", default="around", show_default=True,
+    "--label-delay-spread",
+    default="around",
+    show_default=True,
     type=click.Choice(["around", "uniform"]),
     help="around: delays of 0.5-1.5x --label-delay; uniform: anywhere in [0, --label-delay).",
 )
@@ -647,11 +738,17 @@ def _echo_clock(clock: EventClock | None, _started: float) -> None:
 )
 @click.option("--no-drift", is_flag=True, help="Keep the fraud pattern the same all along.")
 @click.option(
-    "--linger", default=0.0, show_default=True,
+    "--linger",
+    default=0.0,
+    show_default=True,
     help="Seconds to keep serving (dashboard, API) after the writes end.",
 )
-@click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
-              help="Also write the summary as JSON to this file.")
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the summary as JSON to this file.",
+)
 @_friendly
 def demo(
     rate: float,

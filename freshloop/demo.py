@@ -52,8 +52,13 @@ DEMO_WORKLOAD = WorkloadConfig(
     # after the drift, fraud looks like card testing: small amounts the champion never saw
     drift_fraud_amount=(5.0, 60.0),
 )
-_LEARNING_TABLES = ("retrains", "drift_reports", "training_examples", "learner_checkpoints",
-                    "model_registry")
+_LEARNING_TABLES = (
+    "retrains",
+    "drift_reports",
+    "training_examples",
+    "learner_checkpoints",
+    "model_registry",
+)
 
 
 @dataclass
@@ -272,8 +277,9 @@ def _run(
     writer = threading.Thread(target=write, name="simulate", daemon=True)
     writer.start()
     try:
-        with Live(_view(service.snapshot(), None, "writing"), console=console,
-                  refresh_per_second=2) as live:
+        with Live(
+            _view(service.snapshot(), None, "writing"), console=console, refresh_per_second=2
+        ) as live:
             while writer.is_alive():
                 time.sleep(0.5)
                 live.update(_view(service.snapshot(), state["report"], "writing"))
@@ -290,8 +296,10 @@ def _run(
         settings.redis_conninfo("reader"), SCORING_FEATURES, settings.namespace
     )
     # The demo's entities (other writers may share the database: their rows are not ours to judge)
-    only = {"customer": list(range(1, DEMO_WORKLOAD.customers + 1)),
-            "merchant": list(range(1, DEMO_WORKLOAD.merchants + 1))}
+    only = {
+        "customer": list(range(1, DEMO_WORKLOAD.customers + 1)),
+        "merchant": list(range(1, DEMO_WORKLOAD.merchants + 1)),
+    }
     check = verify_until_clean(settings.postgres_conninfo(), store, wait_s=30, only=only)
     dashboard = service.api_url
     service.stop()

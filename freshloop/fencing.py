@@ -183,7 +183,11 @@ class Ownership:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 log.warning(
                     "lock_session_lost role=%s namespace=%s epoch=%d error=%s: taking it back "
-                    "unless another copy took over", self.role, self.ns, self.epoch, first,
+                    "unless another copy took over",
+                    self.role,
+                    self.ns,
+                    self.epoch,
+                    first,
                 )
             else:
                 now = None if row is None else int(row[0])
@@ -212,7 +216,10 @@ class Ownership:
         self._conn, old, self.epoch = conn, self.epoch, int(row[0])
         log.warning(
             "lock_session_taken_back role=%s namespace=%s epoch=%d->%d: no other copy took over",
-            self.role, self.ns, old, self.epoch,
+            self.role,
+            self.ns,
+            old,
+            self.epoch,
         )
 
     def _fenced(self, why: str) -> FencedError:

@@ -142,7 +142,12 @@ def retry(
             delay = backoff_delay(attempt, base_s, cap_s, jitter=random.random() * 0.2)  # noqa: S311
             log.warning(
                 "dependency_unavailable component=%s dependency=%s attempt=%d retry_in_s=%.2f "
-                "error=%s", component, dependency, attempt + 1, delay, _one_line(exc),
+                "error=%s",
+                component,
+                dependency,
+                attempt + 1,
+                delay,
+                _one_line(exc),
             )
             attempt += 1
             if stop.wait(delay):
@@ -153,7 +158,10 @@ def retry(
         if ended is not None:
             log.warning(
                 "dependency_recovered component=%s dependency=%s after_s=%.1f errors=%d",
-                component, dependency, time.time() - ended.since, ended.errors,
+                component,
+                dependency,
+                time.time() - ended.since,
+                ended.errors,
             )
         return result
 

@@ -31,15 +31,19 @@ def _saslprep(password: str) -> bytes:
     if password.isascii():
         return raw
     mapped = "".join(
-        " " if stringprep.in_table_c12(c) else c
-        for c in password
-        if not stringprep.in_table_b1(c)
+        " " if stringprep.in_table_c12(c) else c for c in password if not stringprep.in_table_b1(c)
     )
     text = unicodedata.normalize("NFKC", mapped)
     prohibited = (
-        stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
-        stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
-        stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
+        stringprep.in_table_c12,
+        stringprep.in_table_c21_c22,
+        stringprep.in_table_c3,
+        stringprep.in_table_c4,
+        stringprep.in_table_c5,
+        stringprep.in_table_c6,
+        stringprep.in_table_c7,
+        stringprep.in_table_c8,
+        stringprep.in_table_c9,
         stringprep.in_table_a1,
     )
     if not text or any(check(c) for c in text for check in prohibited):

@@ -118,7 +118,9 @@ class Service:
         """A part is gone: say which and why, and stop the others (``run_forever`` raises)."""
         log.error(
             "thread_died thread=%s error=%s: stopping the service (it exits non-zero)",
-            name, error, exc_info=exc,
+            name,
+            error,
+            exc_info=exc,
         )
         self.errors.append(f"{name}: {error}")
         if self.failure is None:

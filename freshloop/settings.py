@@ -61,9 +61,7 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(
         default=9093, ge=1, le=65535, description="KRaft controller port of the local broker."
     )
-    connect_url: str = Field(
-        default="http://127.0.0.1:8083", description="Kafka Connect REST API."
-    )
+    connect_url: str = Field(default="http://127.0.0.1:8083", description="Kafka Connect REST API.")
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Redis holding features and predictions; the pipeline, learner and "
@@ -128,25 +126,35 @@ class Settings(BaseSettings):
         "taken as a loss and the features are rebuilt. Off: such a Redis is refused at start-up.",
     )
     loss_check_samples: int = Field(
-        default=16, ge=0, le=10_000,
+        default=16,
+        ge=0,
+        le=10_000,
         description="Row states drawn from each assigned partition's expiry index every few "
         "seconds to check they still exist (a loss found starts the rebuild; 0: off).",
     )
     metrics_port: int = Field(
-        default=9464, ge=0, le=65535,
+        default=9464,
+        ge=0,
+        le=65535,
         description="Prometheus metrics of 'features run' on stack_bind (0: off).",
     )
     stats_interval_s: float = Field(
-        default=1.0, gt=0, le=60,
+        default=1.0,
+        gt=0,
+        le=60,
         description="How often each feature pipeline writes its live stats hash to Redis "
         "(<namespace>:stats:pipeline:<consumer>).",
     )
     stats_ttl_s: int = Field(
-        default=60, ge=2, le=3600,
+        default=60,
+        ge=2,
+        le=3600,
         description="Expiry of a pipeline's live stats hash (a dead consumer vanishes after it).",
     )
     row_cache_rows: int = Field(
-        default=100_000, ge=0, le=10_000_000,
+        default=100_000,
+        ge=0,
+        le=10_000_000,
         description="Row states each feature pipeline keeps in memory after writing them, so a "
         "live batch is planned without reading them back from Redis (0: read every batch's rows).",
     )
@@ -175,7 +183,9 @@ class Settings(BaseSettings):
         description="Address 'api serve' listens on (loopback; 0.0.0.0 only inside a container).",
     )
     api_port: int = Field(
-        default=8000, ge=0, le=65535,
+        default=8000,
+        ge=0,
+        le=65535,
         description="Port of the HTTP API and dashboard (0: any free port).",
     )
     api_anonymous: bool = Field(
@@ -185,7 +195,9 @@ class Settings(BaseSettings):
         "needs a token ('freshloop api token create').",
     )
     api_token_cache_s: float = Field(
-        default=30.0, ge=0, le=3600,
+        default=30.0,
+        ge=0,
+        le=3600,
         description="How long the API trusts a token it verified without asking Postgres "
         "again: a revoked token keeps working at most this long (0: check every request).",
     )
@@ -211,7 +223,8 @@ class Settings(BaseSettings):
         description="River pipeline of a new model: dotted paths joined by '|'.",
     )
     feature_service: str = Field(
-        default="fraud", pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        default="fraud",
+        pattern=r"^[a-z][a-z0-9_]{0,62}$",
         description="Feature service whose features the model reads (scorer, learner, drift, "
         "retrain); 'freshloop features list' shows the services.",
     )
@@ -249,11 +262,13 @@ class Settings(BaseSettings):
         default=60.0, ge=1.0, description="Seconds between scheduled drift checks."
     )
     drift_misfire_grace_s: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description="A check that could not start this many seconds after its time is skipped.",
     )
     drift_reference_size: int = Field(
-        default=2000, ge=10,
+        default=2000,
+        ge=10,
         description="Rows of the reference window: the champion's retrain window (newest rows) "
         "or, without one, the first rows labelled after the champion was promoted.",
     )
@@ -264,44 +279,55 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="...labelled within the last this many seconds."
     )
     drift_min_samples: int = Field(
-        default=100, ge=2,
+        default=100,
+        ge=2,
         description="Fewer rows in either window: the report says insufficient_data.",
     )
     drift_large_sample: int = Field(
-        default=1000, ge=2,
+        default=1000,
+        ge=2,
         description="From this many rows in the smaller window features are judged by effect "
         "size (PSI, Jensen-Shannon) instead of a p-value (KS, chi-square).",
     )
     drift_p_value: float = Field(
-        default=0.01, gt=0, lt=1,
+        default=0.01,
+        gt=0,
+        lt=1,
         description="KS / chi-square p-value below which a feature drifted (smaller windows).",
     )
     drift_psi_threshold: float = Field(
         default=0.2, gt=0, description="PSI at or above which a numeric feature drifted."
     )
     drift_js_threshold: float = Field(
-        default=0.1, gt=0, le=1,
+        default=0.1,
+        gt=0,
+        le=1,
         description="Jensen-Shannon distance at or above which a categorical feature drifted.",
     )
     drift_psi_bins: int = Field(
         default=10, ge=2, le=100, description="Quantile bins of the reference for PSI."
     )
     drift_quality_mostly: float = Field(
-        default=0.99, gt=0, le=1,
+        default=0.99,
+        gt=0,
+        le=1,
         description="Data quality: share of current values that must lie in the range.",
     )
     drift_quality_mean_sd: float = Field(
-        default=1.0, gt=0,
+        default=1.0,
+        gt=0,
         description="Data quality: a feature's current mean must lie within this many "
         "reference standard deviations of the reference mean.",
     )
     drift_stale_sample: int = Field(
-        default=50, ge=0,
+        default=50,
+        ge=0,
         description="Freshness: recently active customers checked against the SQL oracle "
         "(0: skip).",
     )
     drift_stale_recheck_s: float = Field(
-        default=1.0, ge=0,
+        default=1.0,
+        ge=0,
         description="Freshness: an entity is stale when it still differs this long later.",
     )
     drift_ignore_features: str = Field(
@@ -319,77 +345,96 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Previous reports shown in a report's over-time charts."
     )
     retrain_drift_share: float = Field(
-        default=0.5, gt=0, le=1,
+        default=0.5,
+        gt=0,
+        le=1,
         description="Policy: retrain when this share of features (or more) drifted.",
     )
     retrain_on_concept_alarm: bool = Field(
         default=True, description="Policy: retrain on a new concept-drift (ADWIN) alarm."
     )
     retrain_auc_drop: float = Field(
-        default=0.05, gt=0, le=1,
+        default=0.05,
+        gt=0,
+        le=1,
         description="Policy: retrain when ROC AUC fell this much (or more) below its baseline.",
     )
     retrain_cooldown_s: float = Field(
-        default=600.0, ge=0,
+        default=600.0,
+        ge=0,
         description="Policy: no policy retrain sooner than this after the previous one started.",
     )
     retrain_min_examples: int = Field(
-        default=200, ge=20,
+        default=200,
+        ge=20,
         description="A retrain needs at least this many labelled examples in its window.",
     )
     retrain_window_s: float = Field(
-        default=86_400.0, gt=0,
+        default=86_400.0,
+        gt=0,
         description="A retrain reads the examples labelled in the last this many seconds.",
     )
     retrain_max_examples: int = Field(
         default=50_000, ge=20, description="A retrain reads at most this many (the newest)."
     )
     retrain_holdout_share: float = Field(
-        default=0.25, gt=0, lt=1,
+        default=0.25,
+        gt=0,
+        lt=1,
         description="Newest share of the window held out to compare challenger and champion.",
     )
     retrain_epochs: int = Field(
         default=3, ge=1, le=100, description="Passes of the challenger over its training slice."
     )
     retrain_promote_margin: float = Field(
-        default=0.01, ge=0, le=1,
+        default=0.01,
+        ge=0,
+        le=1,
         description="Promote only when the challenger's ROC AUC beats the champion's by this.",
     )
     retrain_log_loss_tolerance: float = Field(
-        default=0.05, ge=0,
+        default=0.05,
+        ge=0,
         description="Promote only when the challenger's log loss is at most this much worse.",
     )
     retrain_stale_after_s: float = Field(
-        default=1800.0, gt=0,
+        default=1800.0,
+        gt=0,
         description="A 'running' retrain without progress for this long is marked failed.",
     )
 
     # ---- retention (``freshloop db prune``, scheduled by ``freshloop drift run``) ------------
     retention_examples_days: int = Field(
-        default=30, ge=1,
+        default=30,
+        ge=1,
         description="Training examples are kept this many days of event time before the newest "
         "one (whole UTC days are dropped; drift reference windows and running retrains kept).",
     )
     retention_partitions_ahead_days: int = Field(
-        default=2, ge=0, le=60,
+        default=2,
+        ge=0,
+        le=60,
         description="Day partitions of training examples created ahead of the newest one.",
     )
     retention_drift_reports_keep: int = Field(
         default=1000, ge=1, description="Newest drift reports (with their HTML) kept per namespace."
     )
     retention_retrains_keep: int = Field(
-        default=500, ge=1,
+        default=500,
+        ge=1,
         description="Newest retrains kept per namespace (running ones and the champion's too).",
     )
     retention_models_keep: int = Field(
-        default=10, ge=1,
+        default=10,
+        ge=1,
         description="Newest model versions kept per namespace, besides the champion.",
     )
     retention_checkpoints_keep: int = Field(
         default=5, ge=1, description="Newest learner checkpoints kept per namespace."
     )
     retention_interval_s: float = Field(
-        default=3600.0, ge=10,
+        default=3600.0,
+        ge=10,
         description="Seconds between scheduled prunes of the drift scheduler.",
     )
     wal_keep_size: str = Field(
@@ -398,7 +443,8 @@ class Settings(BaseSettings):
         "slot may hold before Postgres invalidates the slot (-1: unbounded).",
     )
     wal_warning_bytes: int = Field(
-        default=512 * 1024 * 1024, ge=1,
+        default=512 * 1024 * 1024,
+        ge=1,
         description="Health and metrics raise an alarm when the connector's slot retains more "
         "WAL than this (bytes).",
     )
@@ -418,8 +464,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_wal_keep_size(cls, value: str) -> str:
         if not _PG_SIZE.match(value):
-            msg = (f"wal_keep_size {value!r} is not a Postgres size: write e.g. 1GB, 512MB or -1 "
-                   "(set FRESHLOOP_WAL_KEEP_SIZE)")
+            msg = (
+                f"wal_keep_size {value!r} is not a Postgres size: write e.g. 1GB, 512MB or -1 "
+                "(set FRESHLOOP_WAL_KEEP_SIZE)"
+            )
             raise ValueError(msg)
         return value
 

@@ -36,8 +36,9 @@ class SlotState:
         return asdict(self)
 
 
-def slot_alarm(slot: str, retained_bytes: int, wal_status: str | None,
-               warning_bytes: int) -> str | None:
+def slot_alarm(
+    slot: str, retained_bytes: int, wal_status: str | None, warning_bytes: int
+) -> str | None:
     """The alarm sentence for a slot's state, or None when all is well (pure).
 
     >>> slot_alarm("s", 10, "reserved", 100) is None
@@ -46,14 +47,20 @@ def slot_alarm(slot: str, retained_bytes: int, wal_status: str | None,
     'replication slot s was lost:'
     """
     if wal_status == "lost":
-        return (f"replication slot {slot} was lost: WAL it needed passed max_slot_wal_keep_size "
-                "and was removed; the connector needs a new snapshot")
+        return (
+            f"replication slot {slot} was lost: WAL it needed passed max_slot_wal_keep_size "
+            "and was removed; the connector needs a new snapshot"
+        )
     if wal_status == "unreserved":
-        return (f"replication slot {slot} is about to be lost: it holds more WAL than "
-                "max_slot_wal_keep_size allows; restart the connector now")
+        return (
+            f"replication slot {slot} is about to be lost: it holds more WAL than "
+            "max_slot_wal_keep_size allows; restart the connector now"
+        )
     if retained_bytes >= warning_bytes:
-        return (f"replication slot {slot} retains {retained_bytes} bytes of WAL (warning at "
-                f"{warning_bytes}): the connector is down or behind")
+        return (
+            f"replication slot {slot} retains {retained_bytes} bytes of WAL (warning at "
+            f"{warning_bytes}): the connector is down or behind"
+        )
     return None
 
 
@@ -61,11 +68,14 @@ def read_slot(conn: Connection, settings: Settings) -> SlotState:
     """The connector slot's state, with its alarm (read-only; any role may run it)."""
     name = settings.slot_name
     keep = str(conn.execute(text("SHOW max_slot_wal_keep_size")).scalar_one())
-    row = conn.execute(text(
-        "SELECT active, wal_status, safe_wal_size, "
-        "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0) AS retained "
-        "FROM pg_replication_slots WHERE slot_name = :name"
-    ), {"name": name}).first()
+    row = conn.execute(
+        text(
+            "SELECT active, wal_status, safe_wal_size, "
+            "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0) AS retained "
+            "FROM pg_replication_slots WHERE slot_name = :name"
+        ),
+        {"name": name},
+    ).first()
     if row is None:
         return SlotState(name, exists=False, max_slot_wal_keep_size=keep)
     retained = int(row.retained)

@@ -145,7 +145,11 @@ class CheckpointStore:
             )
         log.info(
             "checkpoint written namespace=%s id=%d examples=%d learned=%d model=%s",
-            self.ns, checkpoint_id, len(examples), learner.model.n_learned, learner.model.version,
+            self.ns,
+            checkpoint_id,
+            len(examples),
+            learner.model.n_learned,
+            learner.model.version,
         )
         return checkpoint_id
 
@@ -198,9 +202,7 @@ class CheckpointStore:
         """The model of one checkpoint (what a scorer serves)."""
         with self.engine.connect() as conn:
             blob = conn.execute(
-                select(CHECKPOINTS.c.model_blob).where(
-                    CHECKPOINTS.c.checkpoint_id == checkpoint_id
-                )
+                select(CHECKPOINTS.c.model_blob).where(CHECKPOINTS.c.checkpoint_id == checkpoint_id)
             ).scalar_one()
         return OnlineModel.from_bytes(bytes(blob), self._key)
 

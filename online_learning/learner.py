@@ -133,9 +133,7 @@ class OnlineLearner:
             "model_learned": self.model.n_learned,
             "counts": dict(self._counts),
             "backlog": {**self.join.backlog(), **self.stream.backlog()},
-            "join": {
-                k: v + self.stream.counts()[k] for k, v in self.join.counts().items()
-            },
+            "join": {k: v + self.stream.counts()[k] for k, v in self.join.counts().items()},
             "watermark": None if wm is None else wm.isoformat(),
             "metrics": self.metrics.report(),
             "drift_alarms": list(self.drift.alarms),

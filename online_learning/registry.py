@@ -67,8 +67,9 @@ class ModelRegistry:
                     metrics=metrics or {},
                 )
             )
-        log.info("model registered namespace=%s version=%s status=%s", self.ns, model.version,
-                 status)
+        log.info(
+            "model registered namespace=%s version=%s status=%s", self.ns, model.version, status
+        )
         return model.version
 
     def promote(self, version: str) -> ChampionRef:

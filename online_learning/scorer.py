@@ -183,8 +183,11 @@ class Scorer:
             )
         pipe.execute()
         retry(
-            self._flush, component=_COMPONENT, dependency="kafka",
-            errors=(PredictionsNotAcknowledged,), stop=self.stop,
+            self._flush,
+            component=_COMPONENT,
+            dependency="kafka",
+            errors=(PredictionsNotAcknowledged,),
+            stop=self.stop,
         )
         self.stats.scored += len(predictions)
         return predictions
@@ -198,8 +201,11 @@ class Scorer:
             last = self.source.last
             if last is None:
                 return retry(
-                    self.source.current, component=_COMPONENT, dependency="postgres",
-                    errors=POSTGRES_DOWN, stop=self.stop,
+                    self.source.current,
+                    component=_COMPONENT,
+                    dependency="postgres",
+                    errors=POSTGRES_DOWN,
+                    stop=self.stop,
                 )
             if HEALTH.degraded(_COMPONENT, "postgres", exc):
                 log.warning(

@@ -205,12 +205,17 @@ class LearnerService:
                 self._swap(champion)
             log.info(
                 "restored namespace=%s checkpoint=%d learned=%d offsets=%s",
-                self.ns, checkpoint.ref.checkpoint_id, self.learner.model.n_learned, self.offsets,
+                self.ns,
+                checkpoint.ref.checkpoint_id,
+                self.learner.model.n_learned,
+                self.offsets,
             )
         else:
             model = self.registry.load(champion.version)
             self.learner = OnlineLearner(
-                model, self._key, self.join_config,
+                model,
+                self._key,
+                self.join_config,
                 served_names=feature_service(self.settings).features,
             )
             self._champion = champion
@@ -297,7 +302,9 @@ class LearnerService:
         if found:
             log.warning(
                 "logged predictions lost from redis: %d open ones put back from the topic, "
-                "%d parked outcomes joined", len(found), len(waiting),
+                "%d parked outcomes joined",
+                len(found),
+                len(waiting),
             )
         return len(found)
 
@@ -391,7 +398,8 @@ class LearnerService:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                     log.warning(
                         "postgres_unreachable component=learner error=%s: retrying in %.1f s",
-                        first, delay,
+                        first,
+                        delay,
                     )
                     next_poll = min(next_poll, time.monotonic() + delay)
                     self.stop.wait(delay)
@@ -402,8 +410,11 @@ class LearnerService:
                         log.warning("postgres_recovered component=learner")
             self.checkpoint()
         except DependencyRetryStopped as exc:
-            log.warning("learner stopped without a checkpoint (%s): work since the last one is "
-                        "redone on restart", exc)
+            log.warning(
+                "learner stopped without a checkpoint (%s): work since the last one is "
+                "redone on restart",
+                exc,
+            )
         except FencedError as exc:
             log.error("learner_fenced namespace=%s: %s", self.ns, exc)
             raise
@@ -443,8 +454,12 @@ class LearnerService:
                 items.append((f"{topic}:{partition}", outcome))
             except OnlineLearningError as exc:
                 self.dead_letters.send(
-                    key=msg.key(), value=msg.value(), reason=str(exc),
-                    source_topic=topic, partition=partition, offset=offset,
+                    key=msg.key(),
+                    value=msg.value(),
+                    reason=str(exc),
+                    source_topic=topic,
+                    partition=partition,
+                    offset=offset,
                 )
         if self.dead_letters.count != dead_before:
             self.dead_letters.flush()  # never checkpoint past a bad event before it is safe
@@ -520,13 +535,15 @@ class LearnerService:
 
     def _postgres(self, call: Callable[[], T]) -> T:
         """A Postgres call the join cannot go on without: tried again until it works."""
-        return retry(call, component=_COMPONENT, dependency="postgres", errors=POSTGRES_DOWN,
-                     stop=self.stop)
+        return retry(
+            call, component=_COMPONENT, dependency="postgres", errors=POSTGRES_DOWN, stop=self.stop
+        )
 
     def _redis(self, call: Callable[[], T]) -> T:
         """A Redis call the join cannot go on without: tried again until it works."""
-        return retry(call, component=_COMPONENT, dependency="redis", errors=_REDIS_DOWN,
-                     stop=self.stop)
+        return retry(
+            call, component=_COMPONENT, dependency="redis", errors=_REDIS_DOWN, stop=self.stop
+        )
 
     def _logged(self, payment_ids: Collection[int]) -> dict[int, Prediction]:
         """The predictions logged in Redis for these payments (one pipeline)."""

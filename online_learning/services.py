@@ -36,11 +36,15 @@ SERVICES: dict[str, FeatureService] = {
     s.name: s
     for s in (
         FeatureService(
-            "fraud", _FRAUD_FEATURES, SCORING_FEATURES,
+            "fraud",
+            _FRAUD_FEATURES,
+            SCORING_FEATURES,
             "The fraud model's inputs since the first release (the default).",
         ),
         FeatureService(
-            "fraud_channels", (*_FRAUD_FEATURES, "distinct_channels_24h"), SCORING_FEATURES,
+            "fraud_channels",
+            (*_FRAUD_FEATURES, "distinct_channels_24h"),
+            SCORING_FEATURES,
             "The fraud inputs plus the customer's distinct channels over 24 h.",
         ),
     )

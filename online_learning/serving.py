@@ -86,6 +86,8 @@ class ModelSource:
         self._choice, self._served = choice, served
         log.info(
             "serving model version=%s from=%s learned=%d",
-            served.model.version, served.served_from, served.model.n_learned,
+            served.model.version,
+            served.served_from,
+            served.model.n_learned,
         )
         return True

@@ -187,9 +187,14 @@ class TrainingSetReport:
 def _schema(names: Sequence[str]) -> pa.Schema:
     ts = pa.timestamp("us", tz="UTC")
     head = [
-        ("payment_id", pa.int64()), ("customer_id", pa.int64()), ("merchant_id", pa.int64()),
-        ("created_at", ts), ("committed_at", ts), ("label", pa.bool_()),
-        ("label_source", pa.string()), ("labelled_at", ts),
+        ("payment_id", pa.int64()),
+        ("customer_id", pa.int64()),
+        ("merchant_id", pa.int64()),
+        ("created_at", ts),
+        ("committed_at", ts),
+        ("label", pa.bool_()),
+        ("label_source", pa.string()),
+        ("labelled_at", ts),
     ]
     return pa.schema([*head, *((n, pa.float64()) for n in names)])
 
@@ -214,23 +219,30 @@ def build_training_set(
         raise TrainingSetError(msg)
     svc = feature_service(settings, service)
     names = input_names(svc.features)
-    schema = _schema(names).with_metadata({
-        "freshloop.service": svc.name, "freshloop.features": ",".join(svc.features),
-        "freshloop.from": t1.isoformat(), "freshloop.to": t2.isoformat(),
-        "freshloop.label_horizon_s": str(settings.label_horizon.total_seconds()),
-    })
+    schema = _schema(names).with_metadata(
+        {
+            "freshloop.service": svc.name,
+            "freshloop.features": ",".join(svc.features),
+            "freshloop.from": t1.isoformat(),
+            "freshloop.to": t2.isoformat(),
+            "freshloop.label_horizon_s": str(settings.label_horizon.total_seconds()),
+        }
+    )
     report = TrainingSetReport(str(out), svc.name)
     started = time.perf_counter()
     try:
-        with psycopg.connect(settings.postgres_conninfo()) as reader, \
-                psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn, \
-                pq.ParquetWriter(str(out), schema) as writer:
+        with (
+            psycopg.connect(settings.postgres_conninfo()) as reader,
+            psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn,
+            pq.ParquetWriter(str(out), schema) as writer,
+        ):
             # many small index scans per statement: compiling them (JIT) costs more than it saves
             conn.execute("SET jit = off")
             now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             for scored in payments_between(reader, t1, t2, chunk):
-                writer.write_table(_chunk(conn, settings, svc, names, scored, now, report),
-                                   row_group_size=chunk)
+                writer.write_table(
+                    _chunk(conn, settings, svc, names, scored, now, report), row_group_size=chunk
+                )
                 report.seconds = time.perf_counter() - started
                 if on_chunk is not None:
                     on_chunk(report)
@@ -259,14 +271,23 @@ def _chunk(
     columns: dict[str, list[Any]] = {n: [] for n in _schema(names).names}
     for s in scored:
         p = s.payment
-        label = label_of(p.created_at, outcomes.get(p.payment_id), settings.label_horizon,
-                         settings.horizon_negatives, now)
+        label = label_of(
+            p.created_at,
+            outcomes.get(p.payment_id),
+            settings.label_horizon,
+            settings.horizon_negatives,
+            now,
+        )
         x = build_vector(p, served.get(p.payment_id, {}), svc.features)
         for key, value in (
-            ("payment_id", p.payment_id), ("customer_id", p.customer_id),
-            ("merchant_id", p.merchant_id), ("created_at", p.created_at),
-            ("committed_at", s.committed_at), ("label", label.value),
-            ("label_source", label.source), ("labelled_at", label.at),
+            ("payment_id", p.payment_id),
+            ("customer_id", p.customer_id),
+            ("merchant_id", p.merchant_id),
+            ("created_at", p.created_at),
+            ("committed_at", s.committed_at),
+            ("label", label.value),
+            ("label_source", label.source),
+            ("labelled_at", label.at),
         ):
             columns[key].append(value)
         for n in names:

@@ -125,8 +125,16 @@ def input_names(served_names: tuple[str, ...] = SERVED_FEATURES) -> tuple[str, .
     >>> input_names(("payment_count_1h",))[-3:]
     ('payment_count_1h', 'payment_count_1h_missing', 'amount_to_mean_24h')
     """
-    head = ("amount", "log_amount", *(f"channel_{c}" for c in CHANNELS), "channel_other",
-            "hour_sin", "hour_cos", "dow_sin", "dow_cos")
+    head = (
+        "amount",
+        "log_amount",
+        *(f"channel_{c}" for c in CHANNELS),
+        "channel_other",
+        "hour_sin",
+        "hour_cos",
+        "dow_sin",
+        "dow_cos",
+    )
     served = tuple(n for pair in _with_missing(served_names) for n in pair)
     return (*head, *served, "amount_to_mean_24h")
 

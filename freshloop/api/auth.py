@@ -314,8 +314,10 @@ class Authenticate:
             except _DB_FAILED:
                 if known is None or not isinstance(known[0], TokenInfo):
                     raise
-                log.warning("tokens not readable from postgres: trusting the last check "
-                            "token=%s", known[0].name)
+                log.warning(
+                    "tokens not readable from postgres: trusting the last check token=%s",
+                    known[0].name,
+                )
                 answer = known[0]
         if isinstance(answer, TokenRefused):
             raise TokenRefused(str(answer))  # a fresh one: the cached answer keeps no traceback
@@ -332,8 +334,15 @@ class Authenticate:
         return info
 
     async def _unauthorized(
-        self, scope: Scope, receive: Receive, send: Send, reason: str, is_page: bool, *,
-        given_token: bool, clear: bool = False,
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        reason: str,
+        is_page: bool,
+        *,
+        given_token: bool,
+        clear: bool = False,
     ) -> None:
         log.info("request refused path=%s reason=%s", scope["path"], reason)
         template = route_template(scope["path"])
@@ -354,8 +363,11 @@ class Authenticate:
         page = _LOGIN_PAGE.format(
             namespace=html.escape(self.settings.namespace), reason=html.escape(reason)
         )
-        return HTMLResponse(page, status, headers={"Content-Security-Policy": _LOGIN_CSP,
-                                                   "Cache-Control": "no-store"})
+        return HTMLResponse(
+            page,
+            status,
+            headers={"Content-Security-Policy": _LOGIN_CSP, "Cache-Control": "no-store"},
+        )
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /login`` with ``token=...`` (the login form): a session cookie, then the page."""
@@ -387,7 +399,11 @@ class Authenticate:
             return
         response = RedirectResponse("/", 303, headers={"Cache-Control": "no-store"})
         response.set_cookie(
-            self.cookie, token, path="/", httponly=True, samesite="strict",
+            self.cookie,
+            token,
+            path="/",
+            httponly=True,
+            samesite="strict",
             secure=scope.get("scheme") == "https",
         )
         await response(scope, receive, send)

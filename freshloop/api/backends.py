@@ -53,9 +53,7 @@ def dependency_error(settings: Settings, exc: BaseException) -> DependencyUnavai
         return exc
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         dep, reason = "redis", str(exc)
-    elif isinstance(exc, ProgrammingError) and isinstance(
-        exc.orig, psycopg.errors.UndefinedTable
-    ):
+    elif isinstance(exc, ProgrammingError) and isinstance(exc.orig, psycopg.errors.UndefinedTable):
         dep = "postgres"
         reason = "its schema is missing (run 'freshloop db init')"
     elif isinstance(exc, OperationalError | psycopg.OperationalError) or (

@@ -16,11 +16,18 @@ def api() -> None:
 
 
 @api.command("serve")
-@click.option("--host", default=None,
-              help="Listen address [default: FRESHLOOP_API_HOST, 127.0.0.1]. Use 0.0.0.0 only "
-                   "inside a container.")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Port [default: FRESHLOOP_API_PORT, 8000].")
+@click.option(
+    "--host",
+    default=None,
+    help="Listen address [default: FRESHLOOP_API_HOST, 127.0.0.1]. Use 0.0.0.0 only "
+    "inside a container.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port [default: FRESHLOOP_API_PORT, 8000].",
+)
 def serve(host: str | None, port: int | None) -> None:
     """Serve the API (OpenAPI at /docs) and the dashboard at / until Ctrl-C / SIGTERM."""
     import sys
@@ -35,15 +42,20 @@ def serve(host: str | None, port: int | None) -> None:
     except FreshloopError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
-    click.echo(f"[api] namespace {settings.namespace}: dashboard {server.url}/  "
-               f"docs {server.url}/docs")
+    click.echo(
+        f"[api] namespace {settings.namespace}: dashboard {server.url}/  docs {server.url}/docs"
+    )
     if settings.api_anonymous:
-        click.echo("[api] FRESHLOOP_API_ANONYMOUS=true: requests without a token read everything "
-                   "(loopback only)")
+        click.echo(
+            "[api] FRESHLOOP_API_ANONYMOUS=true: requests without a token read everything "
+            "(loopback only)"
+        )
     else:
-        click.echo("[api] every route but /healthz needs a token: 'freshloop api token create "
-                   "--name NAME --scope features:read|predictions:read|admin'; the dashboard "
-                   "takes it once at /?token=<token>")
+        click.echo(
+            "[api] every route but /healthz needs a token: 'freshloop api token create "
+            "--name NAME --scope features:read|predictions:read|admin'; the dashboard "
+            "takes it once at /?token=<token>"
+        )
     server.run()
     click.echo("[api] stopped")
 

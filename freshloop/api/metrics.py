@@ -108,8 +108,9 @@ class _SlotCollector(Collector):
 class ApiMetrics:
     """One registry per app (so several apps can live in one process, as in tests)."""
 
-    def __init__(self, client: redis.Redis, ns: str,
-                 read_slot: Callable[[], SlotState | None] | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, ns: str, read_slot: Callable[[], SlotState | None] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "freshloop_api_requests_total",

@@ -32,6 +32,7 @@ __all__ = [
 BIGINT_MAX = 2**63 - 1
 MAX_BATCH_KEYS = 1000
 
+
 class ErrorBody(BaseModel):
     """A 4xx answer: what was wrong and what to do."""
 

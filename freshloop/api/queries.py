@@ -9,8 +9,7 @@ from sqlalchemy import Engine, text
 __all__ = ["drift_report_html", "drift_reports", "latest_learner", "retrains"]
 
 _REPORT_COLUMNS = (
-    "report_id, created_at, status, champion_version, current_start, current_end, summary, "
-    "decision"
+    "report_id, created_at, status, champion_version, current_start, current_end, summary, decision"
 )
 
 
@@ -55,14 +54,18 @@ def retrains(engine: Engine, ns: str, limit: int) -> list[dict[str, Any]]:
 def latest_learner(engine: Engine, ns: str) -> dict[str, Any] | None:
     """What the newest learner checkpoint says, read without its blobs."""
     with engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT checkpoint_id, created_at, model_version, n_learned, status "
-                "FROM learner_checkpoints WHERE namespace = :ns "
-                "ORDER BY checkpoint_id DESC LIMIT 1"
-            ),
-            {"ns": ns},
-        ).mappings().first()
+        row = (
+            conn.execute(
+                text(
+                    "SELECT checkpoint_id, created_at, model_version, n_learned, status "
+                    "FROM learner_checkpoints WHERE namespace = :ns "
+                    "ORDER BY checkpoint_id DESC LIMIT 1"
+                ),
+                {"ns": ns},
+            )
+            .mappings()
+            .first()
+        )
     if row is None:
         return None
     status = dict(row["status"] or {})

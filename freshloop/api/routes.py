@@ -96,8 +96,7 @@ def _json(payload: Any) -> Response:
 def _check_entity(b: Backends, entity: str) -> None:
     if entity not in b.features.entities():
         msg = (
-            f"unknown entity {entity!r}: this API serves "
-            f"{', '.join(sorted(b.features.entities()))}"
+            f"unknown entity {entity!r}: this API serves {', '.join(sorted(b.features.entities()))}"
         )
         raise HTTPException(status_code=404, detail=msg)
 

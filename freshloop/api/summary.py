@@ -143,38 +143,50 @@ def build_summary(backends: Any, history: History) -> dict[str, Any]:
     learner = part("learner", lambda: queries.latest_learner(backends.engine, ns))
     out["learner"] = learner
     champion = part("champion", backends.registry.champion_ref)
-    out["champion"] = None if champion is None else {
-        "version": champion.version,
-        "promoted_at": champion.promoted_at.isoformat(),
-    }
-    reports = part("drift", lambda: queries.drift_reports(backends.engine, ns, 60))
-    out["drift"] = None if reports is None else {
-        "series": drift_series(reports),
-        "latest": [
-            {
-                "report_id": int(r["report_id"]),
-                "created_at": r["created_at"].isoformat(),
-                "status": r["status"],
-                "drift_share": _num((r["summary"] or {}).get("dataset_drift_share")),
-                "action": (r["decision"] or {}).get("action"),
-                "html_url": f"/drift/reports/{int(r['report_id'])}",
-            }
-            for r in reports[:10]
-        ],
-    }
-    rows = part("retrains", lambda: queries.retrains(backends.engine, ns, 10))
-    out["retrains"] = None if rows is None else [
-        {
-            "retrain_id": int(r["retrain_id"]),
-            "started_at": r["started_at"].isoformat(),
-            "status": r["status"],
-            "trigger": r["trigger"],
-            "reason": r["reason"],
-            "challenger_version": r["challenger_version"],
-            "detail": r["detail"],
+    out["champion"] = (
+        None
+        if champion is None
+        else {
+            "version": champion.version,
+            "promoted_at": champion.promoted_at.isoformat(),
         }
-        for r in rows
-    ]
+    )
+    reports = part("drift", lambda: queries.drift_reports(backends.engine, ns, 60))
+    out["drift"] = (
+        None
+        if reports is None
+        else {
+            "series": drift_series(reports),
+            "latest": [
+                {
+                    "report_id": int(r["report_id"]),
+                    "created_at": r["created_at"].isoformat(),
+                    "status": r["status"],
+                    "drift_share": _num((r["summary"] or {}).get("dataset_drift_share")),
+                    "action": (r["decision"] or {}).get("action"),
+                    "html_url": f"/drift/reports/{int(r['report_id'])}",
+                }
+                for r in reports[:10]
+            ],
+        }
+    )
+    rows = part("retrains", lambda: queries.retrains(backends.engine, ns, 10))
+    out["retrains"] = (
+        None
+        if rows is None
+        else [
+            {
+                "retrain_id": int(r["retrain_id"]),
+                "started_at": r["started_at"].isoformat(),
+                "status": r["status"],
+                "trigger": r["trigger"],
+                "reason": r["reason"],
+                "challenger_version": r["challenger_version"],
+                "detail": r["detail"],
+            }
+            for r in rows
+        ]
+    )
     pipe = out["pipeline"] or {}
     metrics = (learner or {}).get("metrics", {})
     history.add(

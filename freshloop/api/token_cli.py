@@ -71,10 +71,20 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--name", required=True, help="Unique among this namespace's live tokens.")
-@click.option("--scope", "scopes", multiple=True, required=True,
-              type=click.Choice(_SCOPES), help="Repeat for several; admin implies the others.")
-@click.option("--expires-days", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Valid this many days [default: until revoked].")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(_SCOPES),
+    help="Repeat for several; admin implies the others.",
+)
+@click.option(
+    "--expires-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Valid this many days [default: until revoked].",
+)
 def create(name: str, scopes: tuple[str, ...], expires_days: float | None) -> None:
     """Create a token and print it once (stdout; the rest goes to stderr)."""
     with _store() as store:

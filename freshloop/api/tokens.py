@@ -171,8 +171,15 @@ class TokenStore:
                         " RETURNING token_id, name, namespace, scopes, created_at, expires_at,"
                         " revoked_at"
                     ),
-                    {"id": token_id, "ns": self.namespace, "name": name, "scopes": list(ordered),
-                     "salt": salt, "digest": token_digest(salt, token), "exp": expires},
+                    {
+                        "id": token_id,
+                        "ns": self.namespace,
+                        "name": name,
+                        "scopes": list(ordered),
+                        "salt": salt,
+                        "digest": token_digest(salt, token),
+                        "exp": expires,
+                    },
                 ).one()
         except IntegrityError as exc:
             msg = (

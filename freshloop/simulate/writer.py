@@ -243,9 +243,7 @@ def run_simulation(
 
 
 def _merge(base: SimulationReport, shards: list[_Shard]) -> SimulationReport:
-    merged = SimulationReport(
-        customers=base.customers, merchants=base.merchants, clock=base.clock
-    )
+    merged = SimulationReport(customers=base.customers, merchants=base.merchants, clock=base.clock)
     merged.writes.update(base.writes)
     for shard in shards:
         merged.writes.update(shard.writer.report.writes)

@@ -31,16 +31,32 @@ __all__ = ["acl_file_text", "admin_client", "apply_acl", "user_rules", "write_ac
 log = logging.getLogger(__name__)
 
 WRITER_RULES = (
-    "~*", "&*", "-@all",
-    "+@read", "+@write", "+@keyspace", "+@scripting", "+@transaction", "+@connection",
-    "-@dangerous", "-@admin",
-    "+info", "+config|get", "+keys",
-    "-script|flush", "-script|kill", "-function",
+    "~*",
+    "&*",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@keyspace",
+    "+@scripting",
+    "+@transaction",
+    "+@connection",
+    "-@dangerous",
+    "-@admin",
+    "+info",
+    "+config|get",
+    "+keys",
+    "-script|flush",
+    "-script|kill",
+    "-function",
 )
 READER_RULES = (
-    "%R~*", "resetchannels", "-@all",
-    "+@read", "+@connection",
-    "-@dangerous", "-@admin",
+    "%R~*",
+    "resetchannels",
+    "-@all",
+    "+@read",
+    "+@connection",
+    "-@dangerous",
+    "-@admin",
     "+info",
 )
 ADMIN_RULES = ("~*", "&*", "+@all")
@@ -59,14 +75,21 @@ def user_rules(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Each user's full ACL rules, password hash included (``reset`` first: exactly these)."""
     return {
         REDIS_ADMIN_USER: (
-            "reset", "on", _hashed(settings.redis_admin_password.get_secret_value()),
+            "reset",
+            "on",
+            _hashed(settings.redis_admin_password.get_secret_value()),
             *ADMIN_RULES,
         ),
         settings.redis_user: (
-            "reset", "on", _hashed(settings.redis_password.get_secret_value()), *WRITER_RULES,
+            "reset",
+            "on",
+            _hashed(settings.redis_password.get_secret_value()),
+            *WRITER_RULES,
         ),
         settings.redis_read_user: (
-            "reset", "on", _hashed(settings.redis_read_password.get_secret_value()),
+            "reset",
+            "on",
+            _hashed(settings.redis_read_password.get_secret_value()),
             *READER_RULES,
         ),
     }
@@ -74,8 +97,10 @@ def user_rules(settings: Settings) -> dict[str, tuple[str, ...]]:
 
 def acl_file_text(settings: Settings) -> str:
     """The ACL file a new local Redis starts with: the three users, ``default`` off."""
-    lines = [f"user {name} {' '.join(r for r in rules if r != 'reset')}"
-             for name, rules in user_rules(settings).items()]
+    lines = [
+        f"user {name} {' '.join(r for r in rules if r != 'reset')}"
+        for name, rules in user_rules(settings).items()
+    ]
     lines.append(f"user default {' '.join(DEFAULT_RULES)}")
     return "\n".join(lines) + "\n"
 
@@ -84,17 +109,21 @@ def admin_client(settings: Settings, host: str, port: int, timeout: float = 2.0)
     """A client of the admin user; on a Redis set up before it had users (no such user yet), a
     client of ``default``, which such a Redis leaves open."""
     admin = redis.Redis(
-        host=host, port=port, username=REDIS_ADMIN_USER,
+        host=host,
+        port=port,
+        username=REDIS_ADMIN_USER,
         password=settings.redis_admin_password.get_secret_value(),
-        socket_timeout=timeout, socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
     )
     try:
         admin.ping()
         return admin
     except redis.AuthenticationError:
         admin.close()
-    anonymous = redis.Redis(host=host, port=port, socket_timeout=timeout,
-                            socket_connect_timeout=timeout)
+    anonymous = redis.Redis(
+        host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     anonymous.ping()  # NOAUTH here: the admin password is not this Redis's
     return anonymous
 

@@ -66,8 +66,11 @@ def ensure_system_packages(echo: bool = True) -> None:
     if test_only and os.geteuid() == 0 and shutil.which("apt-get") is not None:
         missing += test_only
     elif test_only and echo:
-        print(f"[setup] optional, for the dashboard browser test: sudo apt-get install -y "
-              f"{' '.join(test_only)}", flush=True)
+        print(
+            f"[setup] optional, for the dashboard browser test: sudo apt-get install -y "
+            f"{' '.join(test_only)}",
+            flush=True,
+        )
     if not missing:
         return
     command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]

@@ -85,20 +85,37 @@ def test_state_page_keeps_its_budget_section(tmp_path: Path) -> None:
         {"day": d, "values": {"redis.used_memory": 1000 + d, "rss.pipeline": 5e7}}
         for d in range(12)
     ]
-    verdicts = {
-        name: verdict(points, 1).as_dict() for name, points in curves_of(samples).items()
-    }
+    verdicts = {name: verdict(points, 1).as_dict() for name, points in curves_of(samples).items()}
     result = {
-        "config": {"days": 11, "scale": 2160, "customers": 10, "merchants": 2, "rate": 5,
-                   "outcome_share": 0.02, "tolerance": 0.05, "last_days": 10},
+        "config": {
+            "days": 11,
+            "scale": 2160,
+            "customers": 10,
+            "merchants": 2,
+            "rate": 5,
+            "outcome_share": 0.02,
+            "tolerance": 0.05,
+            "last_days": 10,
+        },
         "event_time": {"start": "2025-01-01T00:00:00+00:00", "end": "2025-01-12T00:00:00+00:00"},
         "wall_seconds": 500,
         "settings": {"label_horizon_s": 86_400},
-        "verify": {"entities_checked": 12, "values_checked": 99, "mismatches": 0,
-                   "event_time_read": True},
-        "learned": {"outcomes": 3, "outcomes_of_scored": 3, "learned_from_outcome": 3,
-                    "outcomes_not_learned": 0, "outcomes_learned_as_horizon": 0,
-                    "learned_from_horizon": 40, "scored_twice": 0, "exactly_once": True},
+        "verify": {
+            "entities_checked": 12,
+            "values_checked": 99,
+            "mismatches": 0,
+            "event_time_read": True,
+        },
+        "learned": {
+            "outcomes": 3,
+            "outcomes_of_scored": 3,
+            "learned_from_outcome": 3,
+            "outcomes_not_learned": 0,
+            "outcomes_learned_as_horizon": 0,
+            "learned_from_horizon": 40,
+            "scored_twice": 0,
+            "exactly_once": True,
+        },
         "flat": {n: v["flat"] for n, v in verdicts.items()},
         "verdicts": verdicts,
         "samples": samples,

@@ -37,14 +37,19 @@ class PruneWorld:
             for name in files or LEARNING_FILES:
                 conn.execute(sql.SQL((SQL_DIR / name).read_text()).format())
 
-    def add_examples(self, ns: str, start: datetime, n: int, step: timedelta,
-                     first_id: int = 1) -> None:
+    def add_examples(
+        self, ns: str, start: datetime, n: int, step: timedelta, first_id: int = 1
+    ) -> None:
         rows = [{"ns": ns, "id": first_id + i, "at": start + i * step} for i in range(n)]
         with self.engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO training_examples (namespace, payment_id, features, label, score, "
-                "model_version, predicted_at, labelled_at, source) VALUES (:ns, :id, "
-                "'{\"amount\": 1.0}', false, 0.5, 'm1', :at, :at, 'outcome')"), rows)
+            conn.execute(
+                text(
+                    "INSERT INTO training_examples (namespace, payment_id, features, label, score, "
+                    "model_version, predicted_at, labelled_at, source) VALUES (:ns, :id, "
+                    "'{\"amount\": 1.0}', false, 0.5, 'm1', :at, :at, 'outcome')"
+                ),
+                rows,
+            )
 
     def scalar(self, query: str, **params: object) -> object:
         with self.engine.connect() as conn:
@@ -52,9 +57,15 @@ class PruneWorld:
 
     def partitions(self) -> list[str]:
         with self.engine.connect() as conn:
-            return sorted(conn.execute(text(
-                "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'training_examples'::regclass")).scalars())
+            return sorted(
+                conn.execute(
+                    text(
+                        "SELECT c.relname FROM pg_inherits AS i "
+                        "JOIN pg_class AS c ON c.oid = i.inhrelid "
+                        "WHERE i.inhparent = 'training_examples'::regclass"
+                    )
+                ).scalars()
+            )
 
 
 @pytest.fixture
@@ -62,8 +73,9 @@ def prune_world(stack_settings: Settings) -> Iterator[PruneWorld]:
     schema = f"prune_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(stack_settings.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    engine = create_engine(stack_settings.sqlalchemy_url(),
-                           connect_args={"options": f"-csearch_path={schema}"})
+    engine = create_engine(
+        stack_settings.sqlalchemy_url(), connect_args={"options": f"-csearch_path={schema}"}
+    )
     try:
         yield PruneWorld(stack_settings, schema, engine)
     finally:

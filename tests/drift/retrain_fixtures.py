@@ -25,8 +25,13 @@ from online_learning import OnlineModel
 __all__ = ["Concept", "drift_engine", "drift_ns", "insert_examples", "make_rows", "trained_model"]
 
 SPEC = "river.preprocessing.StandardScaler | river.linear_model.LogisticRegression"
-_TABLES = ("retrains", "drift_reports", "training_examples", "learner_checkpoints",
-           "model_registry")
+_TABLES = (
+    "retrains",
+    "drift_reports",
+    "training_examples",
+    "learner_checkpoints",
+    "model_registry",
+)
 
 
 @pytest.fixture
@@ -68,9 +73,7 @@ class Concept:
         return rng.random() < 1.0 / (1.0 + math.exp(-(4.0 * x[self.key] - 5.0)))
 
 
-def make_rows(
-    n: int, concept: Concept, seed: int
-) -> list[tuple[dict[str, float], bool]]:
+def make_rows(n: int, concept: Concept, seed: int) -> list[tuple[dict[str, float], bool]]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -108,8 +111,17 @@ def insert_examples(
         if learn:
             scorer.learn(x, y)
         values.append(
-            (settings.namespace, first_id + i, orjson.dumps(x).decode(), y, score,
-             scorer.version, at - timedelta(seconds=2), at, "outcome")
+            (
+                settings.namespace,
+                first_id + i,
+                orjson.dumps(x).decode(),
+                y,
+                score,
+                scorer.version,
+                at - timedelta(seconds=2),
+                at,
+                "outcome",
+            )
         )
     with psycopg.connect(settings.postgres_conninfo()) as conn:
         with conn.cursor() as cur:

@@ -47,8 +47,10 @@ def test_metrics_of_known_values() -> None:
     assert log_loss([True], [0.0]) == pytest.approx(-math.log(1e-15))  # clipped, finite
     assert log_loss([], []) is None
     assert holdout_metrics([True, False, False], [0.9, 0.1, 0.3]) == {
-        "n": 3, "n_fraud": 1, "roc_auc": 1.0, "log_loss": pytest.approx(
-            -(math.log(0.9) + math.log(0.9) + math.log(0.7)) / 3)
+        "n": 3,
+        "n_fraud": 1,
+        "roc_auc": 1.0,
+        "log_loss": pytest.approx(-(math.log(0.9) + math.log(0.9) + math.log(0.7)) / 3),
     }
 
 

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.integration
 def cli_env(check_world: CheckWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[CheckWorld]:
     """The CLI reads its settings from the environment: point it at the world's namespace."""
     s = check_world.settings
-    for name in ("redis_namespace", "drift_reference_size", "drift_current_size",
-                 "drift_min_samples"):
+    for name in (
+        "redis_namespace",
+        "drift_reference_size",
+        "drift_current_size",
+        "drift_min_samples",
+    ):
         monkeypatch.setenv(f"FRESHLOOP_{name.upper()}", str(getattr(s, name)))
     load_settings.cache_clear()
     try:

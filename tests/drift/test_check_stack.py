@@ -81,9 +81,13 @@ def test_shifted_world_is_drift_and_the_policy_decides(check_world: CheckWorld) 
     assert s["auc_drop"] > 0.3
     assert s["freshness_p99_ms"] is None  # no pipeline consumer: unknown
     with check_world.engine.connect() as conn:
-        row = conn.execute(text("SELECT status, decision, report -> 'features' -> 'amount' "
-                                "AS amount FROM drift_reports WHERE report_id = :id"),
-                           {"id": report.report_id}).one()
+        row = conn.execute(
+            text(
+                "SELECT status, decision, report -> 'features' -> 'amount' "
+                "AS amount FROM drift_reports WHERE report_id = :id"
+            ),
+            {"id": report.report_id},
+        ).one()
     assert row.status == "drift" and row.decision["action"] == "retrain"
     assert row.amount["drifted"] is True and row.amount["method"] == "ks"
     assert "test policy" in report.html

@@ -77,8 +77,10 @@ def loop_ns(learn_ns: Settings) -> Iterator[Settings]:
     yield settings
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
         for table in ("retrains", "drift_reports"):
-            conn.execute(f"DELETE FROM {table} WHERE namespace = %s",  # noqa: S608
-                         (settings.namespace,))
+            conn.execute(
+                f"DELETE FROM {table} WHERE namespace = %s",  # noqa: S608
+                (settings.namespace,),
+            )
         conn.execute(f'DROP TABLE IF EXISTS "{job_table(settings.namespace)}"')
 
 
@@ -109,7 +111,9 @@ def test_concept_change_is_flagged_retrained_promoted_and_auc_recovers(loop_ns: 
     stop = threading.Event()
     cycles: list[CycleResult] = []
     scheduler = threading.Thread(
-        target=run_scheduler, args=(loop_ns, stop), kwargs={"on_cycle": cycles.append},
+        target=run_scheduler,
+        args=(loop_ns, stop),
+        kwargs={"on_cycle": cycles.append},
         daemon=True,
     )
     written = threading.Event()
@@ -126,15 +130,26 @@ def test_concept_change_is_flagged_retrained_promoted_and_auc_recovers(loop_ns: 
             drift_started = datetime.now(UTC)
             assert learner.learner is not None
             old_version = learner.learner.model.version  # the champion before the change
-            wait_for(lambda: _promoted(loop_ns, drift_started) is not None, 75,
-                     "a promoted retrain after the change")
+            wait_for(
+                lambda: _promoted(loop_ns, drift_started) is not None,
+                75,
+                "a promoted retrain after the change",
+            )
             promoted = _promoted(loop_ns, drift_started)
             assert promoted is not None
             retrain_id, version, report_id, _, promoted_at, trigger = promoted
-            wait_for(lambda: learner.learner is not None
-                     and learner.learner.model.version != old_version, 15, "the learner to swap")
-            wait_for(lambda: scoring.scorer.source.current().model.version != old_version, 15,
-                     "the scorers to swap")
+            wait_for(
+                lambda: (
+                    learner.learner is not None and learner.learner.model.version != old_version
+                ),
+                15,
+                "the learner to swap",
+            )
+            wait_for(
+                lambda: scoring.scorer.source.current().model.version != old_version,
+                15,
+                "the scorers to swap",
+            )
             wait_for(written.is_set, 90, "the workload")
             time.sleep(3)  # the last outcomes are learned
     finally:
@@ -146,35 +161,47 @@ def test_concept_change_is_flagged_retrained_promoted_and_auc_recovers(loop_ns: 
     # The report that triggered it flagged drift, and the retrain says why and on what.
     assert trigger == "policy" and report_id is not None
     ((status, decision),) = _rows(
-        loop_ns, f"SELECT status, decision FROM drift_reports WHERE namespace = %s "  # noqa: S608
+        loop_ns,
+        f"SELECT status, decision FROM drift_reports WHERE namespace = %s "  # noqa: S608
         f"AND report_id = {int(report_id)}",
     )
     assert status == "drift" and decision["action"] == "retrain" and decision["reasons"]
     ((reason, n_train, champion_metrics, challenger_metrics),) = _rows(
-        loop_ns, "SELECT reason, n_train, champion_metrics, challenger_metrics FROM retrains"
+        loop_ns,
+        "SELECT reason, n_train, champion_metrics, challenger_metrics FROM retrains"
         f" WHERE namespace = %s AND retrain_id = {int(retrain_id)}",  # noqa: S608
     )
     assert reason == "; ".join(decision["reasons"]) and n_train > 0
     assert challenger_metrics["roc_auc"] >= champion_metrics["roc_auc"] + 0.02
     # No storm: retrains are at least a cool-down apart and never overlap.
-    starts = [r[0] for r in _rows(loop_ns, "SELECT started_at FROM retrains WHERE namespace = %s"
-                                  " ORDER BY started_at")]
+    starts = [
+        r[0]
+        for r in _rows(
+            loop_ns, "SELECT started_at FROM retrains WHERE namespace = %s ORDER BY started_at"
+        )
+    ]
     assert all((b - a).total_seconds() >= 10 for a, b in zip(starts, starts[1:], strict=False))
     assert all(c.error is None or "already running" not in c.error for c in cycles)
 
     # AUC recovers: what the new champion served vs what the old one served after the change.
     # (a later policy retrain may have been promoted too on a slow run: any promoted model counts)
     assert learner.learner is not None and learner.learner.model.version != old_version
-    examples = _rows(loop_ns, "SELECT predicted_at, label, score, model_version FROM"
-                     " training_examples WHERE namespace = %s")
-    drifted = [(y, p) for at, y, p, v in examples if drift_started <= at < promoted_at
-               and v == old_version]
+    examples = _rows(
+        loop_ns,
+        "SELECT predicted_at, label, score, model_version FROM"
+        " training_examples WHERE namespace = %s",
+    )
+    drifted = [
+        (y, p) for at, y, p, v in examples if drift_started <= at < promoted_at and v == old_version
+    ]
     recovered = [(y, p) for at, y, p, v in examples if at >= promoted_at and v != old_version]
     auc_drifted = roc_auc([y for y, _ in drifted], [p for _, p in drifted])
     auc_recovered = roc_auc([y for y, _ in recovered], [p for _, p in recovered])
-    print(f"retrain={retrain_id} champion={champion_metrics} challenger={challenger_metrics} "
-          f"served AUC after the change {auc_drifted} (n={len(drifted)}), after the promotion "
-          f"{auc_recovered} (n={len(recovered)}); cycles={len(cycles)} retrains={len(starts)}")
+    print(
+        f"retrain={retrain_id} champion={champion_metrics} challenger={challenger_metrics} "
+        f"served AUC after the change {auc_drifted} (n={len(drifted)}), after the promotion "
+        f"{auc_recovered} (n={len(recovered)}); cycles={len(cycles)} retrains={len(starts)}"
+    )
     assert auc_drifted is not None and auc_recovered is not None
     assert sum(y for y, _ in recovered) >= 10
     # Served AUC is back near 0.85-0.95 with the promoted model, and above what the old champion

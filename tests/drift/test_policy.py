@@ -12,14 +12,26 @@ from drift.policy import Decision, RetrainPolicy
 from freshloop.settings import Settings
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-POLICY = RetrainPolicy(drift_share=0.5, concept_alarm=True, auc_drop=0.05, cooldown_s=600,
-                       min_examples=200)
-QUIET = {"dataset_drift_share": 0.1, "concept_alarms": 0, "auc": 0.9, "baseline_auc": 0.91,
-         "auc_drop": 0.01, "n_current": 1000}
+POLICY = RetrainPolicy(
+    drift_share=0.5, concept_alarm=True, auc_drop=0.05, cooldown_s=600, min_examples=200
+)
+QUIET = {
+    "dataset_drift_share": 0.1,
+    "concept_alarms": 0,
+    "auc": 0.9,
+    "baseline_auc": 0.91,
+    "auc_drop": 0.01,
+    "n_current": 1000,
+}
 
 
-def _decide(summary: dict, *, last: datetime | None = None, running: bool = False,
-            policy: RetrainPolicy = POLICY) -> Decision:
+def _decide(
+    summary: dict,
+    *,
+    last: datetime | None = None,
+    running: bool = False,
+    policy: RetrainPolicy = POLICY,
+) -> Decision:
     return policy.decide(summary, last_retrain_at=last, running=running, now=NOW)
 
 
@@ -46,8 +58,7 @@ def test_each_trigger_alone_asks_for_a_retrain(change: dict, reason: str) -> Non
 
 
 def test_all_triggers_are_listed_in_order() -> None:
-    decision = _decide({**QUIET, "dataset_drift_share": 0.9, "concept_alarms": 1,
-                        "auc_drop": 0.2})
+    decision = _decide({**QUIET, "dataset_drift_share": 0.9, "concept_alarms": 1, "auc_drop": 0.2})
     assert [r.split()[0] for r in decision.reasons] == ["dataset", "1", "ROC"]
 
 
@@ -58,8 +69,12 @@ def test_concept_alarms_can_be_switched_off() -> None:
 
 def test_missing_or_null_values_trigger_nothing() -> None:
     assert _decide({}).action == "none"
-    assert _decide({"dataset_drift_share": None, "auc_drop": float("nan"),
-                    "concept_alarms": None}).action == "none"
+    assert (
+        _decide(
+            {"dataset_drift_share": None, "auc_drop": float("nan"), "concept_alarms": None}
+        ).action
+        == "none"
+    )
     assert _decide({"dataset_drift_share": True}).action == "none"  # a bool is not a share
 
 
@@ -90,8 +105,9 @@ def test_no_storm_at_most_one_retrain_per_cool_down(gaps: list[float]) -> None:
     now, last, started = NOW, None, []
     for gap in gaps:
         now += timedelta(seconds=gap)
-        decision = POLICY.decide({**QUIET, "dataset_drift_share": 1.0}, last_retrain_at=last,
-                                 running=False, now=now)
+        decision = POLICY.decide(
+            {**QUIET, "dataset_drift_share": 1.0}, last_retrain_at=last, running=False, now=now
+        )
         if decision.action == "retrain":
             started.append(now)
             last = now
@@ -100,7 +116,12 @@ def test_no_storm_at_most_one_retrain_per_cool_down(gaps: list[float]) -> None:
 
 
 def test_from_settings_reads_the_retrain_fields() -> None:
-    settings = Settings(retrain_drift_share=0.3, retrain_on_concept_alarm=False,
-                        retrain_auc_drop=0.1, retrain_cooldown_s=30, retrain_min_examples=50)
+    settings = Settings(
+        retrain_drift_share=0.3,
+        retrain_on_concept_alarm=False,
+        retrain_auc_drop=0.1,
+        retrain_cooldown_s=30,
+        retrain_min_examples=50,
+    )
     assert RetrainPolicy.from_settings(settings) == RetrainPolicy(0.3, False, 0.1, 30, 50)
     assert _decide(QUIET).to_dict()["policy"]["cooldown_s"] == 600

@@ -11,9 +11,15 @@ from drift.quality import QualityConfig, expectations_from_reference, validate
 
 def _rows(seed: int, n: int) -> list[dict[str, float]]:
     rng = np.random.default_rng(seed)
-    return [{"amount": float(a), "channel_web": float(w), "hour_sin": float(h)}
-            for a, w, h in zip(rng.gamma(2.0, 40.0, n), rng.random(n) < 0.3,
-                               np.sin(rng.uniform(0, 6.28, n)), strict=True)]
+    return [
+        {"amount": float(a), "channel_web": float(w), "hour_sin": float(h)}
+        for a, w, h in zip(
+            rng.gamma(2.0, 40.0, n),
+            rng.random(n) < 0.3,
+            np.sin(rng.uniform(0, 6.28, n)),
+            strict=True,
+        )
+    ]
 
 
 def _reference() -> dict[str, list[float]]:
@@ -64,8 +70,9 @@ def test_a_bad_batch_is_caught(specs: list[dict]) -> None:
     assert ("expect_column_values_to_be_between", "amount") in failed
     assert ("expect_column_values_to_be_between", "channel_web") in failed
     assert ("expect_column_mean_to_be_between", "channel_web") in failed
-    columns = next(r for r in result["results"]
-                   if r["expectation"] == "expect_table_columns_to_match_set")
+    columns = next(
+        r for r in result["results"] if r["expectation"] == "expect_table_columns_to_match_set"
+    )
     assert not columns["success"]
     assert columns["details"] == {"mismatched": {"missing": ["hour_sin"]}}
     key = ("expect_column_values_to_not_be_null", "amount")

@@ -18,19 +18,32 @@ def _days(first: int, last: int) -> set[date]:
 
 def test_a_day_goes_only_when_all_of_it_is_older_than_the_retention() -> None:
     watermark = datetime(2001, 1, 11, 6, tzinfo=UTC)  # cutoff 2001-01-01 06:00 with 10 days
-    plan = plan_days(_days(0, 10), set(), watermark=watermark, retention_days=10, ahead_days=0,
-                     protected=[])
+    plan = plan_days(
+        _days(0, 10), set(), watermark=watermark, retention_days=10, ahead_days=0, protected=[]
+    )
     assert plan.drop == ()  # Jan 1 still holds rows newer than the cutoff
-    later = plan_days(_days(0, 10), set(), watermark=watermark + timedelta(hours=18),
-                      retention_days=10, ahead_days=0, protected=[])
+    later = plan_days(
+        _days(0, 10),
+        set(),
+        watermark=watermark + timedelta(hours=18),
+        retention_days=10,
+        ahead_days=0,
+        protected=[],
+    )
     assert later.drop == (D0,)
 
 
 def test_protected_spans_hold_their_days_and_default_rows_are_split_or_purged() -> None:
     watermark = datetime(2001, 1, 31, tzinfo=UTC)
     reference = Span(datetime(2001, 1, 3, 12, tzinfo=UTC), datetime(2001, 1, 4, 1, tzinfo=UTC))
-    plan = plan_days(_days(0, 5), _days(6, 30), watermark=watermark, retention_days=20,
-                     ahead_days=1, protected=[reference])
+    plan = plan_days(
+        _days(0, 5),
+        _days(6, 30),
+        watermark=watermark,
+        retention_days=20,
+        ahead_days=1,
+        protected=[reference],
+    )
     assert plan.held == (D0 + timedelta(days=2), D0 + timedelta(days=3))
     assert plan.drop == tuple(sorted(_days(0, 5) - set(plan.held)))
     assert plan.purge == tuple(sorted(_days(6, 9)))  # expired, only in the default partition
@@ -39,11 +52,18 @@ def test_protected_spans_hold_their_days_and_default_rows_are_split_or_purged() 
 
 
 def test_an_open_span_holds_everything_after_its_start_and_no_watermark_drops_nothing() -> None:
-    plan = plan_days(_days(0, 40), set(), watermark=datetime(2001, 3, 1, tzinfo=UTC),
-                     retention_days=1, ahead_days=0, protected=[Span(None, None)])
+    plan = plan_days(
+        _days(0, 40),
+        set(),
+        watermark=datetime(2001, 3, 1, tzinfo=UTC),
+        retention_days=1,
+        ahead_days=0,
+        protected=[Span(None, None)],
+    )
     assert plan.drop == () and len(plan.held) == 41
-    empty = plan_days(_days(0, 3), _days(4, 4), watermark=None, retention_days=1, ahead_days=3,
-                      protected=[])
+    empty = plan_days(
+        _days(0, 3), _days(4, 4), watermark=None, retention_days=1, ahead_days=3, protected=[]
+    )
     assert empty.drop == () and empty.create == () and empty.split == (D0 + timedelta(days=4),)
 
 
@@ -62,7 +82,10 @@ def test_partition_names_round_trip() -> None:
     span=st.none() | st.tuples(st.integers(0, 60 * 24), st.integers(0, 5 * 24)),
 )
 def test_plan_keeps_every_row_within_retention_and_every_protected_day(
-    offsets: set[int], in_default: set[int], water_h: int, retention: int,
+    offsets: set[int],
+    in_default: set[int],
+    water_h: int,
+    retention: int,
     span: tuple[int, int] | None,
 ) -> None:
     existing = {D0 + timedelta(days=o) for o in offsets}
@@ -72,8 +95,14 @@ def test_plan_keeps_every_row_within_retention_and_every_protected_day(
     if span is not None:
         start = watermark - timedelta(days=70) + timedelta(hours=span[0])
         spans.append(Span(start, start + timedelta(hours=span[1])))
-    plan = plan_days(existing, default, watermark=watermark, retention_days=retention,
-                     ahead_days=2, protected=spans)
+    plan = plan_days(
+        existing,
+        default,
+        watermark=watermark,
+        retention_days=retention,
+        ahead_days=2,
+        protected=spans,
+    )
     cutoff = watermark - timedelta(days=retention)
     gone = set(plan.drop) | set(plan.purge)
     for day in gone:

@@ -55,11 +55,13 @@ def test_after_a_concept_change_the_challenger_is_promoted(
     registry = _champion_of_the_old_concept(drift_ns, drift_engine)
     champion = registry.load("champion-old")
     # The champion served (and kept learning) through the change: still mostly the old concept.
-    insert_examples(drift_ns, make_rows(800, NEW, seed=2), champion, end=datetime.now(UTC),
-                    learn=True)
+    insert_examples(
+        drift_ns, make_rows(800, NEW, seed=2), champion, end=datetime.now(UTC), learn=True
+    )
     seen: list[dict] = []
-    result = retrain(drift_ns, trigger="manual", reason="test: concept change",
-                     on_progress=seen.append)
+    result = retrain(
+        drift_ns, trigger="manual", reason="test: concept change", on_progress=seen.append
+    )
 
     assert result.status == "promoted", result.detail
     assert registry.champion_ref() is not None
@@ -91,8 +93,9 @@ def test_after_a_concept_change_the_challenger_is_promoted(
 def test_without_a_change_the_champion_is_kept(drift_ns: Settings, drift_engine: Engine) -> None:
     registry = _champion_of_the_old_concept(drift_ns, drift_engine, n=6000)
     champion = registry.load("champion-old")
-    insert_examples(drift_ns, make_rows(800, OLD, seed=3), champion, end=datetime.now(UTC),
-                    learn=True)
+    insert_examples(
+        drift_ns, make_rows(800, OLD, seed=3), champion, end=datetime.now(UTC), learn=True
+    )
     result = retrain(drift_ns, trigger="policy", reason="test: no change")
 
     assert result.status == "kept", result.detail
@@ -111,8 +114,9 @@ def test_only_examples_inside_the_window_are_read(drift_ns: Settings, drift_engi
     registry = _champion_of_the_old_concept(drift_ns, drift_engine, n=500)
     champion = registry.load("champion-old")
     now = datetime.now(UTC)
-    insert_examples(drift_ns, make_rows(300, OLD, seed=4), champion,
-                    end=now - timedelta(hours=2), first_id=1)
+    insert_examples(
+        drift_ns, make_rows(300, OLD, seed=4), champion, end=now - timedelta(hours=2), first_id=1
+    )
     insert_examples(drift_ns, make_rows(200, NEW, seed=5), champion, end=now, first_id=1000)
     result = retrain(drift_ns, trigger="manual", reason="test: window")
     assert result.n_train + result.n_holdout == 200
@@ -123,8 +127,9 @@ def test_a_second_retrain_while_one_runs_is_refused(
     drift_ns: Settings, drift_engine: Engine
 ) -> None:
     registry = _champion_of_the_old_concept(drift_ns, drift_engine, n=500)
-    insert_examples(drift_ns, make_rows(400, NEW, seed=6), registry.load("champion-old"),
-                    end=datetime.now(UTC))
+    insert_examples(
+        drift_ns, make_rows(400, NEW, seed=6), registry.load("champion-old"), end=datetime.now(UTC)
+    )
     training = threading.Event()
     refused = threading.Event()
     outcome: dict = {}
@@ -157,8 +162,9 @@ def test_too_few_examples_fail_the_retrain_and_free_the_guard(
     drift_ns: Settings, drift_engine: Engine
 ) -> None:
     registry = _champion_of_the_old_concept(drift_ns, drift_engine, n=200)
-    insert_examples(drift_ns, make_rows(50, NEW, seed=7), registry.load("champion-old"),
-                    end=datetime.now(UTC))
+    insert_examples(
+        drift_ns, make_rows(50, NEW, seed=7), registry.load("champion-old"), end=datetime.now(UTC)
+    )
     with pytest.raises(NotEnoughExamplesError, match="only 50 labelled examples.*need 100"):
         retrain(drift_ns, trigger="manual", reason="too early")
     (row,) = _ledger(drift_ns, drift_engine).latest()
@@ -174,8 +180,9 @@ def test_a_crashed_retrain_is_given_up_after_the_stale_timeout(
     drift_ns: Settings, drift_engine: Engine
 ) -> None:
     registry = _champion_of_the_old_concept(drift_ns, drift_engine, n=500)
-    insert_examples(drift_ns, make_rows(300, NEW, seed=8), registry.load("champion-old"),
-                    end=datetime.now(UTC))
+    insert_examples(
+        drift_ns, make_rows(300, NEW, seed=8), registry.load("champion-old"), end=datetime.now(UTC)
+    )
     ledger = _ledger(drift_ns, drift_engine)
     crashed = ledger.start("manual", "a process that died")
     ledger.progress(crashed, "training", 40.0)

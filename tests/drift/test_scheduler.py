@@ -74,8 +74,12 @@ class ScriptedCheck:
                 report_id = conn.execute(
                     "INSERT INTO drift_reports (namespace, status, summary, report, decision, html)"
                     " VALUES (%s, %s, %s::jsonb, '{}'::jsonb, %s::jsonb, '') RETURNING report_id",
-                    (settings.namespace, "drift" if decision["drift"] else "ok",
-                     orjson.dumps(self.summary).decode(), orjson.dumps(decision).decode()),
+                    (
+                        settings.namespace,
+                        "drift" if decision["drift"] else "ok",
+                        orjson.dumps(self.summary).decode(),
+                        orjson.dumps(decision).decode(),
+                    ),
                 ).fetchone()[0]  # type: ignore[index]
             return {"report_id": report_id, "decision": decision}
         finally:
@@ -83,9 +87,9 @@ class ScriptedCheck:
                 self.active -= 1
 
 
-def _run_in_thread(settings: Settings, check: ScriptedCheck, **kwargs: Any) -> tuple[
-    threading.Thread, threading.Event, list[CycleResult]
-]:
+def _run_in_thread(
+    settings: Settings, check: ScriptedCheck, **kwargs: Any
+) -> tuple[threading.Thread, threading.Event, list[CycleResult]]:
     stop = threading.Event()
     cycles: list[CycleResult] = []
     thread = threading.Thread(
@@ -185,10 +189,16 @@ def test_a_drifted_report_runs_one_retrain_then_the_cool_down_holds(
     key = sched_ns.model_signing_key.get_secret_value().encode()
     engine = drift_engine
     registry = ModelRegistry(engine, sched_ns.namespace, key)
-    registry.register(trained_model(make_rows(3000, Concept("a"), seed=1), "champion-old"),
-                      "champion")
-    insert_examples(sched_ns, make_rows(800, Concept("b"), seed=2),
-                    registry.load("champion-old"), end=datetime.now(UTC), learn=True)
+    registry.register(
+        trained_model(make_rows(3000, Concept("a"), seed=1), "champion-old"), "champion"
+    )
+    insert_examples(
+        sched_ns,
+        make_rows(800, Concept("b"), seed=2),
+        registry.load("champion-old"),
+        end=datetime.now(UTC),
+        learn=True,
+    )
     check = ScriptedCheck({"dataset_drift_share": 0.8, "n_current": 800})
     thread, stop, cycles = _run_in_thread(sched_ns, check)
     try:
@@ -212,17 +222,26 @@ def test_stopping_the_scheduler_interrupts_a_retrain_and_records_it(
     sched_ns: Settings, drift_engine: Engine
 ) -> None:
     settings = sched_ns.model_copy(update={"retrain_epochs": 40})  # a long retrain
-    registry = ModelRegistry(drift_engine, settings.namespace,
-                             settings.model_signing_key.get_secret_value().encode())
-    registry.register(trained_model(make_rows(500, Concept("a"), seed=1), "champion-old"),
-                      "champion")
-    insert_examples(settings, make_rows(4000, Concept("b"), seed=2),
-                    registry.load("champion-old"), end=datetime.now(UTC))
+    registry = ModelRegistry(
+        drift_engine, settings.namespace, settings.model_signing_key.get_secret_value().encode()
+    )
+    registry.register(
+        trained_model(make_rows(500, Concept("a"), seed=1), "champion-old"), "champion"
+    )
+    insert_examples(
+        settings,
+        make_rows(4000, Concept("b"), seed=2),
+        registry.load("champion-old"),
+        end=datetime.now(UTC),
+    )
     ledger = RetrainLedger(drift_engine, settings.namespace)
     thread, stop, cycles = _run_in_thread(settings, ScriptedCheck({"dataset_drift_share": 1.0}))
     try:
-        wait_for(lambda: (ledger.running() or {}).get("progress", {}).get("phase") == "training",
-                 30, "the retrain to train")
+        wait_for(
+            lambda: (ledger.running() or {}).get("progress", {}).get("phase") == "training",
+            30,
+            "the retrain to train",
+        )
     finally:
         stop.set()
         thread.join(60)

@@ -34,8 +34,9 @@ __all__ = ["drift_ns"]
 
 @pytest.fixture
 def sched_ns(drift_ns: Settings) -> Iterator[Settings]:
-    settings = drift_ns.model_copy(update={"drift_interval_s": 600.0,
-                                           "retention_drift_reports_keep": 1})
+    settings = drift_ns.model_copy(
+        update={"drift_interval_s": 600.0, "retention_drift_reports_keep": 1}
+    )
     yield settings
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(f'DROP TABLE IF EXISTS "{job_table(settings.namespace)}"')
@@ -61,9 +62,9 @@ def _reports(settings: Settings, add: int = 0) -> int:
     return int(row[0])
 
 
-def _in_thread(settings: Settings, **kwargs: Any) -> tuple[
-    threading.Thread, threading.Event, list[BaseException]
-]:
+def _in_thread(
+    settings: Settings, **kwargs: Any
+) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -89,15 +90,20 @@ def test_a_superseded_scheduler_stops_and_prunes_nothing(
     thread, stop, errors = _in_thread(sched_ns)
     second = None
     try:
-        wait_for(lambda: bool(lock_sessions(sched_ns, key, granted=True)), 20,
-                 "the first scheduler's lock")
+        wait_for(
+            lambda: bool(lock_sessions(sched_ns, key, granted=True)),
+            20,
+            "the first scheduler's lock",
+        )
         (first_pid,) = lock_sessions(sched_ns, key, granted=True)
         with _LOCK:
             context = _CONTEXTS[sched_ns.namespace]  # what the first one's jobs run with
         log = (tmp_path / "second.log").open("wb")
         second = subprocess.Popen(  # another process: a scheduler's context is per process
             [sys.executable, "-m", "freshloop.cli", "drift", "run"],
-            env=sched_ns.environment(os.environ), stdout=log, stderr=subprocess.STDOUT,
+            env=sched_ns.environment(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60  # imports, then it waits for the lock
         while time.monotonic() < deadline and not lock_sessions(sched_ns, key, granted=False):

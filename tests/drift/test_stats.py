@@ -166,11 +166,14 @@ def test_nan_and_inf_are_left_out_not_counted() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-1e6, 1e6), min_size=5, max_size=80),
-       st.lists(st.floats(-1e6, 1e6), min_size=5, max_size=80),
-       st.integers(2, 20))
-def test_psi_is_non_negative_and_zero_on_itself(ref: list[float], cur: list[float],
-                                                bins: int) -> None:
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=5, max_size=80),
+    st.lists(st.floats(-1e6, 1e6), min_size=5, max_size=80),
+    st.integers(2, 20),
+)
+def test_psi_is_non_negative_and_zero_on_itself(
+    ref: list[float], cur: list[float], bins: int
+) -> None:
     assert stats.psi(ref, cur, bins=bins) >= -1e-12
     assert stats.psi(ref, ref, bins=bins) == GOLD(0.0, abs=1e-12)
     hist = stats.histogram(cur, stats.quantile_edges(ref, bins))

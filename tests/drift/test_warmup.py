@@ -23,34 +23,47 @@ PAYMENTS = origin_key("payments", "created_at")
 OUTCOMES = origin_key("payment_outcomes", "reported_at")
 
 
-def _judge(names: list[str], start: datetime, origins: dict[str, datetime | None] | None = None
-           ) -> dict[str, str]:
+def _judge(
+    names: list[str], start: datetime, origins: dict[str, datetime | None] | None = None
+) -> dict[str, str]:
     origins = {PAYMENTS: T0, OUTCOMES: T0} if origins is None else origins
     return assess(names, SCORING_FEATURES, SERVED_FEATURES, origins, start).unjudged
 
 
 def test_a_window_is_judged_once_full_before_the_reference() -> None:
-    names = ["payment_count_10m", "payment_count_1h", "payment_count_24h",
-             "merchant_fraud_count_7d"]
+    names = [
+        "payment_count_10m",
+        "payment_count_1h",
+        "payment_count_24h",
+        "merchant_fraud_count_7d",
+    ]
     at_1h = _judge(names, T0 + timedelta(hours=1))
     assert set(at_1h) == {"payment_count_24h", "merchant_fraud_count_7d"}
     assert "fills up until" in at_1h["payment_count_24h"]
     assert set(_judge(names, T0 + timedelta(hours=1) - timedelta(seconds=1))) == {
-        "payment_count_1h", "payment_count_24h", "merchant_fraud_count_7d"}
+        "payment_count_1h",
+        "payment_count_24h",
+        "merchant_fraud_count_7d",
+    }
     assert _judge(names, T0 + timedelta(days=7)) == {}
 
 
 def test_lifetime_features_are_never_judged() -> None:
-    got = _judge(["payment_count_lifetime", "amount_sum_lifetime_missing"],
-                 T0 + timedelta(days=365))
+    got = _judge(
+        ["payment_count_lifetime", "amount_sum_lifetime_missing"], T0 + timedelta(days=365)
+    )
     assert set(got) == {"payment_count_lifetime", "amount_sum_lifetime_missing"}
     assert "grows for ever" in got["payment_count_lifetime"]
 
 
 def test_derived_and_missing_inputs_follow_their_features() -> None:
     start = T0 + timedelta(hours=2)
-    assert set(_judge(["amount_to_mean_24h", "amount_mean_24h_missing", "amount", "channel_web",
-                       "hour_sin"], start)) == {"amount_to_mean_24h", "amount_mean_24h_missing"}
+    assert set(
+        _judge(
+            ["amount_to_mean_24h", "amount_mean_24h_missing", "amount", "channel_web", "hour_sin"],
+            start,
+        )
+    ) == {"amount_to_mean_24h", "amount_mean_24h_missing"}
 
 
 def test_a_namespace_younger_than_its_tables_fills_up_from_its_own_start() -> None:
@@ -80,8 +93,7 @@ def _growing(world: CheckWorld, now: datetime) -> None:
 
 
 @pytest.mark.integration
-def test_a_filling_count_is_no_warning_until_its_window_was_full(
-        check_world: CheckWorld) -> None:
+def test_a_filling_count_is_no_warning_until_its_window_was_full(check_world: CheckWorld) -> None:
     now = datetime.now(UTC)
     world = check_world
     settings = world.settings.model_copy(update={"drift_warmup": True})
@@ -97,8 +109,13 @@ def test_a_filling_count_is_no_warning_until_its_window_was_full(
     assert "Not judged" in report.html
 
     # the same data, but the payments and the namespace began three hours ago: drift
-    world.origins({PAYMENTS: now - timedelta(hours=3), OUTCOMES: now - timedelta(days=30),
-                   NAMESPACE: now - timedelta(hours=3)})
+    world.origins(
+        {
+            PAYMENTS: now - timedelta(hours=3),
+            OUTCOMES: now - timedelta(days=30),
+            NAMESPACE: now - timedelta(hours=3),
+        }
+    )
     report = run_check(settings, now=now + timedelta(seconds=1))
     assert "payment_count_1h" in report.summary["drifted_features"], report.summary
     assert report.status in ("warning", "drift")

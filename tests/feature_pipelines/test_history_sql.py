@@ -32,8 +32,10 @@ def test_every_version_is_filtered_by_visibility_and_the_lookup_too() -> None:
     fraud = SAMPLE_FEATURES.by_name("merchant_fraud_count_7d")
     text = _text(as_of_query([fraud])[0])
     for alias in ('"s"', '"l"'):
-        assert f"{alias}._valid_from <= p._pos AND ({alias}._valid_to IS NULL OR " \
-               f"{alias}._valid_to > p._pos)" in text
+        assert (
+            f"{alias}._valid_from <= p._pos AND ({alias}._valid_to IS NULL OR "
+            f"{alias}._valid_to > p._pos)" in text
+        )
     assert '"l"."merchant_id" = p."merchant_id"' in text
     assert '"s"."reported_at" >= to_timestamp' in text
 
@@ -59,8 +61,10 @@ def test_the_window_arithmetic_is_the_oracles(name: str, offset_us: int) -> None
 
 
 def test_rows_become_the_oracles_states() -> None:
-    feats = [SAMPLE_FEATURES.by_name(n) for n in
-             ("payment_count_1h", "amount_sum_1h", "distinct_merchants_24h")]
+    feats = [
+        SAMPLE_FEATURES.by_name(n)
+        for n in ("payment_count_1h", "amount_sum_1h", "distinct_merchants_24h")
+    ]
     states = states_from_row(feats, [2, None, None, 2, "30.50", None, 2, None, ["7", "9"]])
     assert states["payment_count_1h"] == State(count=2)
     assert states["amount_sum_1h"] == State(count=2, total=3050)

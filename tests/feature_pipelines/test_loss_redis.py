@@ -118,8 +118,19 @@ def private_redis(tmp_path: Path) -> Iterator[str]:
     """A throwaway redis-server on a free loopback port (its config may be changed)."""
     port = _free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -157,8 +168,12 @@ def test_the_pipeline_refuses_to_start_on_an_evicting_redis(
     redis.Redis.from_url(private_redis).config_set("maxmemory-policy", "allkeys-lru")
     settings = stack_settings.model_copy(
         # a Redis without users: its default user takes any password
-        update={"redis_url": private_redis, "redis_namespace": "refused", "metrics_port": 0,
-                "redis_user": "default"}
+        update={
+            "redis_url": private_redis,
+            "redis_namespace": "refused",
+            "metrics_port": 0,
+            "redis_user": "default",
+        }
     )
     pipeline = FeaturePipeline(settings)
     try:
@@ -172,7 +187,10 @@ def test_a_redis_that_hides_its_config_is_refused_unless_allowed(private_redis: 
     """A managed Redis: CONFIG is not permitted to the pipeline's user."""
     admin = redis.Redis.from_url(private_redis)
     admin.acl_setuser(
-        "pipeline", enabled=True, passwords=["+secret-for-test"], keys=["*"],
+        "pipeline",
+        enabled=True,
+        passwords=["+secret-for-test"],
+        keys=["*"],
         commands=["+@all", "-config"],
     )
     limited = redis.Redis.from_url(private_redis, username="pipeline", password="secret-for-test")

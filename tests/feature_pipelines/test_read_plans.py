@@ -50,9 +50,7 @@ def test_granules() -> None:
     ),
     edge=st.sampled_from([1, 7, 10, 60, 1440, 10_080]),
 )
-def test_shared_plan_counts_the_buckets_of_its_own_read_time(
-    offsets: list[int], edge: int
-) -> None:
+def test_shared_plan_counts_the_buckets_of_its_own_read_time(offsets: list[int], edge: int) -> None:
     plans = _Plans(FEATURES)
     for offset in offsets:
         # read times on and next to bucket edges of every width, in any order

@@ -106,8 +106,14 @@ def test_freshloop_services_run_existing_commands_of_the_built_image() -> None:
     text = DOCKERFILE.read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
     assert 'ENTRYPOINT ["freshloop"]' in text
-    for folder in ("freshloop", "connectors", "feature_pipelines", "online_learning", "drift",
-                   "sql"):
+    for folder in (
+        "freshloop",
+        "connectors",
+        "feature_pipelines",
+        "online_learning",
+        "drift",
+        "sql",
+    ):
         assert f"COPY {folder} ./{folder}" in text, folder  # db init reads sql/ beside the code
 
 

@@ -67,4 +67,9 @@ def test_db_prune_dry_run_prints_every_table_as_json(
     body = json.loads(result.output)
     assert body["dry_run"] is True
     assert [t["table"] for t in body["tables"]] == [
-        "training_examples", "drift_reports", "retrains", "model_registry", "learner_checkpoints"]
+        "training_examples",
+        "drift_reports",
+        "retrains",
+        "model_registry",
+        "learner_checkpoints",
+    ]

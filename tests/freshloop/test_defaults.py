@@ -29,8 +29,11 @@ def test_the_local_stack_accepts_its_defaults() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "variable"),
     [
-        ("postgres_dsn", "postgresql://freshloop@db.internal:5432/freshloop",
-         "FRESHLOOP_POSTGRES_DSN"),
+        (
+            "postgres_dsn",
+            "postgresql://freshloop@db.internal:5432/freshloop",
+            "FRESHLOOP_POSTGRES_DSN",
+        ),
         ("redis_url", "redis://10.0.0.5:6379/0", "FRESHLOOP_REDIS_URL"),
         ("redis_read_url", "redis://replica:6379/0", "FRESHLOOP_REDIS_READ_URL"),
         ("kafka_bootstrap", "127.0.0.1:9092,broker2:9092", "FRESHLOOP_KAFKA_BOOTSTRAP (2)"),

@@ -17,6 +17,7 @@ from tests.fixtures import drop_namespace
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def demo_ns(pipeline: Settings) -> Iterator[Settings]:
     tag = f"demo{uuid.uuid4().hex[:8]}"

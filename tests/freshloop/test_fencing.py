@@ -97,8 +97,10 @@ def _kill(settings: Settings, pid: int | None) -> None:
 
 def _report(conn: object, ns: str) -> None:
     conn.execute(  # type: ignore[attr-defined]
-        text("INSERT INTO drift_reports (namespace, status, summary, report, decision, html) "
-             "VALUES (:ns, 'ok', '{}'::jsonb, '{}'::jsonb, '{}'::jsonb, '')"),
+        text(
+            "INSERT INTO drift_reports (namespace, status, summary, report, decision, html) "
+            "VALUES (:ns, 'ok', '{}'::jsonb, '{}'::jsonb, '{}'::jsonb, '')"
+        ),
         {"ns": ns},
     )
 
@@ -155,7 +157,8 @@ def test_a_superseded_owner_writes_nothing_and_stops(fence_ns: Settings) -> None
         with psycopg.connect(fence_ns.postgres_conninfo(), autocommit=True) as plain:
             plain.execute(
                 "INSERT INTO drift_reports (namespace, status, summary, report, decision, html) "
-                "VALUES (%s, 'ok', '{}', '{}', '{}', '')", (fence_ns.namespace,),
+                "VALUES (%s, 'ok', '{}', '{}', '{}', '')",
+                (fence_ns.namespace,),
             )
         assert _reports(fence_ns) == 2
     finally:

@@ -31,7 +31,10 @@ def test_a_part_is_degraded_per_dependency_until_that_dependency_works() -> None
     assert health.healthy("scorer", "postgres") is not None
     (kafka,) = health.problems()
     assert (kafka.component, kafka.dependency, kafka.since, kafka.errors) == (
-        "scorer", "kafka", 100.0, 2,
+        "scorer",
+        "kafka",
+        100.0,
+        2,
     )
     assert kafka.detail == "still no ack"
     assert [d.dependency for d in health.components()["scorer"]] == ["kafka"]
@@ -68,8 +71,16 @@ def test_retry_reports_each_failure_and_the_recovery() -> None:
         return original(component, dependency, error)
 
     health.degraded = spy  # type: ignore[method-assign]
-    result = retry(flaky, component="learner", dependency="postgres", errors=(ConnectionError,),
-                   stop=threading.Event(), health=health, base_s=0.001, cap_s=0.002)
+    result = retry(
+        flaky,
+        component="learner",
+        dependency="postgres",
+        errors=(ConnectionError,),
+        stop=threading.Event(),
+        health=health,
+        base_s=0.001,
+        cap_s=0.002,
+    )
     assert result == "answer" and len(calls) == 3
     assert seen == [0, 1]  # degraded after the first failure, still degraded at the second
     assert health.problems() == []  # the success ended it
@@ -84,8 +95,14 @@ def test_retry_lets_other_errors_through_and_ends_when_stopped() -> None:
         raise ValueError(msg)
 
     with pytest.raises(ValueError, match="a bug"):
-        retry(bug, component="c", dependency="d", errors=(ConnectionError,),
-              stop=threading.Event(), health=health)
+        retry(
+            bug,
+            component="c",
+            dependency="d",
+            errors=(ConnectionError,),
+            stop=threading.Event(),
+            health=health,
+        )
     assert health.problems() == []
 
     stop = threading.Event()
@@ -96,8 +113,15 @@ def test_retry_lets_other_errors_through_and_ends_when_stopped() -> None:
         raise ConnectionError(msg)
 
     with pytest.raises(DependencyRetryStopped, match="c stopped while waiting for d"):
-        retry(down, component="c", dependency="d", errors=(ConnectionError,), stop=stop,
-              health=health, base_s=10.0)
+        retry(
+            down,
+            component="c",
+            dependency="d",
+            errors=(ConnectionError,),
+            stop=stop,
+            health=health,
+            base_s=10.0,
+        )
     assert [(p.component, p.dependency) for p in health.problems()] == [("c", "d")]
 
 

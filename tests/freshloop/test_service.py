@@ -23,8 +23,11 @@ def serve_ns(pipeline: Settings) -> Iterator[Settings]:
     tag = f"t{uuid.uuid4().hex[:10]}"
     quiet = urlunsplit(urlsplit(pipeline.redis_url)._replace(path="/3"))  # few keys to clean
     settings = pipeline.model_copy(
-        update={"redis_namespace": tag, "redis_url": quiet,
-                "predictions_topic": f"{tag}.predictions"}
+        update={
+            "redis_namespace": tag,
+            "redis_url": quiet,
+            "predictions_topic": f"{tag}.predictions",
+        }
     )
     yield settings
     drop_namespace(settings, tag)
@@ -43,11 +46,16 @@ def test_a_dead_thread_stops_the_process_with_an_error(serve_ns: Settings) -> No
         "FRESHLOOP_LEARNER_START": "latest",
     }
     with psycopg.connect(serve_ns.postgres_conninfo(), autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(hashtext(%s))",
-                       (f"freshloop learner {serve_ns.namespace}",))
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))", (f"freshloop learner {serve_ns.namespace}",)
+        )
         proc = subprocess.run(
             [sys.executable, "-m", "freshloop.cli", "serve"],
-            env=env, capture_output=True, text=True, timeout=90, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
         )
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "thread_died thread=learner error=LearnerBusyError" in proc.stderr

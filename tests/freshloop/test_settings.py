@@ -66,9 +66,7 @@ def test_the_environment_of_settings_loads_the_same_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What a parent hands a child process (``Settings.environment``) loads back equal."""
-    chosen = Settings(
-        redis_namespace="child", row_state_grace="7200", retention_examples_days=9
-    )
+    chosen = Settings(redis_namespace="child", row_state_grace="7200", retention_examples_days=9)
     env = chosen.environment({"UNRELATED": "kept", "FRESHLOOP_PREDICTIONS_TOPIC": "gone"})
     assert env["UNRELATED"] == "kept" and "FRESHLOOP_PREDICTIONS_TOPIC" not in env
     for name in [k for k in os.environ if k.startswith("FRESHLOOP_")]:

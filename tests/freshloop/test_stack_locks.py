@@ -81,9 +81,7 @@ def test_connect_resolves_only_its_connectors_variable(
     jars = [_Jars(tmp_path / "kafka"), _Jars(tmp_path / "plugins" / "debezium")]
     monkeypatch.setattr("freshloop.stack.services.jar_sets", lambda home: jars)
     connect.prepare()
-    props = dict(
-        line.split("=", 1) for line in connect.properties.read_text().splitlines() if line
-    )
+    props = dict(line.split("=", 1) for line in connect.properties.read_text().splitlines() if line)
     assert props["config.providers"] == "env"
     assert props["config.providers.env.param.allowlist.pattern"] == "^FRESHLOOP_CDC_PASSWORD$"
     assert props["connector.client.config.override.policy"] == "None"

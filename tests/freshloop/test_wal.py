@@ -19,7 +19,8 @@ def test_alarm_sentences() -> None:
     assert slot_alarm("s", 99, "reserved", 100) is None
     assert slot_alarm("s", 100, "extended", 100) == (
         "replication slot s retains 100 bytes of WAL (warning at 100): the connector is down "
-        "or behind")
+        "or behind"
+    )
     assert "about to be lost" in str(slot_alarm("s", 0, "unreserved", 100))
     assert "was lost" in str(slot_alarm("s", 0, "lost", 100))
 
@@ -38,8 +39,7 @@ def test_the_local_postgres_bounds_slot_wal(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_health_reads_the_slot_and_alarms_when_it_falls_behind(stack_settings: Settings) -> None:
     prefix = f"walt{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={"topic_prefix": prefix,
-                                                 "wal_warning_bytes": 1})
+    settings = stack_settings.model_copy(update={"topic_prefix": prefix, "wal_warning_bytes": 1})
     engine = create_engine(settings.sqlalchemy_url())
     try:
         with engine.connect() as conn:
@@ -47,11 +47,13 @@ def test_health_reads_the_slot_and_alarms_when_it_falls_behind(stack_settings: S
         assert not absent.exists and absent.alarm is None
         with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as pg:
             # a physical slot reserves WAL at once (a logical one would wait for transactions)
-            pg.execute("SELECT pg_create_physical_replication_slot(%s, true)",
-                       (settings.slot_name,))
+            pg.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true)", (settings.slot_name,)
+            )
             try:
-                pg.execute("SELECT pg_logical_emit_message(false, 'freshloop-test', "
-                           "repeat('x', 100000))")
+                pg.execute(
+                    "SELECT pg_logical_emit_message(false, 'freshloop-test', repeat('x', 100000))"
+                )
                 with engine.connect() as conn:
                     state = read_slot(conn, settings)
             finally:

@@ -46,8 +46,9 @@ def test_scorer_keeps_its_model_while_postgres_is_down_and_says_so(learn_ns: Set
                 "champion_poll_s": 0.2,
             }
         )
-        engine = create_engine(via_proxy.sqlalchemy_url(), pool_pre_ping=True,
-                               connect_args={"connect_timeout": 2})
+        engine = create_engine(
+            via_proxy.sqlalchemy_url(), pool_pre_ping=True, connect_args={"connect_timeout": 2}
+        )
         scorer = Scorer(via_proxy, engine=engine)
         (first,) = scorer.score([_payment(1)])
         proxy.cut()  # a Postgres restart as the scorer sees it
@@ -107,13 +108,19 @@ def test_a_learner_learns_only_its_own_namespace(learn_ns: Settings) -> None:
     try:
         for thread in threads:
             thread.start()
-        wait_for(lambda: all(lr.learner is not None for lr in learners.values()), 60,
-                 "both learners started")
+        wait_for(
+            lambda: all(lr.learner is not None for lr in learners.values()),
+            60,
+            "both learners started",
+        )
         time.sleep(1.0)  # both consumers positioned at the topic's end
         Scorer(learn_ns).score([_payment(i) for i in (1, 2, 3)])
         mine, theirs = learners[learn_ns.namespace], learners[other.namespace]
-        wait_for(lambda: mine.counts.predictions == 3 and theirs.counts.foreign == 3, 30,
-                 "each learner to see the three predictions")
+        wait_for(
+            lambda: mine.counts.predictions == 3 and theirs.counts.foreign == 3,
+            30,
+            "each learner to see the three predictions",
+        )
         assert theirs.counts.predictions == 0 and mine.counts.foreign == 0
     finally:
         for lr in learners.values():
@@ -123,4 +130,3 @@ def test_a_learner_learns_only_its_own_namespace(learn_ns: Settings) -> None:
         from tests.fixtures import drop_namespace
 
         drop_namespace(other, other.namespace)
-

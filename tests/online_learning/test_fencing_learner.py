@@ -82,11 +82,20 @@ def test_a_superseded_learner_writes_no_checkpoint_and_no_example(learn_ns: Sett
         now = datetime.now(UTC)
         payment_id = uuid.uuid4().int % 2**62
         assert first.learner is not None
-        first._learned([LabelledExample(  # the first one goes on learning in memory...
-            payment_id=payment_id, features={"amount": 12.5}, label=True, score=0.4,
-            model_version=first.learner.model.version, predicted_at=now, labelled_at=now,
-            source="outcome",
-        )])
+        first._learned(
+            [
+                LabelledExample(  # the first one goes on learning in memory...
+                    payment_id=payment_id,
+                    features={"amount": 12.5},
+                    label=True,
+                    score=0.4,
+                    model_version=first.learner.model.version,
+                    predicted_at=now,
+                    labelled_at=now,
+                    source="outcome",
+                )
+            ]
+        )
         with pytest.raises(FencedError, match="another copy took ownership"):
             first.checkpoint()  # ...but writes nothing of it
         assert _written(learn_ns) == before

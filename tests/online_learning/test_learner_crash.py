@@ -112,5 +112,7 @@ def test_kill_9_of_the_learner_loses_nothing_and_learns_nothing_twice(learn_ns: 
     assert status["n_learned"] == status["counts"]["learned"] == len(ids) == len(set(ids))
     assert status["service"]["restored_from"] > 0
     assert len(expected) == report[0].count("payment_outcomes", "c") > 0
-    print(f"kills={kills} outcomes={len(expected)} examples={len(ids)} "
-          f"checkpoints={status['service']['checkpoints']}")
+    print(
+        f"kills={kills} outcomes={len(expected)} examples={len(ids)} "
+        f"checkpoints={status['service']['checkpoints']}"
+    )

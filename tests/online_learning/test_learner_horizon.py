@@ -38,8 +38,12 @@ STEP = timedelta(minutes=5)
 def own_topics(learn_ns: Settings) -> Iterator[Settings]:
     """The namespace with its own outcomes topic too (its prefix is the namespace's tag)."""
     settings = learn_ns.model_copy(
-        update={"topic_prefix": learn_ns.namespace, "learner_start": "earliest",
-                "checkpoint_every_examples": 10, "checkpoint_every_s": 0.5}
+        update={
+            "topic_prefix": learn_ns.namespace,
+            "learner_start": "earliest",
+            "checkpoint_every_examples": 10,
+            "checkpoint_every_s": 0.5,
+        }
     )
     ensure_topic(settings, settings.topic("payment_outcomes"))
     yield settings
@@ -88,18 +92,25 @@ def test_a_backlog_after_downtime_learns_in_event_time_and_a_replay_learns_the_s
     for pid, created_at in payments.items():
         p = Prediction(pid, 0.2, {"amount": 1.0}, "v0", created_at, created_at + H / 6)
         client.hset(prediction_key(settings.namespace, pid), mapping=_redis_fields(p, "test"))
-        producer.produce(settings.predictions_topic_name, key=str(pid).encode(),
-                         value=encode_prediction(p))
+        producer.produce(
+            settings.predictions_topic_name, key=str(pid).encode(), value=encode_prediction(p)
+        )
     # Fraud outcomes of the first 40: i % 10 == 0 50 minutes after (in time), i % 10 == 5 90
     # minutes after (late: the horizon negative stands). In reported_at order, like the table.
     outcomes = sorted(
-        [(payments[first + i] + (50 if i % 10 == 0 else 90) * timedelta(minutes=1), first + i)
-         for i in range(40) if i % 5 == 0]
+        [
+            (payments[first + i] + (50 if i % 10 == 0 else 90) * timedelta(minutes=1), first + i)
+            for i in range(40)
+            if i % 5 == 0
+        ]
     )
     for lsn, (reported_at, pid) in enumerate(outcomes, start=100):
         row = {"payment_id": pid, "is_fraud": True, "reported_at": iso(reported_at)}
-        producer.produce(settings.topic("payment_outcomes"), key=orjson.dumps({"payment_id": pid}),
-                         value=envelope("payment_outcomes", "c", None, row, lsn * 8))
+        producer.produce(
+            settings.topic("payment_outcomes"),
+            key=orjson.dumps({"payment_id": pid}),
+            value=envelope("payment_outcomes", "c", None, row, lsn * 8),
+        )
     producer.flush(10)
     # All drained, the watermark is the newest created_at (4h55): horizons up to 3h55 passed.
     due = {pid for pid, at in payments.items() if at + H <= base + 59 * STEP}

@@ -134,9 +134,11 @@ def test_every_outcome_is_learned_once_and_the_pattern_is_learned(learn_ns: Sett
     assert status["join"]["duplicate_predictions"] == 0
     assert service.counts.dead_lettered == 1  # the bad message, counted, did not stop learning
     metrics = status["metrics"]
-    print(f"payments={payments} examples={len(rows)} fraud={metrics['n_fraud']:.0f} "
-          f"roc_auc={metrics['roc_auc']:.3f} rolling_roc_auc={metrics['rolling_roc_auc']:.3f} "
-          f"log_loss={metrics['log_loss']:.3f}")
+    print(
+        f"payments={payments} examples={len(rows)} fraud={metrics['n_fraud']:.0f} "
+        f"roc_auc={metrics['roc_auc']:.3f} rolling_roc_auc={metrics['rolling_roc_auc']:.3f} "
+        f"log_loss={metrics['log_loss']:.3f}"
+    )
     assert metrics["n_fraud"] >= 30
     assert metrics["rolling_roc_auc"] > 0.8
     # The logged vector is exactly what was trained on; the learned ones left Redis.
@@ -167,8 +169,9 @@ def test_a_promoted_champion_is_followed_without_restart(learn_ns: Settings) -> 
             registry.register(OnlineModel(learn_ns.model_spec, new_version), "challenger")
             registry.promote(new_version)
             wait_for(
-                lambda: service.learner is not None
-                and service.learner.model.version == new_version,
+                lambda: (
+                    service.learner is not None and service.learner.model.version == new_version
+                ),
                 10,
                 "the learner to swap",
             )
@@ -178,8 +181,11 @@ def test_a_promoted_champion_is_followed_without_restart(learn_ns: Settings) -> 
                 "the scorer to swap",
             )
             wait_for(done.is_set, 60, "the workload")
-            wait_for(lambda: service.learner is not None and service.learner.model.n_learned > 0,
-                     20, "the new champion to learn")
+            wait_for(
+                lambda: service.learner is not None and service.learner.model.n_learned > 0,
+                20,
+                "the new champion to learn",
+            )
     finally:
         service.stop.set()
         thread.join(timeout=30)

@@ -32,8 +32,9 @@ def _prediction(features: dict[str, float], score: float = 0.25) -> Prediction:
 def test_the_logged_vector_reads_back_bit_for_bit(features: dict[str, float]) -> None:
     back = decode_prediction(encode_prediction(_prediction(features), served_from="registry"))
     assert back == _prediction(features)
-    assert all(math.copysign(1, back.features[k]) == math.copysign(1, v)
-               for k, v in features.items())
+    assert all(
+        math.copysign(1, back.features[k]) == math.copysign(1, v) for k, v in features.items()
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,12 +45,25 @@ def test_the_logged_vector_reads_back_bit_for_bit(features: dict[str, float]) ->
         (b"[1]", "must be an object"),
         (b'{"payment_id": 1}', "lacks"),
         (orjson.dumps({**orjson.loads(encode_prediction(_prediction({}))), "score": 2}), "[0, 1]"),
-        (orjson.dumps({**orjson.loads(encode_prediction(_prediction({}))), "features": {"a": "x"}}),
-         "finite numbers"),
-        (orjson.dumps({**orjson.loads(encode_prediction(_prediction({}))),
-                       "predicted_at": "2026-01-01T00:00:00"}), "timezone"),
-        (orjson.dumps({**orjson.loads(encode_prediction(_prediction({}))), "payment_id": True}),
-         "integer"),
+        (
+            orjson.dumps(
+                {**orjson.loads(encode_prediction(_prediction({}))), "features": {"a": "x"}}
+            ),
+            "finite numbers",
+        ),
+        (
+            orjson.dumps(
+                {
+                    **orjson.loads(encode_prediction(_prediction({}))),
+                    "predicted_at": "2026-01-01T00:00:00",
+                }
+            ),
+            "timezone",
+        ),
+        (
+            orjson.dumps({**orjson.loads(encode_prediction(_prediction({}))), "payment_id": True}),
+            "integer",
+        ),
     ],
 )
 def test_bad_prediction_messages_are_refused(value: bytes | None, reason: str) -> None:
@@ -97,8 +111,14 @@ def test_bad_outcomes_are_refused(value: bytes, reason: str) -> None:
 
 def _payment_event(**after: object) -> ChangeEvent:
     row = {
-        "payment_id": 9, "customer_id": 1, "merchant_id": 2, "amount": "12.30",
-        "channel": "app", "status": "pending", "created_at": "2026-11-28T12:00:00Z", **after,
+        "payment_id": 9,
+        "customer_id": 1,
+        "merchant_id": 2,
+        "amount": "12.30",
+        "channel": "app",
+        "status": "pending",
+        "created_at": "2026-11-28T12:00:00Z",
+        **after,
     }
     return ChangeEvent("payments", "c", "9", None, row, (1, 1), 1)
 
@@ -111,8 +131,11 @@ def test_payments_keep_exact_money_and_aware_time() -> None:
 
 @pytest.mark.parametrize(
     ("after", "reason"),
-    [({"amount": "x"}, "decimal"), ({"customer_id": "1"}, "integer"),
-     ({"created_at": "2026-11-28T12:00:00"}, "timezone")],
+    [
+        ({"amount": "x"}, "decimal"),
+        ({"customer_id": "1"}, "integer"),
+        ({"created_at": "2026-11-28T12:00:00"}, "timezone"),
+    ],
 )
 def test_bad_payments_are_refused(after: dict[str, object], reason: str) -> None:
     with pytest.raises(MessageError, match=reason):

@@ -23,14 +23,31 @@ from tests.online_learning.fixtures import make_payment
 # The model's inputs as the hand-kept list named them before feature services: checkpoints,
 # registered models and logged vectors all hold exactly these keys, in this order.
 _BEFORE_SERVICES = (
-    "payment_count_10m", "payment_count_1h", "payment_count_24h", "amount_sum_1h",
-    "amount_sum_24h", "amount_mean_24h", "declined_count_24h", "distinct_merchants_24h",
-    "payment_count_lifetime", "amount_sum_lifetime", "merchant_payment_count_1h",
-    "merchant_amount_sum_24h", "merchant_fraud_count_7d",
+    "payment_count_10m",
+    "payment_count_1h",
+    "payment_count_24h",
+    "amount_sum_1h",
+    "amount_sum_24h",
+    "amount_mean_24h",
+    "declined_count_24h",
+    "distinct_merchants_24h",
+    "payment_count_lifetime",
+    "amount_sum_lifetime",
+    "merchant_payment_count_1h",
+    "merchant_amount_sum_24h",
+    "merchant_fraud_count_7d",
 )
 _VECTOR_BEFORE = (
-    "amount", "log_amount", "channel_web", "channel_app", "channel_pos", "channel_other",
-    "hour_sin", "hour_cos", "dow_sin", "dow_cos",
+    "amount",
+    "log_amount",
+    "channel_web",
+    "channel_app",
+    "channel_pos",
+    "channel_other",
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
     *(n for name in _BEFORE_SERVICES for n in (name, f"{name}_missing")),
     "amount_to_mean_24h",
 )
@@ -40,8 +57,10 @@ def test_the_default_service_is_the_contract_models_were_trained_on() -> None:
     service = feature_service(Settings())
     assert service.name == DEFAULT_SERVICE == "fraud"
     assert service.features == SERVED_FEATURES == _BEFORE_SERVICES
-    served = {name: 3 for name in _BEFORE_SERVICES} | {"amount_mean_24h": Decimal("12.5"),
-                                                       "distinct_channels_24h": 2}
+    served = {name: 3 for name in _BEFORE_SERVICES} | {
+        "amount_mean_24h": Decimal("12.5"),
+        "distinct_channels_24h": 2,
+    }
     x = build_vector(make_payment(), served, service.features)
     assert tuple(x) == _VECTOR_BEFORE == input_names(service.features)
     assert x == build_vector(make_payment(), served, _BEFORE_SERVICES)
@@ -78,8 +97,7 @@ def test_services_using_and_tables() -> None:
     assert services_using(SERVICES.values(), "payment_count_1h") == ("fraud", "fraud_channels")
     assert services_using(SERVICES.values(), "distinct_channels_24h") == ("fraud_channels",)
     assert SERVICES["fraud"].tables() == ("payment_outcomes", "payments")
-    assert {f.name for f in SCORING_FEATURES} == {
-        n for s in SERVICES.values() for n in s.features}
+    assert {f.name for f in SCORING_FEATURES} == {n for s in SERVICES.values() for n in s.features}
 
 
 def test_retrain_learns_the_services_inputs_only() -> None:
@@ -116,4 +134,3 @@ def test_features_list_shows_every_feature_and_its_services(
     assert channels.endswith("[services: fraud_channels]")
     assert "service fraud (default, chosen): 13 features" in result.output
     assert "service fraud_channels: 14 features" in result.output
-

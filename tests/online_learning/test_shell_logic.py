@@ -36,7 +36,9 @@ def test_scorers_serve_the_trained_champion_only(
 
 def test_status_is_json_safe() -> None:
     assert json_safe({"a": float("nan"), "b": [float("inf"), 1.5], "c": {1: 2}}) == {
-        "a": None, "b": [None, 1.5], "c": {"1": 2}
+        "a": None,
+        "b": [None, 1.5],
+        "c": {"1": 2},
     }
 
 

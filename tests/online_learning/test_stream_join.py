@@ -112,7 +112,9 @@ def test_stored_labels_and_parked_outcomes() -> None:
     assert join.on_outcome(8, True, T0, _prediction(8, T0), "horizon") == []
     counts = join.counts()
     assert (counts["joined"], counts["duplicate_outcomes"], counts["late_fraud_outcomes"]) == (
-        1, 1, 1,
+        1,
+        1,
+        1,
     )
     # A parked outcome whose prediction never comes is forgotten after reported_at + grace.
     join.on_outcome(9, False, T0 + 2 * H, None, None)

@@ -26,8 +26,12 @@ H = timedelta(hours=24)
         (None, True, T + H, Label(False, "horizon", T + H)),
         (None, True, T + H - timedelta(seconds=1), Label(None, "pending", None)),
         (None, False, T + H * 2, Label(None, "none", None)),
-        ((False, T + timedelta(minutes=1)), True, T + timedelta(minutes=2),
-         Label(False, "outcome", T + timedelta(minutes=1))),
+        (
+            (False, T + timedelta(minutes=1)),
+            True,
+            T + timedelta(minutes=2),
+            Label(False, "outcome", T + timedelta(minutes=1)),
+        ),
     ],
 )
 def test_labels_follow_the_learners_rule(outcome, negatives, now, expected) -> None:  # noqa: ANN001
@@ -37,8 +41,16 @@ def test_labels_follow_the_learners_rule(outcome, negatives, now, expected) -> N
 def test_the_file_holds_the_services_vector_after_the_payment_columns() -> None:
     names = input_names(SERVICES["fraud_channels"].features)
     schema = _schema(names)
-    assert schema.names[:8] == ["payment_id", "customer_id", "merchant_id", "created_at",
-                                "committed_at", "label", "label_source", "labelled_at"]
+    assert schema.names[:8] == [
+        "payment_id",
+        "customer_id",
+        "merchant_id",
+        "created_at",
+        "committed_at",
+        "label",
+        "label_source",
+        "labelled_at",
+    ]
     assert tuple(schema.names[8:]) == names
     assert "distinct_channels_24h" in schema.names
 

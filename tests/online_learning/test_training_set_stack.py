@@ -45,8 +45,14 @@ __all__ = ["learn_ns"]  # the fixture, re-exported for pytest
 # Updates, refunds, corrections and deletes included: the history must undo them as of each
 # payment's commit.
 WORKLOAD = WorkloadConfig(
-    rate=30, customers=60, merchants=12, label_delay_s=1.0, refund_share=0.05,
-    correction_share=0.05, delete_share=0.02, seed=23,
+    rate=30,
+    customers=60,
+    merchants=12,
+    label_delay_s=1.0,
+    refund_share=0.05,
+    correction_share=0.05,
+    delete_share=0.02,
+    seed=23,
 )
 
 
@@ -68,8 +74,13 @@ def _outcomes(settings: Settings, ids: set[int]) -> set[int]:
     return {r[0] for r in rows}
 
 
-def _neighbour_match(conn: psycopg.Connection, scored: ScoredPayment, logged: dict,
-                     predicted_at: datetime, service: FeatureService) -> bool:
+def _neighbour_match(
+    conn: psycopg.Connection,
+    scored: ScoredPayment,
+    logged: dict,
+    predicted_at: datetime,
+    service: FeatureService,
+) -> bool:
     """Whether the logged customer inputs are the history's at some commit position within
     1 s of the payment's, and the logged merchant inputs too (the scorer reads the customer and
     the merchant separately; one statement over every candidate position)."""
@@ -86,8 +97,11 @@ def _neighbour_match(conn: psycopg.Connection, scored: ScoredPayment, logged: di
         for source in input_sources(key, service.features) or ("",):
             groups.setdefault(entity.get(source, ""), []).append(key)
     query, params = as_of_query(features)
-    params |= {"ids": [scored.payment.payment_id] * len(positions), "pos": positions,
-               "t_us": [_micros(predicted_at)] * len(positions)}
+    params |= {
+        "ids": [scored.payment.payment_id] * len(positions),
+        "pos": positions,
+        "t_us": [_micros(predicted_at)] * len(positions),
+    }
     matched: set[str] = set()
     for row in conn.execute(query, params):
         states = states_from_row(features, row[1:])
@@ -109,8 +123,11 @@ def test_training_set_matches_what_was_served(learn_ns: Settings, tmp_path: Path
         with ScoringPipeline(learn_ns):
             report = run_simulation(learn_ns, WORKLOAD, duration_s=8)
             outcomes = _outcomes(learn_ns, report.payment_ids)
-            wait_for(lambda: outcomes <= set(_examples(learn_ns, report.payment_ids)), 40,
-                     "every outcome learned")
+            wait_for(
+                lambda: outcomes <= set(_examples(learn_ns, report.payment_ids)),
+                40,
+                "every outcome learned",
+            )
     finally:
         learner.stop.set()
         thread.join(timeout=30)
@@ -133,12 +150,19 @@ def test_training_set_matches_what_was_served(learn_ns: Settings, tmp_path: Path
 
     # 2. Vectors as of each payment's commit, read when it was scored, against the logged ones.
     exact = neighbour = 0
-    with psycopg.connect(learn_ns.postgres_conninfo()) as reader, \
-            psycopg.connect(learn_ns.postgres_conninfo(), autocommit=True) as conn:
-        scored = [s for chunk in payments_between(reader, start, end, 1000) for s in chunk
-                  if s.payment.payment_id in logged]
-        served = served_as_of(conn, service, scored, [logged[s.payment.payment_id][3]
-                                                      for s in scored])
+    with (
+        psycopg.connect(learn_ns.postgres_conninfo()) as reader,
+        psycopg.connect(learn_ns.postgres_conninfo(), autocommit=True) as conn,
+    ):
+        scored = [
+            s
+            for chunk in payments_between(reader, start, end, 1000)
+            for s in chunk
+            if s.payment.payment_id in logged
+        ]
+        served = served_as_of(
+            conn, service, scored, [logged[s.payment.payment_id][3] for s in scored]
+        )
         differ = []
         own: dict[int, dict[str, float]] = {}
         for s in scored:
@@ -155,22 +179,32 @@ def test_training_set_matches_what_was_served(learn_ns: Settings, tmp_path: Path
                 neighbour += 1
             else:
                 unexplained.append(pid)
-    print(f"payments={len(scored)} exact={exact} neighbour={neighbour} "
-          f"rows_per_s={built.rows_per_s:.0f}")
+    print(
+        f"payments={len(scored)} exact={exact} neighbour={neighbour} "
+        f"rows_per_s={built.rows_per_s:.0f}"
+    )
     assert len(scored) == len(logged)
     assert unexplained == [], {
         pid: {k: (v, own[pid][k]) for k, v in logged[pid][0].items() if own[pid][k] != v}
-        for pid in unexplained}
+        for pid in unexplained
+    }
     assert exact + neighbour == len(scored)
     assert exact >= 0.5 * len(scored)  # the rest: batching (more under load)
     # Today's rows are not what was served: the same computation at the newest position (later
     # payments, updates and deletes included) differs for most payments.
     with psycopg.connect(learn_ns.postgres_conninfo(), autocommit=True) as conn:
         top = conn.execute("SELECT max(_valid_from) FROM payments_history").fetchone()[0]
-        today = served_as_of(conn, service, [replace(s, position=top) for s in scored],
-                             [logged[s.payment.payment_id][3] for s in scored])
-    stale = sum(build_vector(s.payment, today[s.payment.payment_id], service.features)
-                != logged[s.payment.payment_id][0] for s in scored)
+        today = served_as_of(
+            conn,
+            service,
+            [replace(s, position=top) for s in scored],
+            [logged[s.payment.payment_id][3] for s in scored],
+        )
+    stale = sum(
+        build_vector(s.payment, today[s.payment.payment_id], service.features)
+        != logged[s.payment.payment_id][0]
+        for s in scored
+    )
     print(f"differ_with_todays_rows={stale}")
     assert stale >= 0.5 * len(scored)
 

@@ -68,8 +68,9 @@ class Probe:
 
     def insert(self, owner: int, amount: str, note: str | None) -> int:
         row = self.conn.execute(
-            sql.SQL("INSERT INTO {} (owner_id, amount, note) VALUES (%s, %s, %s) RETURNING id")
-            .format(sql.Identifier(self.table)),
+            sql.SQL(
+                "INSERT INTO {} (owner_id, amount, note) VALUES (%s, %s, %s) RETURNING id"
+            ).format(sql.Identifier(self.table)),
             (owner, amount, note),
         ).fetchone()
         assert row is not None
@@ -92,9 +93,7 @@ class Probe:
 
     def dead_letters(self) -> list[dict[str, bytes | None]]:
         records = read_to_end(self.settings, f"{self.settings.topic_prefix}.dead-letter")
-        return [
-            {**dict(m.headers() or []), "key": m.key(), "value": m.value()} for m in records
-        ]
+        return [{**dict(m.headers() or []), "key": m.key(), "value": m.value()} for m in records]
 
 
 @pytest.fixture
@@ -113,9 +112,7 @@ def probe(isolated_connector: Settings, pg: psycopg.Connection) -> Iterator[Prob
         ).format(ident)
     )
     pg.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
-    pg.execute(
-        sql.SQL("GRANT SELECT ON {} TO {}").format(ident, sql.Identifier(settings.cdc_user))
-    )
+    pg.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(ident, sql.Identifier(settings.cdc_user)))
     pg.execute(
         sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
             sql.Identifier(settings.publication_name), ident
@@ -160,8 +157,13 @@ def test_bad_records_are_dead_lettered_counted_and_the_rest_is_exact(probe: Prob
         probe.insert(901 + i % 2, amount, note)
     probe.assert_exact([901, 902])
 
-    row = {"id": -1, "owner_id": 903, "amount": "1.00", "note": "n",
-           "created_at": "2026-11-28T12:00:00Z"}
+    row = {
+        "id": -1,
+        "owner_id": 903,
+        "amount": "1.00",
+        "note": "n",
+        "created_at": "2026-11-28T12:00:00Z",
+    }
     bad: list[tuple[bytes | None, bytes]] = [
         (b'{"id":-1}', b"{not json"),
         (b'{"id":-2}', _envelope(probe.table, {**row, "id": -2, "amount": {"cents": 5}}, 11)),
@@ -178,8 +180,9 @@ def test_bad_records_are_dead_lettered_counted_and_the_rest_is_exact(probe: Prob
     producer.produce(probe.topic, key=b'{"id":-8}', value=_envelope("no_such_table", row, 17))
     # NULL owner in a well-formed event: applied, contributes nothing
     producer.produce(
-        probe.topic, key=b'{"id":-9}', value=_envelope(probe.table, {**row, "id": -9,
-                                                                      "owner_id": None}, 18)
+        probe.topic,
+        key=b'{"id":-9}',
+        value=_envelope(probe.table, {**row, "id": -9, "owner_id": None}, 18),
     )
     producer.flush(10)
     probe.wait_dead(len(bad))
@@ -190,9 +193,7 @@ def test_bad_records_are_dead_lettered_counted_and_the_rest_is_exact(probe: Prob
 
     letters = probe.dead_letters()
     assert len(letters) == len(bad) == probe.pipeline.stats.dead_lettered
-    reasons = {
-        letter["key"]: (letter["freshloop.reason"] or b"").decode() for letter in letters
-    }
+    reasons = {letter["key"]: (letter["freshloop.reason"] or b"").decode() for letter in letters}
     assert "not JSON" in reasons[b'{"id":-1}']
     assert "amount" in reasons[b'{"id":-2}']
     assert "owner_id" in reasons[b'{"id":-3}']
@@ -238,5 +239,10 @@ def test_columns_added_dropped_and_retyped_while_running(probe: Probe) -> None:
         probe.sql("INSERT INTO {t} (owner_id, amount) VALUES (911, 1.00)")
     probe.wait_dead(7)
     letters = probe.dead_letters()
-    assert sum("lacks needed column(s) note" in (m["freshloop.reason"] or b"").decode()
-               for m in letters) == 3
+    assert (
+        sum(
+            "lacks needed column(s) note" in (m["freshloop.reason"] or b"").decode()
+            for m in letters
+        )
+        == 3
+    )

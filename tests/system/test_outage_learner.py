@@ -46,11 +46,17 @@ def test_learner_lock_session_killed_while_a_second_learner_waits(system: System
         second = system.spawn("learner", "learn", "run")
         system.learner = second  # the one the end checks and the fixture's stop look at
         system.retired.append(first)
-        wait_for(lambda: bool(lock_sessions(system.settings, key, granted=False)), 60,
-                 "the second learner to wait for the lock")
+        wait_for(
+            lambda: bool(lock_sessions(system.settings, key, granted=False)),
+            60,
+            "the second learner to wait for the lock",
+        )
         kill_session(system.settings, owner)
-        wait_for(lambda: lock_sessions(system.settings, key, granted=True) not in ([], [owner]),
-                 30, "the second learner to take the lock")
+        wait_for(
+            lambda: lock_sessions(system.settings, key, granted=True) not in ([], [owner]),
+            30,
+            "the second learner to take the lock",
+        )
 
     report = run_with_fault(system, take_over, seconds=12, fault_at=4)
     wait_for(lambda: not first.alive(), 30, "the superseded learner to stop")
@@ -70,13 +76,17 @@ def test_postgres_restarted_while_the_learner_drains_a_backlog(system: System) -
     assert learner is not None
     assert learner.stop() == 0, learner.log()[-3000:]  # checkpointed and stopped
     system.retired.append(learner)
-    report = run_with_fault(system, lambda: None, seconds=20, fault_at=0,
-                            config=replace(WORKLOAD, rate=80))
+    report = run_with_fault(
+        system, lambda: None, seconds=20, fault_at=0, config=replace(WORKLOAD, rate=80)
+    )
     # the scorer has logged the backlog's predictions; the outcomes wait on their topic
     time.sleep(3)
     system.start_learner()  # restores the checkpoint and starts draining
-    wait_for(lambda: bool(lock_sessions(system.settings, _lock_key(system.settings),
-                                        granted=True)), 30, "the learner's lock")
+    wait_for(
+        lambda: bool(lock_sessions(system.settings, _lock_key(system.settings), granted=True)),
+        30,
+        "the learner's lock",
+    )
     _restart(stack, "postgres")  # mid-drain
     _connector_running(system)
     counts = system.check(report, wait_s=300)

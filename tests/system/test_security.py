@@ -244,8 +244,11 @@ def test_every_service_listens_on_loopback_only(pipeline: Settings, tmp_path: Pa
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: metrics_port in {p for v in _listeners().values() for _, p in v}, 30,
-                 "the metrics endpoint")
+        wait_for(
+            lambda: metrics_port in {p for v in _listeners().values() for _, p in v},
+            30,
+            "the metrics endpoint",
+        )
         pids["features run"] = proc.pid
         listeners = _listeners()
         checked = 0

@@ -61,8 +61,14 @@ def test_the_reader_reads_and_cannot_write(stack_settings: Settings) -> None:
             with pytest.raises(redis.exceptions.NoPermissionError):
                 attempt()
         assert writer.hgetall(f"{ns}:h") == {b"a": b"1"}
-        for command in (("FLUSHALL",), ("FLUSHDB",), ("SHUTDOWN",), ("DEBUG", "SLEEP", "0"),
-                        ("ACL", "LIST"), ("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")):
+        for command in (
+            ("FLUSHALL",),
+            ("FLUSHDB",),
+            ("SHUTDOWN",),
+            ("DEBUG", "SLEEP", "0"),
+            ("ACL", "LIST"),
+            ("CONFIG", "SET", "maxmemory-policy", "allkeys-lru"),
+        ):
             assert "no permissions" in _dry_run(s, s.redis_read_user, *command), command
     finally:
         writer.delete(f"{ns}:h")
@@ -87,9 +93,18 @@ def test_the_writer_writes_and_cannot_administer(stack_settings: Settings) -> No
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 attempt()
-        for command in (("FLUSHALL",), ("FLUSHDB",), ("SHUTDOWN",), ("DEBUG", "SLEEP", "0"),
-                        ("CONFIG", "REWRITE"), ("ACL", "SETUSER", "x"), ("MONITOR",),
-                        ("FUNCTION", "FLUSH"), ("SWAPDB", "0", "1"), ("REPLICAOF", "h", "1")):
+        for command in (
+            ("FLUSHALL",),
+            ("FLUSHDB",),
+            ("SHUTDOWN",),
+            ("DEBUG", "SLEEP", "0"),
+            ("CONFIG", "REWRITE"),
+            ("ACL", "SETUSER", "x"),
+            ("MONITOR",),
+            ("FUNCTION", "FLUSH"),
+            ("SWAPDB", "0", "1"),
+            ("REPLICAOF", "h", "1"),
+        ):
             assert "no permissions" in _dry_run(s, s.redis_user, *command), command
         assert _dry_run(s, s.redis_user, "HSET", f"{ns}:h", "a", "1") == "OK"
     finally:
@@ -150,8 +165,15 @@ def test_connect_gets_only_what_its_connector_needs(
     assert pid is not None
     env = _environ(pid)
     assert secret not in Path(f"/proc/{pid}/environ").read_text(errors="replace")
-    assert set(env) <= {"PATH", "JAVA_HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
-                        "FRESHLOOP_CDC_PASSWORD"}, sorted(env)
+    assert set(env) <= {
+        "PATH",
+        "JAVA_HOME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "FRESHLOOP_CDC_PASSWORD",
+    }, sorted(env)
     assert env["FRESHLOOP_CDC_PASSWORD"] == s.cdc_password.get_secret_value()
 
     # its REST API listens on loopback only (tests/system/test_security.py checks every port)
@@ -167,15 +189,24 @@ def test_connect_gets_only_what_its_connector_needs(
         "slot.name": "${directory:/etc:hostname}",
     }
     config = {
-        "connector.class": _DEBEZIUM, "name": name, "tasks.max": "1",
-        "database.port": str(s.postgres_port), "database.password": "x",
-        "plugin.name": "pgoutput", "snapshot.mode": "no_data", **probes,
+        "connector.class": _DEBEZIUM,
+        "name": name,
+        "tasks.max": "1",
+        "database.port": str(s.postgres_port),
+        "database.password": "x",
+        "plugin.name": "pgoutput",
+        "snapshot.mode": "no_data",
+        **probes,
     }
     with httpx.Client(base_url=s.connect_url, timeout=60) as http:
         answers = [http.put(f"/connector-plugins/{_DEBEZIUM}/config/validate", json=config).text]
-        override = {**config, "producer.override.config.providers": "file",
-                    "producer.override.config.providers.file.class":
-                        "org.apache.kafka.common.config.provider.FileConfigProvider"}
+        override = {
+            **config,
+            "producer.override.config.providers": "file",
+            "producer.override.config.providers.file.class": (
+                "org.apache.kafka.common.config.provider.FileConfigProvider"
+            ),
+        }
         refused = http.put(f"/connector-plugins/{_DEBEZIUM}/config/validate", json=override)
         answers.append(refused.text)
         assert "producer.override.config.providers" in refused.text
@@ -183,8 +214,11 @@ def test_connect_gets_only_what_its_connector_needs(
         created = http.post("/connectors", json={"name": name, "config": config})
         try:
             answers.append(created.text)
-            for path in (f"/connectors/{name}/config", f"/connectors/{name}/status",
-                         f"/connectors/{name}/tasks"):
+            for path in (
+                f"/connectors/{name}/config",
+                f"/connectors/{name}/status",
+                f"/connectors/{name}/tasks",
+            ):
                 answers.append(http.get(path).text)
         finally:
             http.delete(f"/connectors/{name}")

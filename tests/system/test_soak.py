@@ -222,8 +222,9 @@ def _quiet_phase(settings: Settings, sampler: Sampler) -> dict[str, int]:
         deadline = time.monotonic() + 40
         flushed = sampler.wal()[1]
         while time.monotonic() < deadline and flushed <= start_lsn:
-            conn.execute("INSERT INTO soak_uncaptured SELECT repeat('x', 1000) "
-                         "FROM generate_series(1, 200)")
+            conn.execute(
+                "INSERT INTO soak_uncaptured SELECT repeat('x', 1000) FROM generate_series(1, 200)"
+            )
             time.sleep(1)
             flushed = sampler.wal()[1]
         conn.execute("DROP TABLE soak_uncaptured")

@@ -138,20 +138,29 @@ def write_stats(
         redis.Redis.from_url(settings.redis_conninfo()), settings.namespace, consumer, ttl_s=300
     )
     publisher.record(applied, lags_ms)
-    publisher.publish(applied_total=applied_total, dead_lettered_total=dead_lettered_total,
-                      assigned_partitions=1)
+    publisher.publish(
+        applied_total=applied_total, dead_lettered_total=dead_lettered_total, assigned_partitions=1
+    )
 
 
 def insert_report(
-    settings: Settings, status: str, summary: dict[str, Any], html: str = "",
+    settings: Settings,
+    status: str,
+    summary: dict[str, Any],
+    html: str = "",
     decision: dict[str, Any] | None = None,
 ) -> int:
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
         row = conn.execute(
             "INSERT INTO drift_reports (namespace, status, summary, report, decision, html)"
             " VALUES (%s, %s, %s::jsonb, '{}'::jsonb, %s::jsonb, %s) RETURNING report_id",
-            (settings.namespace, status, orjson.dumps(summary).decode(),
-             orjson.dumps(decision or {"action": "none"}).decode(), html),
+            (
+                settings.namespace,
+                status,
+                orjson.dumps(summary).decode(),
+                orjson.dumps(decision or {"action": "none"}).decode(),
+                html,
+            ),
         ).fetchone()
     assert row is not None
     return int(row[0])

@@ -56,8 +56,11 @@ def _write_payment(settings: Settings, amount: str) -> tuple[int, int, int]:
 def test_a_written_payment_is_served_as_features_and_prediction(api: ApiHandle) -> None:
     with ScoringPipeline(api.settings):
         customer, merchant, payment = _write_payment(api.settings, "12.34")
-        wait_for(lambda: api.http.get(f"/predictions/{payment}").status_code == 200, 60,
-                 "the payment's prediction")
+        wait_for(
+            lambda: api.http.get(f"/predictions/{payment}").status_code == 200,
+            60,
+            "the payment's prediction",
+        )
 
     prediction = api.http.get(f"/predictions/{payment}").json()
     assert prediction["payment_id"] == payment and 0.0 <= prediction["score"] <= 1.0
@@ -106,8 +109,13 @@ def test_error_answers_say_what_was_wrong(api: ApiHandle) -> None:
 def test_drift_reports_retrains_and_the_summary(api: ApiHandle, api_ns: Settings) -> None:
     first = insert_report(api_ns, "ok", {"dataset_drift_share": 0.1})
     page = "<!doctype html><title>drift</title><h1>share 0.625</h1>"
-    second = insert_report(api_ns, "drift", {"dataset_drift_share": 0.625, "roc_auc": 0.81},
-                           html=page, decision={"action": "retrain"})
+    second = insert_report(
+        api_ns,
+        "drift",
+        {"dataset_drift_share": 0.625, "roc_auc": 0.81},
+        html=page,
+        decision={"action": "retrain"},
+    )
     retrain = insert_retrain(api_ns, "promoted", "drift share 0.625", second)
     other = insert_report(api_ns.model_copy(update={"redis_namespace": "elsewhere"}), "ok", {})
     try:
@@ -127,16 +135,24 @@ def test_drift_reports_retrains_and_the_summary(api: ApiHandle, api_ns: Settings
             (retrain, "promoted", second)
         ]
 
-        write_stats(api_ns, "c1", applied=250, lags_ms=[4.5] * 90 + [12.5] * 10,
-                    applied_total=1000, dead_lettered_total=2)
-        write_stats(api_ns, "c2", applied=100, lags_ms=[3.0] * 60 + [30.0] * 40,
-                    applied_total=500)
+        write_stats(
+            api_ns,
+            "c1",
+            applied=250,
+            lags_ms=[4.5] * 90 + [12.5] * 10,
+            applied_total=1000,
+            dead_lettered_total=2,
+        )
+        write_stats(api_ns, "c2", applied=100, lags_ms=[3.0] * 60 + [30.0] * 40, applied_total=500)
         summary = api.http.get("/api/summary").json()
         assert summary["errors"] == {}
         pipe = summary["pipeline"]
         assert (pipe["live"], pipe["events_per_s"], pipe["applied_total"]) == (2, 350.0, 1500)
         assert (pipe["dead_lettered_total"], pipe["lag_p50_ms"], pipe["lag_p99_ms"]) == (
-            2, 4.5, 30.0)
+            2,
+            4.5,
+            30.0,
+        )
         assert [p["drift_share"] for p in summary["drift"]["series"]] == [0.1, 0.625]
         assert summary["drift"]["latest"][0]["action"] == "retrain"
         assert summary["retrains"][0]["retrain_id"] == retrain
@@ -160,10 +176,13 @@ def test_healthz_metrics_and_openapi(api: ApiHandle) -> None:
     api.http.get("/features/customer/1")
     families = {f.name: f for f in text_string_to_metric_families(api.http.get("/metrics").text)}
     requests = families["freshloop_api_requests"].samples
-    assert any(s.labels.get("route") == "/features/{entity}/{key}" and s.value >= 1
-               for s in requests)
-    rates = {s.labels["consumer"]: s.value
-             for s in families["freshloop_pipeline_events_per_second"].samples}
+    assert any(
+        s.labels.get("route") == "/features/{entity}/{key}" and s.value >= 1 for s in requests
+    )
+    rates = {
+        s.labels["consumer"]: s.value
+        for s in families["freshloop_pipeline_events_per_second"].samples
+    }
     assert rates == {"m1": 42.0}
     retained = families["freshloop_replication_slot_retained_wal_bytes"].samples
     assert [s.labels["slot"] for s in retained] == [api.settings.slot_name]
@@ -171,8 +190,14 @@ def test_healthz_metrics_and_openapi(api: ApiHandle) -> None:
     spec = api.http.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert {
-        "/features/{entity}/{key}", "/features/{entity}/batch", "/predictions/{payment_id}",
-        "/models", "/drift/reports", "/drift/reports/{report_id}", "/healthz", "/metrics",
+        "/features/{entity}/{key}",
+        "/features/{entity}/batch",
+        "/predictions/{payment_id}",
+        "/models",
+        "/drift/reports",
+        "/drift/reports/{report_id}",
+        "/healthz",
+        "/metrics",
     } <= set(spec["paths"])
     assert api.http.get("/docs").status_code == 200
     page = api.http.get("/")
@@ -204,8 +229,14 @@ def test_a_dependency_down_is_a_503_naming_it(api_ns: Settings, unused_port: int
         }
     )
     for handle in serve(no_pg, tokens_from=api_ns):
-        for path in ("/models", "/drift/reports", "/drift/reports/1", "/retrains",
-                     "/features/customer/1", "/api/summary"):
+        for path in (
+            "/models",
+            "/drift/reports",
+            "/drift/reports/1",
+            "/retrains",
+            "/features/customer/1",
+            "/api/summary",
+        ):
             answer = handle.http.get(path)
             assert answer.status_code == 503, path
             assert answer.json()["dependency"] == "postgres"

@@ -54,8 +54,9 @@ _TOKEN_TEXT = re.compile(r"^flt_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 
 
 # Served but not in the OpenAPI document: the dashboard page and the documentation itself.
-_UNDOCUMENTED = {("GET", p) for p in ("/", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                                      "/redoc")}
+_UNDOCUMENTED = {
+    ("GET", p) for p in ("/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+}
 
 
 def _routes(handle: ApiHandle) -> set[tuple[str, str]]:
@@ -94,10 +95,14 @@ def test_every_route_but_healthz_refuses_without_a_token(
     assert bare.get("/no/such/path").status_code == 401  # unknown routes are closed too
     missing = bare.get("/models").json()["detail"]
     assert "Authorization: Bearer" in missing and "freshloop api token create" in missing
-    assert "not a Freshloop API token" in bare.get(
-        "/models", headers={"Authorization": "Bearer nope"}).json()["detail"]
-    assert "unknown token" in _call(
-        bare, "GET", "/models", "flt_0123456789abcdef_" + "x" * 43).json()["detail"]
+    assert (
+        "not a Freshloop API token"
+        in bare.get("/models", headers={"Authorization": "Bearer nope"}).json()["detail"]
+    )
+    assert (
+        "unknown token"
+        in _call(bare, "GET", "/models", "flt_0123456789abcdef_" + "x" * 43).json()["detail"]
+    )
 
 
 def test_each_scope_gets_exactly_its_routes(api: ApiHandle, bare: httpx.Client) -> None:
@@ -109,8 +114,10 @@ def test_each_scope_gets_exactly_its_routes(api: ApiHandle, bare: httpx.Client) 
     for (method, template), needed in sorted(EXPECTED.items(), key=str):
         for scope, token in [*tokens.items(), ("features+predictions", both)]:
             answer = _call(bare, method, template, token)
-            granted = needed in {None, "any"} or scope in {needed, "admin"} or (
-                scope == "features+predictions" and needed != "admin"
+            granted = (
+                needed in {None, "any"}
+                or scope in {needed, "admin"}
+                or (scope == "features+predictions" and needed != "admin")
             )
             if granted:
                 assert answer.status_code not in {401, 403}, (scope, template, answer.text)
@@ -167,9 +174,7 @@ def test_the_stored_value_is_not_the_token(api: ApiHandle) -> None:
     token = make_token(api.settings, "predictions:read")
     token_id, secret = token.split("_", 2)[1:]
     with psycopg.connect(api.settings.postgres_conninfo(), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT * FROM api_tokens WHERE token_id = %s", (token_id,)
-        ).fetchone()
+        row = conn.execute("SELECT * FROM api_tokens WHERE token_id = %s", (token_id,)).fetchone()
         assert row is not None
         names = [d.name for d in conn.execute("SELECT * FROM api_tokens LIMIT 0").description]
     stored = dict(zip(names, row, strict=True))
@@ -279,8 +284,20 @@ def _freshloop(settings: Settings, *args: str) -> _Run:
 
 
 def test_the_token_commands(api: ApiHandle, bare: httpx.Client) -> None:
-    made = _freshloop(api.settings, "api", "token", "create", "--name", "ci", "--scope",
-                      "features:read", "--scope", "predictions:read", "--expires-days", "2")
+    made = _freshloop(
+        api.settings,
+        "api",
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "features:read",
+        "--scope",
+        "predictions:read",
+        "--expires-days",
+        "2",
+    )
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert _TOKEN_TEXT.match(token) and "shown only now" in made.stderr

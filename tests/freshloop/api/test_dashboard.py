@@ -25,9 +25,17 @@ _BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     assert _BROWSER is not None
     command = [
-        _BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-extensions", "--disable-background-networking",
-        f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=5000", *args,
+        _BROWSER,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--virtual-time-budget=5000",
+        *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
@@ -46,11 +54,18 @@ def _text_of(dom: str, element_id: str) -> str:
 def test_the_dashboard_shows_live_numbers_in_a_browser(
     api: ApiHandle, api_ns: Settings, tmp_path: Path
 ) -> None:
-    write_stats(api_ns, "browser-test", applied=321, lags_ms=[6.5] * 10, applied_total=987654,
-                dead_lettered_total=3)
+    write_stats(
+        api_ns,
+        "browser-test",
+        applied=321,
+        lags_ms=[6.5] * 10,
+        applied_total=987654,
+        dead_lettered_total=3,
+    )
     insert_report(api_ns, "ok", {"dataset_drift_share": 0.125})
-    report = insert_report(api_ns, "drift", {"dataset_drift_share": 0.625},
-                           decision={"action": "retrain"})
+    report = insert_report(
+        api_ns, "drift", {"dataset_drift_share": 0.625}, decision={"action": "retrain"}
+    )
 
     done = _chromium(tmp_path, "--dump-dom", f"{api.url}/?token={api.token}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -67,8 +82,13 @@ def test_the_dashboard_shows_live_numbers_in_a_browser(
     assert "<polyline" in dom  # the drift chart: one line through the two reports
 
     shot = tmp_path / "dashboard.png"
-    done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1000",
-                     "--hide-scrollbars", f"{api.url}/?token={api.token}")
+    done = _chromium(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1280,1000",
+        "--hide-scrollbars",
+        f"{api.url}/?token={api.token}",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

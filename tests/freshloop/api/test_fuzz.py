@@ -37,8 +37,12 @@ def test_no_request_generated_from_the_spec_gets_a_server_error(api: ApiHandle) 
             variants.append(operation.as_strategy(path_parameters={"entity": "customer"}))
     for strategy in variants:
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=strategy)
         def run(case: schemathesis.Case) -> None:
             nonlocal tried

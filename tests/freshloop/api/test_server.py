@@ -79,9 +79,7 @@ def test_accepted_connections_send_without_waiting_for_acks() -> None:
                 accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
                 transport.close()
 
-        server = await asyncio.get_running_loop().create_server(
-            Probe, sock=_bind("127.0.0.1", 0)
-        )
+        server = await asyncio.get_running_loop().create_server(Probe, sock=_bind("127.0.0.1", 0))
         port = server.sockets[0].getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         try:

@@ -15,9 +15,16 @@ from freshloop.settings import Settings
 
 
 def _row(consumer: str, updated_at: float, **fields: float | None) -> dict:
-    base = {"consumer_id": consumer, "updated_at": updated_at, "events_per_s": 0.0,
-            "applied_total": 0, "dead_lettered_total": 0, "lag_p50_ms": None,
-            "lag_p95_ms": None, "lag_p99_ms": None}
+    base = {
+        "consumer_id": consumer,
+        "updated_at": updated_at,
+        "events_per_s": 0.0,
+        "applied_total": 0,
+        "dead_lettered_total": 0,
+        "lag_p50_ms": None,
+        "lag_p95_ms": None,
+        "lag_p99_ms": None,
+    }
     return {**base, **fields}
 
 
@@ -26,8 +33,14 @@ def test_rates_add_up_over_live_consumers_and_lags_take_the_worst() -> None:
     rows = [
         _row("a", now - 1, events_per_s=100.0, applied_total=10, lag_p50_ms=5.0, lag_p99_ms=9.0),
         _row("b", now - 2, events_per_s=50.0, applied_total=20, lag_p50_ms=7.0, lag_p99_ms=None),
-        _row("gone", now - STALE_AFTER_S - 1, events_per_s=999.0, applied_total=5,
-             dead_lettered_total=3, lag_p99_ms=500.0),
+        _row(
+            "gone",
+            now - STALE_AFTER_S - 1,
+            events_per_s=999.0,
+            applied_total=5,
+            dead_lettered_total=3,
+            lag_p99_ms=500.0,
+        ),
     ]
     total = aggregate_pipeline(rows, now)
     assert (total["live"], total["stale"]) == (2, 1)
@@ -53,10 +66,18 @@ def test_history_is_bounded_and_throttled() -> None:
 def test_drift_series_is_oldest_first_and_tolerates_missing_numbers() -> None:
     t0, t1 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
     newest_first = [
-        {"report_id": 9, "created_at": t1, "status": "drift",
-         "summary": {"dataset_drift_share": 0.75, "roc_auc": 0.7}},
-        {"report_id": 8, "created_at": t0, "status": "insufficient_data",
-         "summary": {"dataset_drift_share": "n/a"}},
+        {
+            "report_id": 9,
+            "created_at": t1,
+            "status": "drift",
+            "summary": {"dataset_drift_share": 0.75, "roc_auc": 0.7},
+        },
+        {
+            "report_id": 8,
+            "created_at": t0,
+            "status": "insufficient_data",
+            "summary": {"dataset_drift_share": "n/a"},
+        },
     ]
     series = drift_series(newest_first)
     assert [p["report_id"] for p in series] == [8, 9]
