@@ -92,16 +92,6 @@ def drop_keys(redis_url: str, pattern: str) -> int:
     return int(dropped)
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    """Create fresh topics (replication 1) and wait for them."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in names]
-    for future in admin.create_topics(new).values():
-        future.result(timeout=30)
-
-
 def bulk_producer(bootstrap: str) -> Any:
     """A producer tuned to pre-fill a topic fast (large batches, deep local queue)."""
     from confluent_kafka import Producer

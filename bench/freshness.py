@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.common import drop_keys, percentiles, ratio, save, spread
 from bench.peers.batch_sql import BatchRecompute
 from feature_pipelines import SAMPLE_FEATURES
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 
 BOUNDED_P99_MS = 1000.0
@@ -141,20 +141,31 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def feature_run(settings: Settings, rate: float, seconds: float, per_process: float) -> dict:
+def feature_run(
+    settings: Settings, rate: float, seconds: float, per_process: float, *, shares: bool = False
+) -> dict:
+    """``shares``: also each component's CPU share over the writing window (load_shares)."""
     ns = f"fresh{uuid.uuid4().hex[:8]}"
+    cpu: dict[str, Any] | None = None
     stats_path = Path(tempfile.mkdtemp()) / "stats.json"
     _start_at_end(settings, ns)
     env = {**os.environ, "FRESHLOOP_REDIS_NAMESPACE": ns, "FRESHLOOP_METRICS_PORT": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freshloop.cli", "features", "run", "--stats-json", str(stats_path)],
+        [sys.executable, "-m", "freshloop.app.cli", "features", "run"]
+        + ["--stats-json", str(stats_path)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         _wait_ready(settings, ns, proc)
+        if shares:
+            from bench.load_shares import window
+
+            sampler = window(settings, {"pipeline": [proc.pid]}).start()
         load = write_load(settings, rate, seconds, per_process)
+        if shares:
+            cpu = sampler.stop()
         time.sleep(3)
     finally:
         _stop(proc)
@@ -173,6 +184,7 @@ def feature_run(settings: Settings, rate: float, seconds: float, per_process: fl
             and lag["p99"] <= BOUNDED_P99_MS
             and load["achieved_payments_per_s"] >= 0.9 * rate
         ),
+        **({} if cpu is None else {"cpu": cpu}),
     }
 
 
@@ -225,7 +237,7 @@ def prediction_run(settings: Settings, rate: float, seconds: float, per_process:
         "FRESHLOOP_PREDICTIONS_TOPIC": topic,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freshloop.cli", "learn", "serve"],
+        [sys.executable, "-m", "freshloop.app.cli", "learn", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -338,6 +350,13 @@ def main() -> None:
         help="rates tried upwards for the max sustainable rate ('' to skip)",
     )
     parser.add_argument("--customers", type=int, default=2000, help="split among the writers")
+    parser.add_argument(
+        "--load-rates",
+        default="",
+        help="rates tried upwards for the highest load meeting commit -> feature p99 <= 75 ms "
+        "and commit -> prediction p99 <= 100 ms, with each component's CPU share there "
+        "(bench/load_shares.py; '' to skip)",
+    )
     args = parser.parse_args()
     global CUSTOMERS
     CUSTOMERS = args.customers
@@ -437,9 +456,16 @@ def main() -> None:
         f"[bench] max sustainable: {max_rate['max_sustained_payments_per_s']} payments/s",
         flush=True,
     )
+    highest = None
+    if args.load_rates:
+        from bench.load_shares import highest_load
+
+        load_rates = [float(r) for r in args.load_rates.split(",") if r]
+        highest = highest_load(settings, load_rates, args.seconds, args.writer_rate)
     path = save(
         "freshness",
         {
+            "highest_load": highest,
             "seconds": args.seconds,
             "repeat": args.repeat,
             "warmup_seconds": args.warmup_seconds,

@@ -25,8 +25,8 @@ from bench.common import drop_keys, save, spread
 from feature_pipelines import SAMPLE_FEATURES, FeatureSet, FeatureStore
 from feature_pipelines.decode import decode
 from feature_pipelines.planner import Planner
-from feature_pipelines.store import RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.store_write import RedisBatchWriter
+from freshloop.core.settings import Settings
 from online_learning import OnlineLearner, OnlineModel, Payment
 from online_learning.model import DEFAULT_SPEC, build_estimator
 

@@ -49,7 +49,7 @@ from bench.month_curves import (
     settle_days,
     verdict,
 )
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import EventClock, SimulationReport, WorkloadConfig, run_simulation
 
 __all__ = ["MonthConfig", "main", "run_month"]
@@ -117,7 +117,7 @@ def _isolated(base: Settings, tag: str) -> Settings:
 def isolated_loop(base: Settings, keep: bool = False) -> Iterator[Settings]:
     """A database, connector (and slot), topics and Redis namespace of its own; removed after."""
     from connectors import ConnectClient, apply_connector
-    from freshloop.db import init_database
+    from freshloop.core.db import init_database
 
     tag = uuid.uuid4().hex[:8]
     settings = _isolated(base, tag)
@@ -165,7 +165,7 @@ def _drop_slot(base: Settings, slot: str) -> None:
 def _spawn(month: Month, name: str, *args: str) -> None:
     log = (month.logdir / f"{name}.log").open("ab")
     month.procs[name] = subprocess.Popen(
-        [sys.executable, "-m", "freshloop.cli", "--log-level", "WARNING", *args],
+        [sys.executable, "-m", "freshloop.app.cli", "--log-level", "WARNING", *args],
         env=month.settings.environment(os.environ),
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -42,7 +42,7 @@ from bench.common import drop_keys, percentiles, ratio, save, spread
 from bench.learning import _build_features, _payments
 from bench.peers import PeerMissing, run_peer
 from feature_pipelines import FeatureStore
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning import SCORING_FEATURES
 
 BATCH = 100
@@ -79,7 +79,7 @@ class ApiProcess:
             [
                 sys.executable,
                 "-m",
-                "freshloop.cli",
+                "freshloop.app.cli",
                 "api",
                 "serve",
                 "--host",

@@ -16,14 +16,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.common import bulk_producer, create_topics, drop_keys, save
+from bench.common import bulk_producer, drop_keys, save
 from feature_pipelines import FeaturePipeline
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
+from freshloop.core.topics import ensure_topics
 
 BASE_MS = int(time.time() * 1000)
 
@@ -56,12 +58,13 @@ def _env(table: str, op: str, before, after, lsn: int, ms: int) -> bytes:
     )
 
 
-def fill(settings: Settings, events: int, seed: int = 1) -> int:
-    """Produce ``events`` change events; returns how many were produced."""
+def fill(settings: Settings, events: int, seed: int = 1, producer: Any = None) -> int:
+    """Produce ``events`` change events (with ``producer``, e.g. inside a transaction; default:
+    a bulk producer of its own); returns how many were produced."""
     rng = random.Random(seed)
     topics = [settings.topic(t) for t in ("payments", "payment_outcomes")]
-    create_topics(settings.kafka_bootstrap, topics, settings.topic_partitions)
-    producer = bulk_producer(settings.kafka_bootstrap)
+    ensure_topics(settings.kafka_bootstrap, topics, settings.topic_partitions)
+    producer = producer or bulk_producer(settings.kafka_bootstrap)
     rows: dict[int, dict] = {}
     lsn, produced, next_id = 1000, 0, 1
     while produced < events:
@@ -175,11 +178,26 @@ def main() -> None:
         help="profile the pipeline loop with pyinstrument (pip install -e '.[bench]'), "
         "write its text report to FILE",
     )
+    parser.add_argument(
+        "--processes",
+        default="",
+        help="comma-separated counts of 'features run' processes in one group (e.g. 1,2,4): "
+        "aggregate events/s and CPU per event of each count instead (bench/scaling.py)",
+    )
+    parser.add_argument(
+        "--redis-layout",
+        default=None,
+        help="with --processes: single or cluster (default: the settings' redis_layout); a "
+        "cluster that cannot be measured here measures the single layout and says why",
+    )
     args = parser.parse_args()
     base = Settings()
     settings = base.model_copy(
         update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}", "metrics_port": 0}
     )
+    if args.processes:
+        _scaling(settings, args.events, args.processes, args.redis_layout or base.redis_layout)
+        return
     print(f"[bench] filling {args.events} change events ...", flush=True)
     total = fill(settings, args.events)
     raws, pipes = [], []
@@ -206,6 +224,24 @@ def main() -> None:
         f"events/s = {result['ratio_freshloop_to_raw']:.2f} x raw consume+decode "
         f"({result['raw_consume_decode_per_s']['median']:,.0f}/s)"
     )
+
+
+def _scaling(settings: Settings, events: int, processes: str, requested: str) -> None:
+    """``--processes``: the same change events replayed by 1, 2, 4 ... processes."""
+    import math
+
+    from bench.scaling import check_layout, scaling
+
+    layout, note = check_layout(settings, requested)
+    if note:
+        print(f"[bench] {note}", flush=True)
+    counts = [int(n) for n in processes.split(",") if n]
+    # partitions: a multiple of every count (each process gets an equal share)
+    step = math.lcm(*counts)
+    partitions = -(-settings.topic_partitions // step) * step
+    settings = settings.model_copy(update={"topic_partitions": partitions})
+    result = scaling(settings, counts, events, layout, note)
+    print(f"[bench] saved {save(f'replay_scaling_{layout}', result)}")
 
 
 if __name__ == "__main__":

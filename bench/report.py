@@ -23,7 +23,7 @@ import redis
 
 from bench.common import RESULTS, machine
 from bench.peers import PeerMissing, peer_python
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
@@ -235,6 +235,10 @@ def _freshness(d: dict[str, Any], aims: list[tuple[str, str, bool | None]]) -> l
             )
             + ".",
         ]
+    if d.get("highest_load"):
+        from bench.load_shares import render as load_lines
+
+        out += ["", *load_lines(d["highest_load"])]
     return [*out, ""]
 
 
@@ -385,7 +389,16 @@ def render(results: Path, settings: Settings) -> str:
     m = machine()
     v = versions(settings)
     loaded = {
-        n: _load(results, n) for n in ("freshness", "replay", "replay_peers", "reads", "learning")
+        n: _load(results, n)
+        for n in (
+            "freshness",
+            "replay",
+            "replay_peers",
+            "replay_scaling_single",
+            "replay_scaling_cluster",
+            "reads",
+            "learning",
+        )
     }
     when = max((d["at"] for d in loaded.values() if d), default="n/a")
     aims: list[tuple[str, str, bool | None]] = []
@@ -394,6 +407,11 @@ def render(results: Path, settings: Settings) -> str:
         body += _freshness(loaded["freshness"], aims)
     if loaded["replay"] or loaded["replay_peers"]:
         body += _replay(loaded["replay"], loaded["replay_peers"], aims)
+    for layout in ("single", "cluster"):
+        if loaded[f"replay_scaling_{layout}"]:
+            from bench.scaling import render as scaling_lines
+
+            body += scaling_lines(loaded[f"replay_scaling_{layout}"])
     if loaded["reads"]:
         body += _reads(loaded["reads"], aims)
     if loaded["learning"]:
@@ -426,7 +444,11 @@ def render(results: Path, settings: Settings) -> str:
         "`make bench` (stack up, schema, connector, the peers' virtualenv `.venv-bench`, every "
         "scenario, then this report). Sizes: `BENCH_EVENTS` (replay, default 1,000,000), "
         "`BENCH_PEER_EVENTS` (replay next to Quix), `BENCH_REPEAT`, `BENCH_RATES`, "
-        "`BENCH_SECONDS`, `BENCH_READS`, `BENCH_PAYMENTS`. Results: `bench/results/*.json`.",
+        "`BENCH_SECONDS`, `BENCH_READS`, `BENCH_PAYMENTS`; many consumers: "
+        "`BENCH_SCALING_EVENTS` (per process count, default 300,000), `BENCH_PROCESSES` "
+        "(default 1,2,4), `BENCH_REDIS_LAYOUT` (default cluster: measured when the stack runs "
+        "one, else the single layout, saying so); highest load: `BENCH_LOAD_RATES`. Results: "
+        "`bench/results/*.json`. Sizing from these figures: docs/scaling.md.",
         "",
     ]
     return "\n".join(head + body + tail)

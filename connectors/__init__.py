@@ -3,7 +3,6 @@
 from connectors.client import ApplyResult, ConnectClient, snapshot_signal
 from connectors.config import CAPTURED_TABLES, apply_connector, render_config
 from connectors.exceptions import ConnectError, ConnectorFailedError, ConnectorValidationError
-from connectors.topics import ensure_topics
 
 __all__ = [
     "CAPTURED_TABLES",
@@ -13,7 +12,6 @@ __all__ = [
     "ConnectorFailedError",
     "ConnectorValidationError",
     "apply_connector",
-    "ensure_topics",
     "render_config",
     "snapshot_signal",
 ]

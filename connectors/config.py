@@ -15,8 +15,8 @@ from string import Template
 from typing import Literal
 
 from connectors.client import ApplyResult, ConnectClient
-from connectors.topics import ensure_topics
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
+from freshloop.core.topics import ensure_topics
 
 __all__ = ["CAPTURED_TABLES", "TEMPLATE_PATH", "apply_connector", "render_config"]
 

@@ -1,6 +1,6 @@
 """Errors of the connector management stage."""
 
-from freshloop.exceptions import FreshloopError
+from freshloop.core.exceptions import FreshloopError
 
 __all__ = ["ConnectError", "ConnectorFailedError", "ConnectorValidationError"]
 

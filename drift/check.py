@@ -9,8 +9,9 @@ concept-drift alarms, freshness (``drift.freshness``) and data quality (``drift.
 Status: ``drift`` when the decision says a trigger fired (``decision["drift"]``: with too few
 rows only the learner's concept alarms can fire); else ``insufficient_data`` when either window
 has fewer than ``drift_min_samples`` rows; else ``warning``
-when a feature, the scores or the label rate drifted, a quality expectation failed or entities
-are stale; else ``ok``.
+when a feature, the scores or the label rate drifted, a quality expectation failed, entities
+are stale or the skew audit (``drift.skew``: logged vectors against the row history, the newest
+``skew_sample`` examples) found inputs differing beyond its tolerance; else ``ok``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from drift import freshness, quality, stats, warmup
@@ -35,7 +37,8 @@ from drift.windows import (
     load_window,
     reference_spec,
 )
-from freshloop.settings import Settings
+from freshloop.core.exceptions import FreshloopError
+from freshloop.core.settings import Settings
 from online_learning.services import feature_service
 
 __all__ = [
@@ -219,6 +222,7 @@ def status_of(summary: Mapping[str, Any], decision: Mapping[str, Any], min_sampl
         or summary.get("label_rate_drifted")
         or summary.get("quality_success") is False
         or (summary.get("stale_entities") or 0) > 0
+        or summary.get("skew_status") == "warning"
     ):
         return "warning"
     return "ok"
@@ -333,6 +337,20 @@ def _quality(
     return quality.validate([r.features for r in current.rows], specs)
 
 
+def _skew(settings: Settings) -> dict[str, Any] | None:
+    """The skew audit's section (None: off); an audit that cannot run is named, not raised."""
+    if settings.skew_sample <= 0:
+        return None
+    from drift.skew_audit import audit
+
+    try:
+        return audit(settings).to_dict()
+    except (psycopg.Error, FreshloopError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("skew audit failed namespace=%s error=%s", settings.namespace, first)
+        return {"status": "error", "error": first}
+
+
 def run_check(
     settings: Settings,
     *,
@@ -429,6 +447,8 @@ def run_check(
         clock.lap("freshness_stale")
         quality_result = _quality(reference, current, settings, ignored) if current.rows else None
         clock.lap("quality")
+        skew = _skew(settings)
+        clock.lap("skew")
 
         fresh = {"p99_ms": lag["p99_ms"], "stale": stale["stale"]}
         summary = build_summary(
@@ -442,6 +462,9 @@ def run_check(
             len(reference.rows),
             len(current.rows),
         )
+        if skew is not None:
+            summary["skew_status"] = skew.get("status")
+            summary["skew_beyond_share"] = skew.get("beyond_share")
         decision = dict((decide or _default_decide(settings))(dict(summary)))
         status = status_of(summary, decision, settings.drift_min_samples)
         report = {
@@ -476,6 +499,7 @@ def run_check(
             },
             "freshness": {"lag": lag, "stale": stale},
             "quality": quality_result,
+            "skew": skew,
             "history": history,
             "timings_ms": clock.laps,
         }

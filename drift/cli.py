@@ -1,10 +1,15 @@
-"""``freshloop drift ...``: the drift stage's commands (registered by ``freshloop.cli``)."""
+"""``freshloop drift ...``: the drift stage's commands (registered by ``freshloop.app.cli``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-__all__ = ["drift"]
+from freshloop.core.commands import friendly
+from freshloop.core.commands import settings as _settings
+
+__all__ = ["drift", "retrain"]
 
 
 @click.group()
@@ -65,8 +70,8 @@ def drift_run(interval: float | None, first_now: bool) -> None:
 
     from drift.jobs import CycleResult
     from drift.scheduler import job_id, run_until_signal
-    from freshloop.exceptions import FreshloopError
-    from freshloop.settings import load_settings
+    from freshloop.core.exceptions import FreshloopError
+    from freshloop.core.settings import load_settings
 
     def show(cycle: CycleResult) -> None:
         d = cycle.decision
@@ -97,3 +102,47 @@ def drift_run(interval: float | None, first_now: bool) -> None:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     click.echo("[drift] stopped")
+
+
+# ---- retrain --------------------------------------------------------------------------------
+@click.command()
+@click.option(
+    "--reason",
+    default="manual retrain",
+    show_default=True,
+    help="Why, as recorded in the retrains table.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@friendly
+def retrain(reason: str, as_json: bool) -> None:
+    """Batch retrain now: recent labelled examples -> challenger, promoted only if it wins."""
+    import json
+
+    from drift.retrain import retrain as run_retrain
+
+    def show(progress: dict[str, Any]) -> None:
+        extra = f" ({progress['learned']}/{progress['of']})" if "learned" in progress else ""
+        click.echo(
+            f"[retrain] {progress['retrain_id']}: {progress['phase']:<11} "
+            f"{progress['pct']:5.1f}%{extra}",
+            err=True,
+        )
+
+    result = run_retrain(_settings(), trigger="manual", reason=reason, on_progress=show)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    champ, chall = result.champion_metrics, result.challenger_metrics
+    click.echo(f"retrain {result.retrain_id}: {result.status.upper()} - {result.detail}")
+    click.echo(
+        f"data      {result.n_train} train + {result.n_holdout} holdout, labelled "
+        f"{result.data_start} .. {result.data_end}"
+    )
+    click.echo(
+        f"champion   {result.champion_version}: roc_auc={champ.get('roc_auc')} "
+        f"log_loss={champ.get('log_loss')}"
+    )
+    click.echo(
+        f"challenger {result.challenger_version}: roc_auc={chall.get('roc_auc')} "
+        f"log_loss={chall.get('log_loss')}"
+    )

@@ -1,6 +1,6 @@
 """Errors of the drift stage: checks, reports, retrains and their scheduler."""
 
-from freshloop.exceptions import FreshloopError
+from freshloop.core.exceptions import FreshloopError
 
 __all__ = [
     "DriftCheckError",

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 __all__ = ["pipeline_lag", "stale_entities", "worst_p99"]
 

@@ -24,7 +24,7 @@ from drift.ledger import RetrainLedger
 from drift.policy import RetrainPolicy
 from drift.retention import PruneReport
 from drift.retrain import RetrainResult, retrain
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 __all__ = [
     "CheckFunction",

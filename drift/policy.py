@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 __all__ = ["Action", "Decision", "RetrainPolicy"]
 

@@ -5,6 +5,9 @@
   just ahead of the watermark are created, and days past the retention are dropped (default
   rows of such days deleted), except days a drift reference window or a live retrain reads,
   in any namespace (``drift.retention.plan_days`` decides).
+- the row history (``sql/009_history.sql``): versions no payment of an example that stays can
+  see (``drift.prune_history``), so retrains from recomputed vectors and the skew audit keep
+  what they read.
 - ``drift_reports``, ``retrains``, ``model_registry``, ``learner_checkpoints``: the newest N per
   namespace (``namespaces``: only those; None: all). Never the champion, a model a running retrain
   or the newest checkpoint names, a running retrain, the retrain that promoted the champion (its
@@ -24,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from drift.prune_history import prune_history
 from drift.retention import (
     DayPlan,
     PruneReport,
@@ -35,7 +39,7 @@ from drift.retention import (
     plan_days,
 )
 from drift.windows import champion_of, reference_spec
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 __all__ = ["prune"]
 
@@ -168,6 +172,17 @@ def _examples(conn: Connection, settings: Settings, report: PruneReport, dry_run
     report.tables.append(TableResult("training_examples", rows, size, _describe(plan)))
     if not dry_run:
         _apply(conn, plan)
+    history = prune_history(
+        conn,
+        partitions=partitions,
+        default_days=default_days,
+        plan=plan,
+        namespaces=namespaces,
+        dry_run=dry_run,
+        notes=report.notes,
+    )
+    if history is not None:
+        report.tables.append(history)
 
 
 def _describe(plan: DayPlan) -> str:

@@ -234,6 +234,51 @@ def _quality_section(q: Mapping[str, Any] | None) -> str:
     )
 
 
+def _skew_section(skew: Mapping[str, Any] | None) -> str:
+    """Logged vectors against the row history (``drift.skew``): the verdict, then the inputs
+    that differ beyond the tolerance, or none."""
+    if not skew:
+        return '<p class="muted">not run (FRESHLOOP_SKEW_SAMPLE=0)</p>'
+    if skew.get("error"):
+        return f'<p class="bad">the audit could not run: {_e(skew.get("error"))}</p>'
+    status = str(skew.get("status"))
+    ex = skew.get("examples") or {}
+    verdict = (
+        f"<span class='badge' style='background:{_STATUS_COLOUR.get(status, '#616161')}'>"
+        f"{_e(status)}</span>"
+    )
+    head = (
+        f"<p>{verdict} {_e(skew.get('compared'))} of {_e(skew.get('sampled'))} newest logged "
+        f"examples compared with their vectors as of their commit ({_e(skew.get('no_history'))} "
+        f"without history): {_e(ex.get('exact', 0))} exact, {_e(ex.get('tolerated', 0))} equal "
+        f"within {_e(skew.get('tolerance_s'))} s of the commit, <b>{_e(ex.get('beyond', 0))}</b> "
+        "beyond.</p>"
+    )
+    inputs = skew.get("inputs") or {}
+    rows = [
+        [
+            _e(name),
+            _e(s.get("compared")),
+            _e(s.get("tolerated")),
+            '<span class="bad">' + _e(s.get("beyond")) + "</span>" if s.get("beyond") else "0",
+            _fmt(s.get("beyond_share"), 3),
+            _e(
+                ", ".join(
+                    f"payment {d['payment_id']}: logged {_fmt(d['logged'])}, "
+                    f"history {_fmt(d['recomputed'])}"
+                    for d in (s.get("largest") or [])[:3]
+                )
+            ),
+        ]
+        for name, s in sorted(inputs.items(), key=lambda kv: (-(kv[1].get("beyond") or 0), kv[0]))
+    ]
+    return head + _table(
+        ["input", "compared", "within tolerance", "beyond", "share beyond", "largest differences"],
+        rows,
+        num=(1, 2, 3, 4),
+    )
+
+
 def render_html(
     report: Mapping[str, Any], summary: Mapping[str, Any], decision: Mapping[str, Any]
 ) -> str:
@@ -390,6 +435,7 @@ def render_html(
         + "</div>"
     )
     quality_html = "<h2>Data quality</h2>" + _quality_section(report.get("quality"))
+    quality_html += "<h2>Online/offline skew</h2>" + _skew_section(report.get("skew"))
     unjudged = (report.get("warmup") or {}).get("unjudged") or {}
     if unjudged:
         feature_html += (
@@ -434,6 +480,17 @@ def render_terminal(
     reasons = "; ".join(map(str, decision.get("reasons") or [])) or "no trigger fired"
     blocked = f" (blocked: {decision['blocked']})" if decision.get("blocked") else ""
     console.print(f"decision: [bold]{decision.get('action', 'none')}[/] - {reasons}{blocked}")
+    skew = report.get("skew") or {}
+    if skew:
+        console.print(
+            f"skew {skew.get('status')}: {skew.get('error') or ''}"
+            + ", ".join(f"{k} {v}" for k, v in (skew.get("examples") or {}).items())
+            + (
+                f"; beyond the tolerance: {_fmt(skew.get('skewed_inputs'))}"
+                if skew.get("skewed_inputs")
+                else ""
+            )
+        )
     q = report.get("quality") or {}
     failed = [r for r in q.get("results") or [] if not r.get("success")]
     for r in failed[:10]:

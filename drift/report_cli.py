@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from freshloop.exceptions import FreshloopError
+from freshloop.core.exceptions import FreshloopError
 
 if TYPE_CHECKING:
     from drift.check import DriftReport
@@ -38,7 +38,7 @@ def show_report(
     from sqlalchemy import create_engine
 
     from drift.store import load_report
-    from freshloop.settings import load_settings
+    from freshloop.core.settings import load_settings
 
     try:
         if latest and report_id is not None:
@@ -59,7 +59,7 @@ def show_report(
 def check_now(*, html_path: str | None, as_json: bool) -> None:
     """Run one check now (no retrain follows: the policy's triggers are named, not acted on)."""
     from drift.check import run_check
-    from freshloop.settings import load_settings
+    from freshloop.core.settings import load_settings
 
     try:
         report = run_check(load_settings())

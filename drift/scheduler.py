@@ -6,7 +6,7 @@
   older versions kept (``job_table``) is dropped unread when the namespace's scheduler starts.
   A stored schedule bought nothing: every start replaced the jobs with a new first run time.
 - One scheduler per namespace: a Postgres advisory lock, and with it the namespace's scheduler
-  epoch (``freshloop.fencing``); a second copy stops with ``SchedulerBusyError``. Every write
+  epoch (``freshloop.core.fencing``); a second copy stops with ``SchedulerBusyError``. Every write
   of the scheduler's engine (drift reports, retrains, promotions, prune) is refused inside its
   transaction once the epoch is no longer current, and the lock session is re-checked every
   second: lost with nobody waiting, it is taken back; taken over, ``run_scheduler`` raises
@@ -21,7 +21,7 @@
   prunes what ``drift.prune`` says, decided in event time, so the wall-clock schedule only
   says when, never what. ``freshloop db prune`` runs the same prune at once.
 - Health: a job that raises (Postgres or Redis unreachable mid-cycle) degrades component
-  ``drift`` in ``freshloop.health.HEALTH`` on that dependency; the next run is the retry
+  ``drift`` in ``freshloop.core.health.HEALTH`` on that dependency; the next run is the retry
   (``coalesce``), and a run that succeeds ends the degradation. APScheduler itself retries a job
   store it cannot read every 10 s.
 - Stop: ``stop_event``; a retrain in progress is interrupted at its next progress step and
@@ -56,11 +56,11 @@ from drift.jobs import (
     register,
     unregister,
 )
-from freshloop.db import POSTGRES_DOWN
-from freshloop.exceptions import FencedError
-from freshloop.fencing import Ownership
-from freshloop.health import HEALTH, backoff_delay
-from freshloop.settings import Settings
+from freshloop.core.db import POSTGRES_DOWN
+from freshloop.core.exceptions import FencedError
+from freshloop.core.fencing import Ownership
+from freshloop.core.health import HEALTH, backoff_delay
+from freshloop.core.settings import Settings
 
 __all__ = [
     "build_scheduler",

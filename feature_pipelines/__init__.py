@@ -5,7 +5,7 @@ from feature_pipelines.consumer import FeaturePipeline, PipelineStats, run_pipel
 from feature_pipelines.exceptions import DecodeError, DefinitionError, FeaturePipelineError
 from feature_pipelines.live_stats import pipeline_stats
 from feature_pipelines.spec import Condition, Entity, Feature, Lookup, describe
-from feature_pipelines.store import AsyncFeatureStore, EntityFeatures, FeatureStore
+from feature_pipelines.store_read import AsyncFeatureStore, EntityFeatures, FeatureStore
 from feature_pipelines.verify import VerifyReport, verify, verify_until_clean
 
 __all__ = [

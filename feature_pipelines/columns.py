@@ -150,7 +150,7 @@ def check_row(rules: tuple[Rule, ...], row: Mapping[str, Any] | None, where: str
 
     Returns what checking parsed, for the planner not to parse it again: event times by
     column (microseconds) and exact amounts by ``(column, scale)`` (integer units), the memo
-    ``windows.contribution`` takes.
+    ``windows.compile_group``'s functions take.
     """
     if row is None:
         return {}

@@ -1,10 +1,12 @@
-"""The Kafka loop of the feature pipeline: consume a batch, decode, plan, write, repeat.
+"""The feature pipeline's consumer: decode a batch, plan it, write it, repeat.
 
-A thin shell: decoding, planning and the window arithmetic are pure (``envelope``, ``planner``);
-the atomic Redis write is ``store.RedisFeatureStore.apply``. Positions are owned by Redis: each
-batch's next offsets are written in the same transaction as the features they produced, and on
-every assignment the consumer seeks to what Redis says. Kafka's own committed offsets are kept
-as well, for lag monitoring only.
+The Kafka loop itself is the shared ``freshloop.core.runner.Runner``; ``FeaturePipeline`` is
+the logic it drives (``restore``, ``on_batch``, ``on_idle``, ``on_tick``, ``snapshot``,
+``on_revoke``, ``on_stop``). Decoding, planning and the window arithmetic are pure
+(``envelope``, ``planner``); the atomic Redis write is ``store_write.RedisBatchWriter.apply``.
+Positions are owned by Redis: each batch's next offsets are written in the same transaction as
+the features they produced, and on every assignment the consumer seeks to what Redis says.
+Kafka's own committed offsets are kept as well, for lag monitoring only.
 
 Scale-out: run several processes with the same group id. The range assignor gives one consumer
 the same partition number of every change topic, and payments and their outcomes share the key
@@ -25,17 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
+from feature_pipelines.cluster_pipeline import (
+    ClusterPipelineWriter,
+    batch_writer,
+    redis_client,
+    split_by_partition,
+)
 from feature_pipelines.dead_letter import DeadLetters
 from feature_pipelines.decode import ChangeEvent, decode
 from feature_pipelines.exceptions import (
@@ -48,11 +48,13 @@ from feature_pipelines.live_stats import StatsPublisher
 from feature_pipelines.metrics import APPLY_LAG, BATCH_SECONDS, EVENTS, LAST_APPLIED_COMMIT
 from feature_pipelines.planner import Planner, Watermarks, WritePlan, row_after
 from feature_pipelines.recovery import RedisLossGuard
+from feature_pipelines.registry import DefinitionWatch, Hidden
 from feature_pipelines.rejects import Rejection, Trace, culprits, oversized
 from feature_pipelines.row_cache import RowCache
-from feature_pipelines.source import SourceGuard, drop_state, source_key
-from feature_pipelines.store import PendingApply, RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.source import SourceGuard
+from feature_pipelines.store_write import PendingApply
+from freshloop.core.runner import Partition, Runner
+from freshloop.core.settings import Settings
 
 __all__ = ["FeaturePipeline", "PipelineStats", "run_pipeline"]
 
@@ -178,8 +180,9 @@ class FeaturePipeline:
             row_grace_us=int(settings.row_state_grace.total_seconds() * 1_000_000),
             max_ahead_us=int(settings.event_time_max_ahead.total_seconds() * 1_000_000),
         )
-        self.writer = RedisBatchWriter(
-            redis.Redis.from_url(settings.redis_conninfo()), features, self.ns, self.group_id
+        # redis_layout=cluster: batches are planned and written per partition (cluster_pipeline)
+        self.writer = batch_writer(
+            settings, redis_client(settings), features, self.ns, self.group_id
         )
         self.consumer = Consumer(consumer_config(settings, self.group_id))
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
@@ -205,98 +208,108 @@ class FeaturePipeline:
         self._flying: tuple[_Held, PendingApply] | None = None
         self._uncommitted: dict[str, int] = {}  # next offsets written to Redis, not yet to Kafka
         self.rows = RowCache(settings.row_cache_rows)  # row states this process wrote last
-        self._next_commit = 0.0
+        self._on_batch: Callable[[PipelineStats], None] | None = None  # ``run``'s callback
+        # the shared Kafka loop (consume, assign, seek, commit) that drives this logic
+        self.runner = Runner(
+            self.consumer,
+            self,
+            stop=self.stop,
+            max_batch=max_batch,
+            commit_every_s=self.KAFKA_COMMIT_EVERY_S,
+        )
+        # the definitions ``freshloop features apply`` recorded, followed between batches
+        self.definitions = DefinitionWatch(self)
 
-    # ---- assignment: positions come from Redis --------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # ---- the logic the runner drives: positions come from Redis ---------------------------
+    def restore(self, partitions: list[Partition]) -> dict[str, int]:
+        """Assigned: the positions Redis holds (a position outside the topic's offsets now
+        starts the loss path's rebuild, ``RedisLossGuard.offsets_reset``)."""
         stored = self.writer.offsets()
-        lost = self.source.offsets_out_of_range(consumer, partitions, stored)
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        lost = self.source.offsets_out_of_range(self.consumer, tps, stored)
         if lost:  # a recreated topic or retention: changes never applied, state not repairable
             log.error(
                 "kafka_offsets_out_of_range ns=%s partitions=%s (stored, low, high): the topic "
                 "was recreated or retention deleted changes never applied; dropping the "
-                "namespace's features and rebuilding them (incremental snapshot)",
+                "group's features and rebuilding them (incremental snapshot) after the quiet "
+                "period of a detected loss",
                 self.ns,
                 lost,
             )
-            keep = [source_key(self.ns, self.group_id)]  # the same source: its record stays
-            drop_state(self.writer.client, self.ns, self.group_id, keep=keep)
-            self.forget_written()
-            self.recovery.rebuild()
-            stored = self.writer.offsets()
-        for tp in partitions:
-            tp.offset = stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
-        self.assigned = {(tp.topic, tp.partition) for tp in partitions}
+            self.recovery.offsets_reset(lost)  # before the next batch is written
+        self.assigned = set(partitions)
         self.rows.clear()  # rows of these partitions may have been written by another consumer
+        if isinstance(self.writer, ClusterPipelineWriter):  # journals a crash left: first
+            self.writer.replay(sorted({p for _t, p in partitions}))
         self.load_watermarks()
-        log.info(
-            "assigned partitions=%s", [(tp.topic, tp.partition, tp.offset) for tp in partitions]
-        )
-        consumer.assign(partitions)
+        return stored
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoked partitions=%s", [(tp.topic, tp.partition) for tp in partitions])
+    def on_revoke(self, partitions: list[Partition]) -> None:
         try:
             self.flush_held()  # while the partitions are still ours
         except redis.RedisError as exc:
             # not written: its messages come again to whoever owns them next (Redis positions)
             log.warning("held batch dropped at revoke error=%s", exc)
             self.drop_held()
-        self.commit_offsets()
+        if not self._uncommitted:  # else with them (``snapshot``), when the runner commits
+            self.source.flush()  # the highest WAL position seen
         self.rows.clear()
-        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned -= set(partitions)
+
+    def on_batch(self, messages: list[Message]) -> None:
+        self.definitions.check()  # before decoding: a switch may read more columns
+        with _collection_paused():
+            self.recovery.process(messages)
+        if self._on_batch is not None:
+            self._on_batch(self.stats)
+
+    def on_idle(self) -> bool:
+        if self._held is None and self._flying is None:
+            return False
+        self.recovery.flush()  # nothing else waiting: write the held batch now
+        return True
+
+    def on_tick(self) -> None:
+        self.definitions.check()
+        if time.monotonic() >= self._next_tick:
+            self._next_tick = time.monotonic() + 5
+            self.recovery.tick()
+            self.source.tick()  # a source replaced under the running pipeline stops it
+        if self.live.due():
+            self.publish_stats()
+
+    def snapshot(self) -> dict[str, int]:
+        """The offsets already written to Redis, for Kafka's (monitoring) offsets; with them,
+        the highest WAL position seen is recorded (``source.py``)."""
+        if not self._uncommitted:
+            return {}
+        self.source.flush()
+        offsets, self._uncommitted = self._uncommitted, {}
+        return offsets
+
+    def on_stop(self, clean: bool) -> None:
+        try:
+            self.flush_held()
+        except redis.RedisError as exc:
+            log.warning("held batch not written at stop error=%s: it is read again", exc)
+        if not self._uncommitted:  # else with them (``snapshot``), when the runner commits
+            self.source.flush()  # the highest WAL position seen
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self, on_batch: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
+        """Consume until ``stop`` (the shared runner's loop); ``on_batch`` after each batch."""
         self.recovery.start()
         self.source.check("start")
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.definitions.start()
+        self._on_batch = on_batch
+        self.runner.subscribe(self.topics)
         try:
-            while not self.stop.is_set():
-                messages = self._next_batch()
-                if messages:
-                    with _collection_paused():
-                        self.recovery.process(messages)
-                    if on_batch is not None:
-                        on_batch(self.stats)
-                if self._uncommitted and time.monotonic() >= self._next_commit:
-                    self.commit_offsets()  # after a batch, or idle: the last batches' too
-                if time.monotonic() >= self._next_tick:
-                    self._next_tick = time.monotonic() + 5
-                    self.recovery.tick()
-                    self.source.tick()  # a source replaced under the running pipeline stops it
-                if self.live.due():
-                    self.publish_stats()
+            self.runner.run()  # closes the consumer
         finally:
-            try:
-                self.flush_held()
-            except redis.RedisError as exc:
-                log.warning("held batch not written at stop error=%s: it is read again", exc)
-            self.commit_offsets()
             self.live.remove()
-            self.consumer.close()
             self.dead_letters.flush()
             self.source.close()
         return self.stats
-
-    def _next_batch(self) -> list[Message]:
-        """Whatever is already fetched, at once; else wait briefly for the first message.
-
-        ``consume(n, timeout)`` would wait for n messages or the timeout, adding up to the whole
-        timeout to every event's latency at low rates.
-        """
-        messages = self.consumer.consume(self.max_batch, timeout=0)
-        if messages:
-            return messages
-        if self._held is not None or self._flying is not None:
-            self.recovery.flush()  # nothing else waiting: write the held batch now
-            messages = self.consumer.consume(self.max_batch, timeout=0)
-            if messages:
-                return messages
-        first = self.consumer.poll(0.1)
-        if first is None:
-            return []
-        return [first, *self.consumer.consume(self.max_batch - 1, timeout=0)]
 
     def process(self, messages: list[Message], *, hold: bool = False) -> None:
         """Decode, plan and write one batch; dead-letter what cannot be decoded.
@@ -312,6 +325,16 @@ class FeaturePipeline:
         consumer keeping up writes every batch at once, so holding never adds a processing cycle
         to live latency.
         """
+        if isinstance(self.writer, ClusterPipelineWriter):  # a partition at a time, not held
+            parts = split_by_partition(messages)
+            for partition, part in parts:
+                self.writer.partition = partition
+                if len(parts) == 1:
+                    break
+                self.process(part)
+            else:
+                return
+            hold = False
         started = time.perf_counter()
         events, offsets = self._decode(messages)  # overlaps the write in flight, if any
         events = self._screen(events, messages)
@@ -396,8 +419,31 @@ class FeaturePipeline:
         (remembered rows), and do not claim in Kafka progress not committed there yet (a Redis
         that lost its state must not have that progress recorded in Kafka after it)."""
         self._uncommitted = {}
+        self.runner.forget()
         self.rows.clear()
+        if isinstance(self.writer, ClusterPipelineWriter):
+            self.writer.forget()
         self.load_watermarks()
+
+    def switch_features(self, features: FeatureSet, hidden: Hidden) -> None:
+        """Run ``features`` from the next batch on (``registry.DefinitionWatch``), skipping
+        ``hidden`` ones for the changes their backfill counted. Only at a batch boundary: the
+        held batch is written first; the watermarks and remembered rows stay (row states do
+        not depend on the definitions ``apply`` may change)."""
+        self.flush_held()
+        marks = self.planner.marks
+        self.features = features
+        self.planner = Planner(
+            features,
+            self.ns,
+            row_grace_us=self.planner.row_grace_us,
+            max_ahead_us=self.planner.max_ahead_us,
+        )
+        self.planner.marks = marks
+        self.planner.hidden = hidden
+        self.writer = batch_writer(
+            self.settings, self.writer.client, features, self.ns, self.group_id
+        )
 
     def load_watermarks(self) -> None:
         """The partitions' event-time watermarks as Redis holds them (with the positions)."""
@@ -585,23 +631,7 @@ class FeaturePipeline:
         EVENTS.labels("applied").inc(plan.applied)
         EVENTS.labels("duplicate").inc(plan.duplicates)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
-        self._uncommitted.update(offsets)  # committed by the run loop once a second
-
-    def commit_offsets(self) -> None:
-        """Commit to Kafka the offsets already written to Redis (asynchronously; best effort)."""
-        self._next_commit = time.monotonic() + self.KAFKA_COMMIT_EVERY_S
-        self.source.flush()  # the highest WAL position seen, with the offsets (source.py)
-        if not self._uncommitted:
-            return
-        offsets, self._uncommitted = self._uncommitted, {}
-        try:
-            self.consumer.commit(
-                offsets=[TopicPartition(*_split(name), at) for name, at in offsets.items()],
-                asynchronous=True,
-            )
-        except KafkaException as exc:
-            log.warning("kafka offset commit failed error=%s: tried again next time", exc)
-            self._uncommitted = {**offsets, **self._uncommitted}
+        self._uncommitted.update(offsets)  # committed by the runner once a second
 
     def publish_stats(self) -> None:
         """Write this consumer's live stats hash (``live_stats``); best effort."""
@@ -654,11 +684,6 @@ def _collection_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _split(name: str) -> tuple[str, int]:
-    topic, partition = name.rsplit(":", 1)
-    return topic, int(partition)
 
 
 def run_pipeline(settings: Settings, features: FeatureSet = SAMPLE_FEATURES) -> PipelineStats:

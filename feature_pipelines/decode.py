@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -51,10 +50,9 @@ class ChangeEvent:
     # the Kafka partition it came from: event-time watermarks and row-state expiry are kept
     # per partition (the planner's ``Watermarks``); tables of a join share partition numbers
     partition: int = 0
-
-    @property
-    def row_id(self) -> str:
-        return f"{self.table}:{self.key}"
+    # the source transaction (Debezium's ``source.txId``): which side of a backfill's snapshot
+    # the change is on (``registry``); None when the event carries none
+    txid: int | None = field(default=None, compare=False)
 
 
 def format_position(position: Position) -> str:
@@ -177,6 +175,7 @@ def decode(
         before_parsed,
         after_parsed,
         partition,
+        txid if type(txid := source.get("txId")) is int else None,
     )
 
 
@@ -193,7 +192,3 @@ def _key_text(key: bytes) -> str:
         for only in parsed.values():
             return str(only)
     return ",".join(str(parsed[k]) for k in sorted(parsed))
-
-
-def commit_time(event: ChangeEvent) -> datetime:
-    return datetime.fromtimestamp(event.commit_ms / 1000, tz=UTC)

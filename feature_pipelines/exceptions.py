@@ -1,12 +1,13 @@
 """Errors of the feature pipeline stage."""
 
-from freshloop.exceptions import FreshloopError
+from freshloop.core.exceptions import FreshloopError
 
 __all__ = [
     "BatchRejectedError",
     "DeadLetterError",
     "DecodeError",
     "DefinitionError",
+    "FeatureApplyError",
     "FeaturePipelineError",
     "RedisEvictionPolicyError",
     "RedisStateLostError",
@@ -22,6 +23,10 @@ class FeaturePipelineError(FreshloopError):
 
 class DefinitionError(FeaturePipelineError):
     """A feature definition is inconsistent; the message says which field to fix."""
+
+
+class FeatureApplyError(FeaturePipelineError):
+    """``freshloop features apply`` cannot be done or did not finish; the message says why."""
 
 
 class UnknownServiceError(DefinitionError):

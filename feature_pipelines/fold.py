@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from feature_pipelines.aggregations import KINDS, Reducer, kind_of
+from feature_pipelines.lua import script
 from feature_pipelines.readout import FeatureValue, Fields, ReadPlan
 from feature_pipelines.spec import Feature
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
 
 __all__ = ["FOLD_MANY", "LOCAL", "MANY", "FoldRead"]
 
-LOCAL, MANY = 0, 1  # how a read folds: see ``FoldRead.way``
+LOCAL, MANY = 0, 1  # where a read folds: see ``FoldRead.fold_site``
 
 
 def _spec(feature: Feature) -> str:
@@ -42,101 +43,11 @@ def _spec(feature: Feature) -> str:
     return "|".join(part + ("2" if slot == "total" else "1") for part, slot in kind.parts(feature))
 
 
-# ARGV: n_features, then per feature: name, spec (``_spec``), windowed (1|0), lo, hi.
-# Returns per key: {commit, written, a1, b1, a2, b2, ...} as integers (Redis turns a Lua number
-# into an integer reply): a = count (or values with a positive count, for a keyed kind), b =
-# scaled total (or, for a keyed kind with a reducer, its values with a positive count folded
-# with it); commit/written are -1 when absent. Integers spare the client a parse per number.
-# It first writes down the name of every field the read counts (each windowed feature's buckets
-# in the window, each lifetime feature's name) and looks fields up by name; only a field not
-# found there (a keyed value, a bucket outside the window, bookkeeping) is looked at further.
-# Writing the names costs about as much as folding a few entities: it pays for many keys only.
-_FOLD_MANY = """
-local find, sub, byte = string.find, string.sub, string.byte
-local reducers = {}
-@REDUCERS@
-local nf = tonumber(ARGV[1])
-local names = {}  -- field name -> {slot, where}; where 1 = count, 2 = total
-local keyed_slot = {}  -- name (or name@bucket) before '#' of a keyed feature -> its slot
-local reducer = {}  -- slot of a keyed feature -> function folding its values, if any
-for i = 0, nf - 1 do
-  local base = 2 + i * 5
-  local name, spec, windowed = ARGV[base], ARGV[base + 1], ARGV[base + 2] == '1'
-  local lo, hi = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local keyed = byte(spec, 1) == 35
-  local heads = {}
-  if keyed then
-    heads[1] = {name, 0}
-    reducer[i + 1] = reducers[sub(spec, 2)]
-  else
-    for item in string.gmatch(spec, '[^|]+') do
-      heads[#heads + 1] = {name .. sub(item, 1, -2), tonumber(sub(item, -1))}
-    end
-  end
-  for _, head in ipairs(heads) do
-    local entry = {i + 1, head[2]}
-    local into = names
-    if keyed then into = keyed_slot; entry = i + 1 end
-    if windowed then
-      for b = lo + 1, hi do into[head[1] .. '@' .. b] = entry end
-    else
-      into[head[1]] = entry
-    end
-  end
-end
-local out = {}
-for k = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[k])
-  local counts, totals, keyed = {}, {}, {}
-  for i = 1, nf do counts[i] = 0; totals[i] = 0 end
-  local commit, written = '', ''
-  for j = 1, #flat, 2 do
-    local f = flat[j]
-    local e = names[f]
-    if e then
-      if e[2] == 1 then counts[e[1]] = counts[e[1]] + tonumber(flat[j + 1])
-      else totals[e[1]] = totals[e[1]] + tonumber(flat[j + 1]) end
-    elseif byte(f, 1) == 95 then
-      if f == '@COMMIT@' then commit = flat[j + 1]
-      elseif f == '@WRITTEN@' then written = flat[j + 1] end
-    else
-      local q = find(f, '#', 1, true)
-      if q then
-        local slot = keyed_slot[sub(f, 1, q - 1)]
-        if slot then
-          local d = keyed[slot]
-          if not d then d = {}; keyed[slot] = d end
-          local dval = sub(f, q + 1)
-          d[dval] = (d[dval] or 0) + tonumber(flat[j + 1])
-        end
-      end
-    end
-  end
-  local row = {tonumber(commit) or -1, tonumber(written) or -1}
-  for i = 1, nf do
-    local c, t = counts[i], totals[i]
-    if keyed[i] then
-      c = 0
-      local r = reducer[i]
-      for v, n in pairs(keyed[i]) do
-        if n > 0 then
-          c = c + 1
-          if r then
-            if c == 1 then t = tonumber(v) else t = r(t, tonumber(v)) end
-          end
-        end
-      end
-    end
-    row[#row + 1] = c
-    row[#row + 1] = t
-  end
-  out[k] = row
-end
-return out
-"""
-# the reducers of the registered keyed kinds, by kind name
+# lua/fold_many.lua (its ARGV and answer are described there), with the bookkeeping fields' names
+# and the reducers of the registered keyed kinds, by kind name
 FOLD_MANY = (
-    _FOLD_MANY.replace("@COMMIT@", COMMIT_FIELD)
+    script("fold_many")
+    .replace("@COMMIT@", COMMIT_FIELD)
     .replace("@WRITTEN@", WRITTEN_FIELD)
     .replace(
         "@REDUCERS@",
@@ -146,10 +57,8 @@ FOLD_MANY = (
 
 # With ``server_fold``, reads of this many keys or more fold in Redis, unless the plan has more
 # than _NAMES_PER_KEY names per key for FOLD_MANY to write down (a name costs about what
-# taking one field apart does). Below it the client fold is faster whatever the protocol.
-# Sample customers (~55 fields), 2 cores, p50 of a sync read, client fold on RESP3 against
-# FOLD_MANY: 32 keys 5.4 against 6.3 ms, 100 keys 15.5 against 14.4 ms; on RESP2 the client
-# fold is faster at every size (100 keys: 11.8 ms).
+# taking one field apart does). Below it the client fold is faster whatever the protocol; on
+# RESP2 it is faster at every size.
 _NAMES_PER_KEY = 150
 _MANY_FROM = 64
 
@@ -163,11 +72,11 @@ class FoldRead:
     ``fold_fields`` folds one entity hash in Python; ``FOLD_MANY`` does the same in Redis;
     ``readout.ReadPlan.states`` stays the reference both are tested against."""
 
-    __slots__ = ("_lookups", "args", "convs", "n_names", "plan")
+    __slots__ = ("_tables", "args", "convs", "n_names", "plan")
 
     def __init__(self, plan: ReadPlan) -> None:
         self.plan = plan
-        self._lookups: dict[type, _Lookup] = {}
+        self._tables: dict[type, _FieldCodes] = {}
         self.args = [str(len(plan.features))]
         self.n_names = 0
         for f in plan.features:
@@ -181,7 +90,7 @@ class FoldRead:
         at = {f.name: 2 + 2 * i for i, f in enumerate(plan.features)}
         self.convs = [(f.name, kind_of(f.agg).converter(f, at)) for f in plan.features]
 
-    def way(self, n_keys: int) -> int:
+    def fold_site(self, n_keys: int) -> int:
         """Where a read of ``n_keys`` keys folds when the store may fold in Redis: ``LOCAL``
         (HGETALL, fold in Python) or ``MANY`` (FOLD_MANY)."""
         if n_keys >= _MANY_FROM and self.n_names <= _NAMES_PER_KEY * n_keys:
@@ -196,8 +105,8 @@ class FoldRead:
         if not fields:
             return self._empty()
         names, values = _names_values(fields)
-        lookup = self._lookup(names[0])
-        codes = lookup.codes(names)
+        table = self._codes_for(names[0])
+        codes = table.codes(names)
         row = self._empty()
         keyed: dict[tuple[int, Any], int] | None = None  # (a_i, value) -> rows with it
         for code, value in zip(codes, values, strict=True):
@@ -206,12 +115,12 @@ class FoldRead:
             elif code >= 0:  # commit or written time
                 row[code] = int(value)
             elif code != _NOT_COUNTED:
-                pair = lookup.distinct[_DISTINCT - code]
+                pair = table.distinct[_DISTINCT - code]
                 if keyed is None:
                     keyed = {}
                 keyed[pair] = keyed.get(pair, 0) + int(value)
         if keyed:
-            reducers = lookup.reducers
+            reducers = table.reducers
             for (at, value), n in keyed.items():
                 if n > 0:
                     row[at] += 1
@@ -224,9 +133,9 @@ class FoldRead:
     def fold_hashes(self, hashes: Sequence[Fields | Sequence[Any]]) -> list[list[int]]:
         """``fold_fields`` of each hash. From ``_VECTOR_FROM`` hashes on, all at once with
         numpy: the field names are looked up in one pass, the values parsed in one call and
-        summed by (key, row index) in another, where a field at a time in Python costs about
-        1 us. Same answer, exact as long as no sum can leave int64 (otherwise it folds hash by
-        hash, in Python's integers)."""
+        summed by (key, row index) in another, instead of a field at a time in Python. Same
+        answer, exact as long as no sum can leave int64 (otherwise it folds hash by hash, in
+        Python's integers)."""
         if len(hashes) < _VECTOR_FROM:
             return [self.fold_fields(fields) for fields in hashes]
         n_keys = len(hashes)
@@ -245,15 +154,15 @@ class FoldRead:
                 lengths.append(len(some_names))
         if not names:
             return [self._empty() for _ in hashes]
-        lookup = self._lookup(names[0])
-        codes = lookup.code_array(names)
+        table = self._codes_for(names[0])
+        codes = table.code_array(names)
         vals = _integers(values)
         if vals is None or int(np.abs(vals).max()) > _INT64_SAFE // len(vals):
             return [self.fold_fields(fields) for fields in hashes]
         dist = codes <= _DISTINCT
         numbers = None
-        if lookup.reducers and dist.any():
-            numbers = lookup.numbers()
+        if table.reducers and dist.any():
+            numbers = table.numbers()
             if numbers is None:  # a keyed value past int64: fold in Python's integers
                 return [self.fold_fields(fields) for fields in hashes]
         key = np.repeat(np.arange(n_keys), lengths)
@@ -268,7 +177,7 @@ class FoldRead:
             # one sum per key and (a_i, value) pair over its buckets; a feature counts the
             # values whose sum is positive (and a kind with a reducer folds them into b)
             which = _DISTINCT - codes[dist]
-            pair_of, slot_of = lookup.distinct_arrays()
+            pair_of, slot_of = table.distinct_arrays()
             pair, slot = pair_of[which], slot_of[which]
             n_pairs = int(pair.max()) + 1
             pairs, first, inverse = np.unique(
@@ -280,16 +189,16 @@ class FoldRead:
             np.add.at(rows, (pairs[positive] // n_pairs, slot[first[positive]]), 1)
             if numbers is not None:
                 number = numbers[which][first]
-                _reduce(lookup, rows, pairs // n_pairs, slot[first], number, positive)
+                _reduce(table, rows, pairs // n_pairs, slot[first], number, positive)
         out: list[list[int]] = rows.tolist()
         return out
 
-    def _lookup(self, name: Any) -> _Lookup:
+    def _codes_for(self, name: Any) -> _FieldCodes:
         """The code table for names of ``name``'s type (bytes or str), made on first use."""
-        lookup = self._lookups.get(type(name))
-        if lookup is None:
-            lookup = self._lookups[type(name)] = _Lookup(self.plan, type(name) is bytes)
-        return lookup
+        table = self._tables.get(type(name))
+        if table is None:
+            table = self._tables[type(name)] = _FieldCodes(self.plan, type(name) is bytes)
+        return table
 
     def _empty(self) -> list[int]:
         return [-1, -1, *([0] * (2 * len(self.plan.features)))]
@@ -316,16 +225,16 @@ def _names_values(fields: Fields | Sequence[Any]) -> tuple[Sequence[Any], Collec
 
 
 _NOT_COUNTED = -1  # the code of a field no feature of the read counts
-_UNSEEN = -(2**63)  # in ``_Lookup.code_array``: a name without a code yet
+_UNSEEN = -(2**63)  # in ``_FieldCodes.code_array``: a name without a code yet
 _NO_INTS = np.zeros(0, dtype=np.int64)
-_DISTINCT = -2  # codes from here down: distinct values, numbered by _Lookup.distinct
-# Codes a lookup remembers beyond the counted fields before it starts again: a distinct value's
+_DISTINCT = -2  # codes from here down: distinct values, numbered by _FieldCodes.distinct
+# Codes a table remembers beyond the counted fields before it starts again: a distinct value's
 # name with its code and pair takes ~350 bytes (tracemalloc), so a plan holds at most ~7 MB of
 # them, and a store at most 8 plans.
 _KEPT = 20_000
 
 
-class _Lookup:
+class _FieldCodes:
     """Field name -> what it adds to a fold row (a code), for one key type (bytes or str).
 
     A code >= 2 is the row index the field adds to (count a_i or total b_i), 0 and 1 the
@@ -492,11 +401,11 @@ def _integers(values: list[Any]) -> Any:
         return None
 
 
-def _reduce(lookup: _Lookup, rows: Any, key: Any, slot: Any, number: Any, positive: Any) -> None:
+def _reduce(table: _FieldCodes, rows: Any, key: Any, slot: Any, number: Any, positive: Any) -> None:
     """Fold, per key and keyed feature with a reducer, the values with a positive count into
     b_i (per (key, value) pair: its key, its feature's a_i, its value, whether positive)."""
     by_reducer: dict[Reducer, list[int]] = {}
-    for at, reducer in lookup.reducers.items():
+    for at, reducer in table.reducers.items():
         by_reducer.setdefault(reducer, []).append(at)
     for reducer, ats in by_reducer.items():
         chosen = positive & np.isin(slot, ats)

@@ -28,6 +28,8 @@ from typing import Any
 
 import redis
 
+from feature_pipelines.cluster_keys import meta_pipeline
+
 __all__ = ["StatsPublisher", "StatsWindow", "consumer_id", "pipeline_stats", "stats_key"]
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ class StatsPublisher:
         for name, value in self.window.snapshot(now).items():
             fields[name] = "" if value is None else f"{value:.3f}"
         try:
-            pipe = self.client.pipeline(transaction=True)
+            pipe = meta_pipeline(self.client)
             pipe.hset(self.key, mapping=fields)
             pipe.expire(self.key, self.ttl_s)
             pipe.zadd(self.registry, {self.consumer: wall})
@@ -131,7 +133,7 @@ class StatsPublisher:
 
     def remove(self) -> None:
         try:
-            pipe = self.client.pipeline(transaction=True)
+            pipe = meta_pipeline(self.client)
             pipe.delete(self.key)
             pipe.zrem(self.registry, self.consumer)
             pipe.execute()

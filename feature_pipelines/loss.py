@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import redis
 from prometheus_client import Counter
+from redis.cluster import RedisCluster
 
 from feature_pipelines.exceptions import RedisEvictionPolicyError
 
@@ -58,7 +59,7 @@ _ALLOW = "FRESHLOOP_REDIS_ALLOW_EVICTION=true"
 LOSSES = Counter(
     "freshloop_redis_state_losses",
     "Partial losses of the pipeline's Redis state found (each starts a rebuild), by kind: "
-    "evicted | row_state | group_key.",
+    "evicted | row_state | group_key | offsets_out_of_range.",
     ["kind"],
 )
 
@@ -159,7 +160,8 @@ def lost_group_keys(seen: Iterable[str], present: Mapping[str, bool]) -> list[st
 
 @dataclass(frozen=True)
 class LossFinding:
-    """What a check found missing: ``kind`` evicted | row_state | group_key."""
+    """What a check found missing: ``kind`` evicted | row_state | group_key, or
+    offsets_out_of_range (Kafka positions outside the topic's offsets, ``recovery.py``)."""
 
     kind: str
     detail: str
@@ -187,6 +189,9 @@ class LossWatch:
         self._index = f"{ns}:expiry:{{{group}}}:"
         self._evicted: int | None = None
         self._stats_readable = True
+        # a Redis Cluster (docs/redis-cluster.md): evictions are summed over every primary;
+        # the sampled row-state census reads the single layout's keys and is not made there
+        self._cluster = isinstance(client, RedisCluster)
         self._epoch: str | None = None
         self._seen: set[str] = set()
 
@@ -231,6 +236,8 @@ class LossWatch:
             self._evicted = evicted
             if gone:
                 return LossFinding("evicted", f"Redis evicted {gone} keys (INFO evicted_keys)")
+        if self._cluster:
+            return None
         if epoch != self._epoch:  # a rebuild started a new state: nothing of it seen yet
             self._epoch, self._seen = epoch, set()
         return self._sample(sorted(set(partitions)))
@@ -275,6 +282,9 @@ class LossWatch:
         if not self._stats_readable:
             return None
         try:
+            if self._cluster:
+                nodes = self.client.info("stats", target_nodes=RedisCluster.PRIMARIES)
+                return sum(int(stats.get("evicted_keys", 0)) for stats in nodes.values())
             return int(self.client.info("stats").get("evicted_keys", 0))
         except redis.ResponseError as exc:
             self._stats_readable = False

@@ -55,6 +55,7 @@ from feature_pipelines.spec import Feature
 from feature_pipelines.windows import GroupFn, compile_group, event_micros
 
 if TYPE_CHECKING:
+    from feature_pipelines.registry import Hidden
     from feature_pipelines.rejects import Trace
 
 __all__ = [
@@ -212,6 +213,7 @@ class _Batch:
     __slots__ = (
         "_bounds",
         "_bounds_at",
+        "commit_us",
         "deleted",
         "floor_us",
         "incr",
@@ -239,6 +241,7 @@ class _Batch:
         self.incr: dict[str, dict[str, int]] = {}
         self.partition = 0  # of the event being planned: rows it writes go to its index
         self.deleted: dict[str, bool] = {}  # own row key -> its last change was a delete
+        self.commit_us: dict[str, int] = {}  # own row key -> its last change's commit (micros)
         # Of the event being planned: its partition's watermark, and the event time at or
         # below which an image may fall in buckets no read at or after it counts (the
         # watermark less the shortest window; 0: none can). Such contributions are not
@@ -339,7 +342,8 @@ class _Batch:
 
     def finish(self, marks: Watermarks, live_us: int, deleted_us: int) -> WritePlan:
         """The plan; each row written expires ``live_us`` (``deleted_us`` after a delete) past
-        its partition's watermark as this batch leaves it."""
+        its partition's watermark as this batch leaves it, or past the row's last commit if
+        that is later (by at most ``deleted_us``)."""
         plan = self.plan
         for ekey, incr in self.incr.items():
             nonzero = {name: n for name, n in incr.items() if n}
@@ -349,7 +353,12 @@ class _Batch:
         for key, changes in self.overlay.items():
             state = self.read.get(key)
             partition = int(changes.pop("\0p") or 0)
-            expires = marks.of(partition) + (deleted_us if deleted.get(key) else live_us)
+            # from the watermark, or from the row's last commit when the watermark lags it (a
+            # change's event time can be far older than its commit): a re-sent copy of the
+            # change then still finds the state; never more than one grace ahead
+            mark = marks.of(partition)
+            since = max(mark, min(self.commit_us.get(key, 0), mark + deleted_us))
+            expires = since + (deleted_us if deleted.get(key) else live_us)
             updates: dict[str, str] = {"exp": str(expires)}
             deletes: set[str] = set()
             for name, value in changes.items():
@@ -411,6 +420,12 @@ class Planner:
         self._columns = {t: tuple(sorted(features.needed_columns(t))) for t in tables}
         # (changed columns of an update) -> the groups of features reading one of them
         self._affected: dict[tuple[str, frozenset[str]], tuple[_Group, ...]] = {}
+        # features a backfill counts for the changes of transactions its snapshot sees
+        # (``registry``: set by ``freshloop features apply``); skipped for those changes here
+        self.hidden: Hidden = ()
+        self._hiding: dict[
+            tuple[str, frozenset[str], frozenset[str] | None], tuple[_Group, ...]
+        ] = {}
         consumers = {t: tuple(f for f in features.for_table(t) if f.lookup) for t in tables}
         self._lookups = {t: _group_lookups(consumers[t]) for t in tables}
         self._lookup_refs = {
@@ -456,6 +471,41 @@ class Planner:
         if found is None:
             feats = [f for f in self._direct_features[table] if not changed.isdisjoint(f.columns())]
             found = self._affected[(table, changed)] = _groups(feats)
+        return found
+
+    def _hidden_of(self, ev: ChangeEvent) -> frozenset[str]:
+        """Features a backfill counted this change for (its snapshot sees the transaction);
+        a snapshot read, without a transaction of its own, is never hidden."""
+        txid = ev.txid
+        if txid is None or ev.op == "r":
+            return frozenset()
+        out: frozenset[str] = frozenset()
+        for snapshot, names in self.hidden:
+            if snapshot.visible(txid):
+                out |= names
+        return out
+
+    def _groups_hiding(
+        self,
+        table: str,
+        hide: frozenset[str],
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> tuple[_Group, ...]:
+        """The groups of ``table``'s direct features but ``hide`` (of an update: those reading
+        a changed column)."""
+        changed = None
+        if before is not None and after is not None:
+            changed = frozenset(c for c in self._columns[table] if before[c] != after[c])
+        slot = (table, hide, changed)
+        found = self._hiding.get(slot)
+        if found is None:
+            feats = [
+                f
+                for f in self._direct_features.get(table, ())
+                if f.name not in hide and (changed is None or not changed.isdisjoint(f.columns()))
+            ]
+            found = self._hiding[slot] = _groups(feats)
         return found
 
     def event_time(self, ev: ChangeEvent) -> int:
@@ -528,6 +578,7 @@ class Planner:
                 continue
             batch.put(rkey, "pos", format_position(ev.position))
             batch.deleted[rkey] = ev.op == "d"
+            batch.commit_us[rkey] = ev.commit_ms * 1000
             # A row with no stored position was either counted and its state expired (``aged``:
             # its old image, from REPLICA IDENTITY FULL, is retracted), or has never been
             # counted (a new namespace, a rebuild): nothing to retract, which also keeps a
@@ -535,7 +586,10 @@ class Planner:
             before = ev.before if stored is not None or aged else None
             after = ev.after
             groups = direct_of.get(table, ())
-            if groups and before is not None and after is not None:
+            hide = self._hidden_of(ev) if self.hidden else None
+            if hide:
+                groups = self._groups_hiding(table, hide, before, after)
+            elif groups and before is not None and after is not None:
                 groups = self._changed_groups(table, before, after)  # only what the change touches
             commit_ms = ev.commit_ms
             for entity, column, contribute in groups:

@@ -8,7 +8,6 @@ decimal places (half-even); sums are exact decimals.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from feature_pipelines.aggregations import FeatureValue, Slot, State, kind_of, mean_value
@@ -21,10 +20,8 @@ __all__ = [
     "Fields",
     "ReadPlan",
     "State",
-    "expired_fields",
     "finalize",
     "mean_value",
-    "read_values",
 ]
 
 # An entity hash as a Redis client returns it (bytes, or str with decode_responses) or as tests
@@ -128,32 +125,3 @@ class ReadPlan:
         states = self.states(fields)
         empty = State()
         return {f.name: finalize(f, states.get(f.name, empty)) for f in self.features}
-
-
-def read_states(features: Iterable[Feature], fields: Fields, t_micros: int) -> dict[str, State]:
-    """Fold the stored fields of the given features into states, honouring the window rule."""
-    return defaultdict(State, ReadPlan(features, t_micros).states(fields))
-
-
-def read_values(
-    features: Iterable[Feature], fields: Fields, t_micros: int
-) -> dict[str, FeatureValue]:
-    """Every given feature's value at ``t`` (an entity with no state reads 0 / None)."""
-    return ReadPlan(features, t_micros).values(fields)
-
-
-def expired_fields(
-    features: Iterable[Feature], fields: Iterable[str] | Iterable[bytes], t_micros: int
-) -> list[str]:
-    """Bucket fields no read at or after ``t`` counts again (zeroed fields are deleted on write)."""
-    by_name = {f.name: f for f in features}
-    out = []
-    for raw in fields:
-        name = raw.decode() if isinstance(raw, bytes) else raw
-        ref = parse_field(name)
-        if ref is None or ref.name not in by_name or ref.bucket is None:
-            continue
-        lo, _hi = bucket_range(by_name[ref.name], t_micros)
-        if ref.bucket <= lo:
-            out.append(name)
-    return out

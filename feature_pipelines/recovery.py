@@ -45,11 +45,11 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from feature_pipelines.exceptions import RedisStateLostError
 from feature_pipelines.loss import LOSSES, LossFinding, LossWatch
-from freshloop.health import HEALTH
+from freshloop.core.health import HEALTH
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -160,6 +160,9 @@ class RedisLossGuard:
         self._rebuild: _Rebuild | None = None
         self._next_check = 0.0
         self._moved = False
+        # Kafka positions found out of range at assignment (``offsets_reset``): the loss path
+        # runs before the next batch is written, or at the next tick when none comes
+        self._reset: LossFinding | None = None
         settings = pipeline.settings
         self.watch = LossWatch(  # partial losses: evictions, row states gone (loss.py)
             self.client,
@@ -168,7 +171,9 @@ class RedisLossGuard:
             samples=settings.loss_check_samples,
             allow_eviction=settings.redis_allow_eviction,
         )
-        self.client.connection_pool.connection_kwargs["redis_connect_func"] = self._on_connect
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:  # a cluster client has a pool per node: no run_id watch there yet
+            pool.connection_kwargs["redis_connect_func"] = self._on_connect
         chained = pipeline.on_applied
         pipeline.on_applied = lambda events: self._applied(events, chained)
 
@@ -202,6 +207,8 @@ class RedisLossGuard:
         if self.restarted:
             self._guarded(self._recover)
             return
+        if self._reset is not None:
+            self._guarded(self._reset_offsets)
         if self._moved:
             return  # fetched before the seek: the same messages come again from the new position
         hold = len(messages) >= self.pipeline.HOLD_MIN_BATCH
@@ -220,16 +227,28 @@ class RedisLossGuard:
             self.pipeline.drop_held()
             self._guarded(self._recover)
 
-    def rebuild(self) -> None:
-        """Rebuild now, the namespace's state having been dropped by the caller (Kafka offsets
-        out of range at assignment: ``source.py``); positions are set, not sought."""
-        self._lost(at_start=True)
+    def offsets_reset(self, lost: Mapping[str, tuple[int, int, int]]) -> None:
+        """Kafka positions outside the topics' offsets (``name -> (stored, low, high)``, found
+        at assignment): changes were never applied and cannot be, so this is a loss. It takes
+        the loss path (``_partial_loss``: sentinel first, the quiet period, the group's state
+        dropped, the rebuild), not inside the assignment callback but before the next batch
+        is written (``process``), or at the next ``tick`` when none comes."""
+        detail = ", ".join(f"{n} at {at} outside [{lo}, {hi}]" for n, (at, lo, hi) in lost.items())
+        self._reset = LossFinding("offsets_out_of_range", detail, sorted(lost))
 
     def tick(self) -> None:
         """Called every few seconds even when no message comes, so a rebuild's end is
         reported too, and partial losses are looked for."""
+        if self._reset is not None:
+            self._guarded(self._reset_offsets)
         self._guarded(self._watch_loss)
         self._report_progress()
+
+    def _reset_offsets(self) -> None:
+        finding = self._reset
+        if finding is not None:
+            self._partial_loss(finding)
+            self._reset = None
 
     def _guarded(self, step: Callable[[], None]) -> None:
         while not self.pipeline.stop.is_set():
@@ -268,7 +287,11 @@ class RedisLossGuard:
 
     def _recover(self) -> None:
         """After a failed call or a restart: wait for Redis, check the sentinel, re-seek."""
-        self.client.connection_pool.disconnect()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
+        else:  # a Redis Cluster client (docs/redis-cluster.md)
+            self.client.disconnect_connection_pools()  # type: ignore[attr-defined]
         self.restarted = False
         self.run_id = None  # the next connection records the new server's run_id
         self.client.ping()
@@ -411,24 +434,10 @@ class RedisLossGuard:
         """Seek every assigned partition to the position Redis holds (Redis is the truth)."""
         self.pipeline.drop_held()  # planned from messages before the seek: they come again
         self.pipeline.forget_written()
-        consumer = self.pipeline.consumer
-        assigned = consumer.assignment()
-        if not assigned:
+        if not self.pipeline.consumer.assignment():
             return
         self._moved = True
-        stored = self.pipeline.writer.offsets()
-        targets = [
-            TopicPartition(
-                tp.topic, tp.partition, stored.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
-            )
-            for tp in assigned
-        ]
-        try:
-            for tp in targets:
-                consumer.seek(tp)
-        except KafkaException:
-            consumer.assign(targets)  # a partition not yet fetching cannot seek: reassign
-        log.info("reseeked partitions=%s", [(t.topic, t.partition, t.offset) for t in targets])
+        self.pipeline.runner.seek(self.pipeline.writer.offsets())
 
     # ---- progress -----------------------------------------------------------------------------
     def _applied(

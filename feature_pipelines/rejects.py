@@ -20,7 +20,7 @@ from typing import Any
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.decode import ChangeEvent
-from feature_pipelines.windows import contribution
+from feature_pipelines.windows import compile_group
 
 __all__ = [
     "INT64_MAX",
@@ -96,7 +96,7 @@ def oversized(features: FeatureSet, event: ChangeEvent) -> str | None:
     after = event.after or {}
     memo = dict(parsed)
     for feature in features.for_table(event.table):
-        for name, amount in contribution(feature, after, memo):
+        for name, amount in compile_group((feature,))(after, memo):
             if not fits(amount):
                 return (
                     f"{event.table}.{feature.value}={after.get(feature.value or '')} is "

@@ -50,16 +50,18 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client import Counter
+from redis.cluster import RedisCluster
 
 from feature_pipelines.exceptions import FeaturePipelineError, SourceChangedError
-from freshloop.health import HEALTH, retry
+from feature_pipelines.lua import script
+from freshloop.core.health import HEALTH, retry
 
 if TYPE_CHECKING:
     import psycopg
     from confluent_kafka import Consumer, TopicPartition
 
     from feature_pipelines.catalog import FeatureSet
-    from freshloop.settings import Settings
+    from freshloop.core.settings import Settings
 
 __all__ = [
     "REFUSALS",
@@ -83,16 +85,7 @@ REFUSALS = Counter(
     ["reason"],  # implausible_position | truncate | source_changed | offsets_out_of_range
 )
 
-_RECORD = """
--- KEYS[1]: the namespace's source record; ARGV[1]: highest WAL position seen (decimal
--- text without leading zeros, compared by length then text: exact past 2^53)
-if redis.call('HEXISTS', KEYS[1], 'system_id') == 0 then return {0, false} end
-local cur, new = redis.call('HGET', KEYS[1], 'lsn'), ARGV[1]
-if new ~= '' and (not cur or #new > #cur or (#new == #cur and new > cur)) then
-  redis.call('HSET', KEYS[1], 'lsn', new)
-end
-return {1, redis.call('HGET', KEYS[1], 'truncated')}
-"""
+_RECORD = script("source_record")
 
 _REBUILD_HINT = (
     "stop every 'freshloop features run' of namespace {ns}, run 'freshloop features rebuild{flag}' "
@@ -437,7 +430,10 @@ def drop_state(client: redis.Redis, ns: str, group: str, *, keep: Iterable[str] 
     learner's keys are left alone. Returns how many keys went."""
     kept = set(keep)
     gone = 0
-    for pattern in (f"{ns}:e:*", f"{ns}:r:*", f"{ns}:*{{{group}}}*"):
+    patterns = [f"{ns}:e:*", f"{ns}:r:*", f"{ns}:*{{{group}}}*"]
+    if isinstance(client, RedisCluster):  # the cluster layout's keys (cluster_keys), per node
+        patterns += [f"{ns}:*}}:{group}", f"{ns}:*}}:{group}:*", f"{ns}:applied:*"]
+    for pattern in patterns:
         batch: list[Any] = []
         for key in client.scan_iter(match=pattern, count=1000):
             if _text(key) in kept:

@@ -2,9 +2,9 @@
 
 A ``Feature`` names its entity, source table, event-time column, aggregation, value column, an
 optional filter and a sliding window (or none: lifetime). From it the pipeline derives the
-incremental updater (``contributions``), the SQL that recomputes it from Postgres (``oracle``)
-and its documentation (``describe``). Users declare their own features for their own tables the
-same way; the engine needs no change.
+incremental updater (``windows.compile_group``), the SQL that recomputes it from Postgres
+(``oracle``) and its documentation (``describe``). Users declare their own features for their
+own tables the same way; the engine needs no change.
 
 Example:
     >>> from datetime import timedelta

@@ -14,7 +14,7 @@ import psycopg
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.oracle import oracle_query, state_from_row
 from feature_pipelines.readout import FeatureValue, State, finalize
-from feature_pipelines.store import FeatureStore
+from feature_pipelines.store_read import FeatureStore
 
 __all__ = ["Mismatch", "VerifyReport", "verify", "verify_until_clean"]
 

@@ -32,19 +32,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any
 
-from feature_pipelines.aggregations import Kind, kind_of
+from feature_pipelines.aggregations import kind_of
 from feature_pipelines.exceptions import DecodeError
 from feature_pipelines.spec import Feature
 
 __all__ = [
     "COMMIT_FIELD",
     "WRITTEN_FIELD",
-    "Contributor",
     "FieldRef",
     "bucket_range",
     "compile_group",
-    "compiled",
-    "contribution",
     "event_micros",
     "parse_field",
     "scaled",
@@ -130,66 +127,13 @@ def bucket_range(feature: Feature, t_micros: int) -> tuple[int, int]:
     return ((t_micros - feature.window_seconds * 1_000_000) // w, t_micros // w)
 
 
-class Contributor:
-    """One feature compiled for the hot path: its definition's attributes as plain locals.
-
-    ``pairs(row, memo)`` is ``contribution``; ``memo`` holds values decoding already parsed
-    (event times by column, scaled amounts by ``(column, scale)``) and is filled as it goes.
-    """
-
-    __slots__ = (
-        "bucket_us",
-        "columns",
-        "event_time",
-        "feature",
-        "kind",
-        "name",
-        "scale",
-        "value",
-        "where",
-    )
-
-    def __init__(self, feature: Feature) -> None:
-        self.feature = feature
-        self.name = feature.name
-        self.kind: Kind = kind_of(feature.agg)
-        self.bucket_us = feature.bucket_seconds * 1_000_000  # 0: lifetime
-        self.event_time = feature.event_time
-        self.value = feature.value
-        self.scale = feature.scale
-        self.where = tuple((c.column, c.equals) for c in feature.where)
-        self.columns = frozenset(feature.columns())
-
-    def pairs(self, row: dict[str, Any], memo: dict[Any, int]) -> list[tuple[str, int]]:
-        for column, equals in self.where:
-            if row[column] != equals:
-                return []
-        suffix = ""
-        if self.bucket_us:
-            micros = memo.get(self.event_time)
-            if micros is None:
-                raw = row[self.event_time]
-                if raw is None:
-                    return []  # no event time: in no window, as in SQL
-                micros = memo[self.event_time] = event_micros(raw, self.event_time)
-            suffix = f"@{micros // self.bucket_us}"
-        value = None if self.value is None else row[self.value]
-        units = None
-        if value is not None and self.kind.decimal:  # NULLs are no value, as in SQL
-            memo_key = (self.value, self.scale)
-            units = memo.get(memo_key)
-            if units is None:
-                units = memo[memo_key] = scaled(value, self.scale, self.value or "")
-        return self.kind.pairs(self.feature, suffix, value, units)
-
-
 GroupFn = Callable[[dict[str, Any], dict[Any, int]], list[tuple[str, int]]]
 _GROUPS: dict[tuple[Feature, ...], GroupFn] = {}
 
 
 def compile_group(features: tuple[Feature, ...]) -> GroupFn:
     """One function giving what a row adds for all of ``features`` (same pairs, same order, as
-    ``contribution`` feature by feature), generated once as straight-line Python.
+    ``reference.contribution`` feature by feature), generated once as straight-line Python.
 
     The hot path calls it once per row image and entity instead of once per feature: each event
     time and amount is parsed (or taken from the decoder's memo) once, each filter tested inline.
@@ -236,29 +180,6 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
     exec(compile("\n".join(lines), f"<features {features[0].table}>", "exec"), namespace)  # noqa: S102
     found = _GROUPS[features] = namespace["contribute"]
     return found
-
-
-_COMPILED: dict[Feature, Contributor] = {}
-
-
-def compiled(feature: Feature) -> Contributor:
-    """The ``Contributor`` of a feature, built once."""
-    found = _COMPILED.get(feature)
-    if found is None:
-        found = _COMPILED[feature] = Contributor(feature)
-    return found
-
-
-def contribution(
-    feature: Feature, row: dict[str, Any] | None, memo: dict[Any, int] | None = None
-) -> list[tuple[str, int]]:
-    """The (field, increment) pairs one row adds to its entity's hash for this feature.
-
-    ``memo`` caches parsed times and scaled amounts across the features of one row.
-    """
-    if row is None:
-        return []
-    return compiled(feature).pairs(row, {} if memo is None else memo)
 
 
 @dataclass(frozen=True)

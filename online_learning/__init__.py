@@ -9,11 +9,11 @@ from online_learning.checkpoints import CheckpointStore
 from online_learning.features import SCORING_FEATURES
 from online_learning.join import JoinConfig
 from online_learning.learner import OnlineLearner
+from online_learning.learner_process import LearnerService, learner_status, run_learner
 from online_learning.model import OnlineModel
 from online_learning.records import LabelledExample, Payment, Prediction
 from online_learning.registry import ModelRegistry
-from online_learning.scorer import Scorer, get_prediction
-from online_learning.service import LearnerService, learner_status, run_learner
+from online_learning.scoring_hook import Scorer, get_prediction
 from online_learning.vector import build_vector
 
 __all__ = [

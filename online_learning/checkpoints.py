@@ -22,7 +22,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
-from freshloop.fencing import fenced_error
+from freshloop.core.fencing import fenced_error
 from online_learning.exceptions import SnapshotError
 from online_learning.learner import OnlineLearner
 from online_learning.model import OnlineModel
@@ -86,7 +86,7 @@ class CheckpointStore:
     ) -> int:
         """Insert the examples and the checkpoint atomically; returns the checkpoint id.
 
-        On a fenced engine (``freshloop.fencing``) the transaction writes nothing and
+        On a fenced engine (``freshloop.core.fencing``) the transaction writes nothing and
         ``FencedError`` is raised once another copy took the learner's role over."""
         try:
             return self._write(learner, offsets, examples, extra_status)

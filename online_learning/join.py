@@ -61,7 +61,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from freshloop.exceptions import ConfigurationError
+from freshloop.core.exceptions import ConfigurationError
 from online_learning.exceptions import MessageError, NaiveDatetimeError, SnapshotError
 from online_learning.records import LabelledExample, LabelSource, PredictionRecord
 

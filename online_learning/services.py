@@ -11,7 +11,7 @@ builds point-in-time training data for any of them.
 from __future__ import annotations
 
 from feature_pipelines.services import FeatureService, resolve_service
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning.features import SCORING_FEATURES
 
 __all__ = ["DEFAULT_SERVICE", "SERVICES", "feature_service"]

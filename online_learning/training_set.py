@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from feature_pipelines.history import as_of_query, states_from_row
 from feature_pipelines.readout import finalize
 from feature_pipelines.services import FeatureService
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning.exceptions import TrainingSetError
 from online_learning.records import FeatureValue, Payment
 from online_learning.services import feature_service

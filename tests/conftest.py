@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 pytest_plugins = ["tests.fixtures"]
 
@@ -50,7 +50,7 @@ def _local_backend(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def stack_settings(base_settings: Settings) -> Iterator[Settings]:
     """Settings of a running stack (Postgres, Redis, Kafka, Connect+Debezium), schema applied."""
-    from freshloop.db import init_database
+    from freshloop.core.db import init_database
 
     backend = os.environ.get("FRESHLOOP_TEST_STACK", "local")
     if backend == "external":

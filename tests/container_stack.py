@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 
 def container_backend(settings: Settings) -> Iterator[Settings]:

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors import ConnectClient, apply_connector
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 
 @pytest.fixture(scope="session")

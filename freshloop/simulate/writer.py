@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from freshloop.db import connect
-from freshloop.settings import Settings
+from freshloop.core.db import connect
+from freshloop.core.settings import Settings
 from freshloop.simulate.clock import EventClock
 from freshloop.simulate.workload import Op, Workload, WorkloadConfig
 

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from freshloop.exceptions import StackError
+from freshloop.core.exceptions import StackError
 
 __all__ = ["private_dir", "secure_shared_dir"]
 

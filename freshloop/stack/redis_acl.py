@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from freshloop.settings import REDIS_ADMIN_USER, Settings
+from freshloop.core.settings import REDIS_ADMIN_USER, Settings
 
 __all__ = ["acl_file_text", "admin_client", "apply_acl", "user_rules", "write_acl_file"]
 
@@ -59,6 +59,18 @@ READER_RULES = (
     "-@admin",
     "+info",
 )
+# In a Redis Cluster (redis_layout=cluster) a client asks any node for the slot map and each
+# node for its role; these read the cluster's layout only (no MEET, FORGET, slot changes).
+CLUSTER_RULES = (
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|nodes",
+    "+cluster|info",
+    "+cluster|myid",
+    "+cluster|keyslot",
+    "+readonly",
+    "+readwrite",
+)
 ADMIN_RULES = ("~*", "&*", "+@all")
 # The default user is off with no password: nobody can log in as it. It keeps every command
 # and key on purpose: Redis 7.0 checks the default user's permissions when it loads the
@@ -73,6 +85,7 @@ def _hashed(secret: str) -> str:
 
 def user_rules(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Each user's full ACL rules, password hash included (``reset`` first: exactly these)."""
+    cluster = CLUSTER_RULES if settings.redis_layout == "cluster" else ()
     return {
         REDIS_ADMIN_USER: (
             "reset",
@@ -85,12 +98,14 @@ def user_rules(settings: Settings) -> dict[str, tuple[str, ...]]:
             "on",
             _hashed(settings.redis_password.get_secret_value()),
             *WRITER_RULES,
+            *cluster,
         ),
         settings.redis_read_user: (
             "reset",
             "on",
             _hashed(settings.redis_read_password.get_secret_value()),
             *READER_RULES,
+            *cluster,
         ),
     }
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from freshloop.defaults import is_loopback_host
-from freshloop.exceptions import SetupError, StackError
-from freshloop.settings import Settings
+from freshloop.core.defaults import is_loopback_host
+from freshloop.core.exceptions import SetupError, StackError
+from freshloop.core.settings import Settings
 from freshloop.stack.folders import private_dir, secure_shared_dir
 from freshloop.stack.redis_acl import admin_client, apply_acl, write_acl_file
 from freshloop.stack.setup import find_postgres_bindir, jar_sets
@@ -70,6 +70,11 @@ class Service:
     @property
     def host(self) -> str:
         return self.settings.stack_bind
+
+    @property
+    def group(self) -> str:
+        """The name that selects it with others (the primaries of a Redis Cluster: redis)."""
+        return self.name
 
     def prepare(self) -> None:
         private_dir(self.root)
@@ -463,6 +468,15 @@ def _postgres_root(home: Path, run_as: str | None) -> Path:
     return Path("/var/tmp") / f"freshloop-{digest}" / "postgres"  # noqa: S108 - FHS location
 
 
+def _redis_services(settings: Settings, home: Path) -> list[Service]:
+    """One Redis, or the primaries of a Redis Cluster (``redis_layout``)."""
+    if settings.redis_layout == "cluster":
+        from freshloop.stack.redis_cluster import cluster_services
+
+        return list(cluster_services(settings, home))
+    return [Redis("redis", settings.redis_port, settings, home / "redis")]
+
+
 def build_services(settings: Settings) -> list[Service]:
     """The stack in start order; stop in reverse."""
     home = private_dir(settings.home.resolve())
@@ -470,7 +484,7 @@ def build_services(settings: Settings) -> list[Service]:
     pg_root = _postgres_root(home, run_as)
     return [
         Postgres("postgres", settings.postgres_port, settings, pg_root, run_as=run_as),
-        Redis("redis", settings.redis_port, settings, home / "redis"),
+        *_redis_services(settings, home),
         Kafka(
             "kafka",
             settings.kafka_port,

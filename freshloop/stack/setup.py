@@ -16,9 +16,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from freshloop.exceptions import SetupError
+from freshloop.core.exceptions import SetupError
 
-__all__ = ["JarSet", "ensure_jars", "ensure_system_packages", "find_postgres_bindir", "jar_sets"]
+__all__ = [
+    "JarSet",
+    "ensure_jars",
+    "ensure_system_packages",
+    "find_postgres_bindir",
+    "jar_sets",
+    "missing_packages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +37,9 @@ _SYSTEM_PACKAGES = {
     "java": "openjdk-17-jre-headless",
     "mvn": "maven",
 }
-# Needed by the tests only (the dashboard's headless-browser test), never by the service:
-# installed as root with the rest; otherwise the test skips, naming the command.
+# Needed by the tests only (the dashboard's headless-browser test), never by the service or the
+# demo: installed only when the tests' set-up asks for them (``make test``, CI), as root with the
+# rest; otherwise the test skips, naming the command.
 _TEST_PACKAGES = {
     "chromium": "chromium",
 }
@@ -52,17 +60,20 @@ def find_postgres_bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _missing_packages() -> list[str]:
+def missing_packages(for_tests: bool = False) -> tuple[list[str], list[str]]:
+    """The system packages the stack needs that are not installed, and (``for_tests``) those
+    only the tests need; without ``for_tests`` the second list is empty."""
     missing = [pkg for binary, pkg in _SYSTEM_PACKAGES.items() if shutil.which(binary) is None]
     if find_postgres_bindir() is None:
         missing.append("postgresql")
-    return missing
-
-
-def ensure_system_packages(echo: bool = True) -> None:
-    """Install missing system packages as root; otherwise say exactly what to run."""
-    missing = _missing_packages()
     test_only = [pkg for binary, pkg in _TEST_PACKAGES.items() if shutil.which(binary) is None]
+    return missing, test_only if for_tests else []
+
+
+def ensure_system_packages(echo: bool = True, for_tests: bool = False) -> None:
+    """Install missing system packages as root; otherwise say exactly what to run.
+    ``for_tests``: also what only the tests need (a headless browser), optional without root."""
+    missing, test_only = missing_packages(for_tests)
     if test_only and os.geteuid() == 0 and shutil.which("apt-get") is not None:
         missing += test_only
     elif test_only and echo:
@@ -88,7 +99,7 @@ def ensure_system_packages(echo: bool = True) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*command, "-qq"], check=True, env=env)
-    still = _missing_packages()
+    still, _tests = missing_packages()
     if still:
         msg = f"apt-get ran but these are still missing: {', '.join(still)}"
         raise SetupError(msg)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from freshloop.exceptions import StackError
-from freshloop.settings import Settings
+from freshloop.core.exceptions import StackError
+from freshloop.core.settings import Settings
 from freshloop.stack.folders import private_dir
 from freshloop.stack.services import Service, build_services, port_open
 from freshloop.stack.setup import ensure_jars, ensure_system_packages
@@ -99,12 +99,12 @@ class Stack:
 
     def select(self, names: Iterable[str] | None) -> list[Service]:
         wanted = list(names or [])
-        known = {s.name for s in self.services}
+        known = {s.name for s in self.services} | {s.group for s in self.services}
         unknown = [n for n in wanted if n not in known]
         if unknown:
             msg = f"unknown service {', '.join(unknown)}: choose from {', '.join(sorted(known))}"
             raise StackError(msg)
-        return [s for s in self.services if not wanted or s.name in wanted]
+        return [s for s in self.services if not wanted or s.name in wanted or s.group in wanted]
 
     # ---- status ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -125,9 +125,10 @@ class Stack:
         return all(s.healthy for s in self.status())
 
     # ---- up --------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Install system packages and fetch the jars (no-ops the second time)."""
-        ensure_system_packages()
+    def setup(self, for_tests: bool = False) -> None:
+        """Install system packages and fetch the jars (no-ops the second time); ``for_tests``:
+        also what only the tests need (a headless browser for the dashboard's test)."""
+        ensure_system_packages(for_tests=for_tests)
         ensure_jars(self.home)
 
     def up(self, names: Iterable[str] | None = None) -> list[str]:
@@ -183,7 +184,7 @@ class Stack:
         self._echo(f"{svc.name} ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
 
     def _wait_ready(self, svc: Service, pid: int) -> None:
-        deadline = time.monotonic() + _READY_TIMEOUT_S.get(svc.name, 60.0)
+        deadline = time.monotonic() + _READY_TIMEOUT_S.get(svc.group, 60.0)
         while time.monotonic() < deadline:
             if svc.ready():
                 return
@@ -221,7 +222,7 @@ class Stack:
 
     def kill(self, name: str) -> int | None:
         """kill -9 one service of this stack (fault tests); returns the pid it killed."""
-        (svc,) = self.select([name])
+        (svc,) = [s for s in self.select([name]) if s.name == name]  # one cluster node
         pid = self.pid_of(svc)
         if pid is not None:
             self._signal(pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ import pytest
 from bench.peers.batch_sql import BatchRecompute
 from bench.report import _under_floor
 from feature_pipelines import SAMPLE_FEATURES
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 
 def _run(

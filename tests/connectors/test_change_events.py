@@ -7,7 +7,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ _NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 def test_cli_names_the_url_when_connect_is_unreachable() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "freshloop.cli", "connectors", "status"],
+        [sys.executable, "-m", "freshloop.app.cli", "connectors", "status"],
         env={**os.environ, "FRESHLOOP_CONNECT_URL": _NOWHERE},
         capture_output=True,
         text=True,

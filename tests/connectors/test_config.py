@@ -6,7 +6,7 @@ import json
 
 from connectors import render_config
 from connectors.config import TEMPLATE_PATH
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 
 def test_template_holds_no_secret_and_every_placeholder_is_filled() -> None:

@@ -10,7 +10,7 @@ from connectors import (
     apply_connector,
     render_config,
 )
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

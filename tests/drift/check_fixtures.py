@@ -19,7 +19,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 PAYMENT_ID_BASE = 10**15
 

@@ -18,8 +18,8 @@ import pytest
 from psycopg import sql
 from sqlalchemy import Engine, create_engine, text
 
-from freshloop.db import SQL_DIR
-from freshloop.settings import Settings
+from freshloop.core.db import SQL_DIR
+from freshloop.core.settings import Settings
 
 LEARNING_FILES = ("004_learning.sql", "005_drift.sql", "006_retention.sql")
 

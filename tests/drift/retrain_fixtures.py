@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning import OnlineModel
 
 __all__ = ["Concept", "drift_engine", "drift_ns", "insert_examples", "make_rows", "trained_model"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from freshloop.cli import cli
-from freshloop.settings import load_settings
+from freshloop.app.cli import cli
+from freshloop.core.settings import load_settings
 from tests.drift.check_fixtures import CheckWorld, check_world, vectors
 
 __all__ = ["check_world"]

@@ -16,7 +16,7 @@ import pytest
 from drift.challenger import roc_auc
 from drift.jobs import CycleResult
 from drift.scheduler import job_table, run_scheduler
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from freshloop.simulate.workload import Workload
 from online_learning import LearnerService

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drift.policy import Decision, RetrainPolicy
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = RetrainPolicy(

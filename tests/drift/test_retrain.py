@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from drift.exceptions import NotEnoughExamplesError, RetrainBusyError
 from drift.ledger import RetrainLedger
 from drift.retrain import retrain
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning import ModelRegistry
 from tests.drift.retrain_fixtures import (
     Concept,

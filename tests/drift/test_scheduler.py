@@ -25,7 +25,7 @@ from drift.exceptions import SchedulerBusyError
 from drift.jobs import CycleResult, JobContext, register, unregister
 from drift.ledger import RetrainLedger
 from drift.scheduler import build_scheduler, job_id, job_table, prune_job_id, run_scheduler
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning import ModelRegistry
 from tests.drift.retrain_fixtures import (
     Concept,

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DatabaseError
 
 from drift.jobs import _CONTEXTS, _LOCK, run_prune
 from drift.scheduler import job_table, run_scheduler
-from freshloop.exceptions import FencedError
-from freshloop.settings import Settings
+from freshloop.core.exceptions import FencedError
+from freshloop.core.settings import Settings
 from tests.drift.retrain_fixtures import drift_ns
 from tests.online_learning.stack import wait_for
 from tests.online_learning.test_fencing_learner import kill_session, lock_sessions
@@ -100,7 +100,7 @@ def test_a_superseded_scheduler_stops_and_prunes_nothing(
             context = _CONTEXTS[sched_ns.namespace]  # what the first one's jobs run with
         log = (tmp_path / "second.log").open("wb")
         second = subprocess.Popen(  # another process: a scheduler's context is per process
-            [sys.executable, "-m", "freshloop.cli", "drift", "run"],
+            [sys.executable, "-m", "freshloop.app.cli", "drift", "run"],
             env=sched_ns.environment(os.environ),
             stdout=log,
             stderr=subprocess.STDOUT,

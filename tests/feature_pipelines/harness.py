@@ -14,9 +14,9 @@ import orjson
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.decode import ChangeEvent, decode
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.planner import Planner, WritePlan, entity_key
-from feature_pipelines.readout import FeatureValue, read_values
+from feature_pipelines.readout import FeatureValue
+from feature_pipelines.reference import MemoryStore, read_values
 from tests.feature_pipelines.fixtures import envelope
 
 NS = "t"

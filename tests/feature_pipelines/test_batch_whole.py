@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from feature_pipelines import Entity, Feature, FeaturePipeline, FeatureSet, FeatureStore
 from feature_pipelines.exceptions import BatchRejectedError
 from feature_pipelines.planner import entity_key, row_key
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.fixtures import T0, envelope, iso
 from tests.fixtures import drop_namespace
 from tests.system.fixtures import read_to_end

@@ -11,7 +11,7 @@ import pytest
 import feature_pipelines.columns as columns
 from feature_pipelines import SAMPLE_FEATURES, Condition, DecodeError, Entity, Feature, FeatureSet
 from feature_pipelines.columns import check_row, rules_for
-from feature_pipelines.readout import expired_fields, read_values
+from feature_pipelines.reference import expired_fields, read_values
 from tests.feature_pipelines.harness import micros
 
 SHOP = Entity("shop", "shop_id")

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from feature_pipelines import SAMPLE_FEATURES, DecodeError
-from feature_pipelines.decode import commit_time, decode, format_position, parse_position
+from feature_pipelines.decode import decode, format_position, parse_position
 from tests.feature_pipelines.fixtures import iso
 from tests.feature_pipelines.harness import Log, Pipeline
 
@@ -72,7 +72,7 @@ def test_real_insert_decodes_with_position_and_commit_time() -> None:
     assert (event.table, event.op, event.key, event.before) == ("payments", "c", "1001", None)
     assert event.after is not None and event.after["amount"] == "12.34"
     assert event.position == (24023128, 24023184)
-    assert commit_time(event) == datetime(2025, 11, 24, 16, 0, 0, 123000, tzinfo=UTC)
+    assert event.commit_ms == 1764000000123  # 2025-11-24 16:00:00.123 UTC
 
 
 @pytest.mark.parametrize(

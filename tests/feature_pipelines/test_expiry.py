@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from feature_pipelines.catalog import SAMPLE_FEATURES
 from feature_pipelines.decode import ChangeEvent, decode
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.planner import (
     DAY_US,
     Planner,
@@ -23,7 +22,7 @@ from feature_pipelines.planner import (
     settle_spans,
     sweep_steps,
 )
-from feature_pipelines.readout import read_values
+from feature_pipelines.reference import MemoryStore, read_values
 from feature_pipelines.windows import event_micros, parse_field
 from tests.feature_pipelines.fixtures import T0, Db, envelope, iso, oracle
 
@@ -136,6 +135,10 @@ def _bucket_bound(t_us: int) -> dict[str, int]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32), batch=st.sampled_from([1, 7, 50, 400]))
+# found: a delete whose event time lags its commit by a day, re-sent a day later; its state
+# expired by the watermark alone, so the copy was retracted twice
+@example(seed=53, batch=1)
+@example(seed=67, batch=7)
 def test_a_month_with_expiry_reads_what_recomputation_gives(seed: int, batch: int) -> None:
     rng = random.Random(seed)
     month = Month(rng)

@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from feature_pipelines.catalog import SAMPLE_FEATURES
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.planner import Planner, Watermarks
-from feature_pipelines.store import RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.reference import MemoryStore
+from feature_pipelines.store_write import RedisBatchWriter
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.test_expiry import Month, _events
 from tests.fixtures import drop_namespace
 

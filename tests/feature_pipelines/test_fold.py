@@ -22,7 +22,7 @@ from feature_pipelines.fold import FOLD_MANY, LOCAL, MANY, FoldRead
 from feature_pipelines.planner import entity_key
 from feature_pipelines.readout import ReadPlan
 from feature_pipelines.windows import COMMIT_FIELD, WRITTEN_FIELD
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.fold_hashes import AT, FEATURES, T_US, random_hash
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_every_fold_equals_the_reference(
                     for n in (1, 9, 70):
                         got = store.get_many(entity, keys[-n:], at=AT)
                         assert [(g.values, g.commit_ms, g.written_ms) for g in got] == want[-n:]
-            assert [fold.way(n) for n in (1, 9, 70)] == [LOCAL, LOCAL, MANY]
+            assert [fold.fold_site(n) for n in (1, 9, 70)] == [LOCAL, LOCAL, MANY]
             # the fixture is not degenerate: some windowed values are non-zero, some absent
             count_1h = "payment_count_1h" if entity == "customer" else "merchant_payment_count_1h"
             assert any(values[count_1h] for values, _c, _w in want)

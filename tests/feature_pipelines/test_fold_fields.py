@@ -52,7 +52,7 @@ def test_a_fold_row_is_per_key_type() -> None:
 
 def test_reads_of_many_keys_may_fold_in_redis() -> None:
     fold = FoldRead(ReadPlan(FEATURES.for_entity("customer"), T_US))
-    assert [fold.way(n) for n in (1, 63, 64, 100)] == [LOCAL, LOCAL, MANY, MANY]
+    assert [fold.fold_site(n) for n in (1, 63, 64, 100)] == [LOCAL, LOCAL, MANY, MANY]
 
 
 def test_the_fields_seen_are_forgotten_past_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,8 +65,8 @@ def test_the_fields_seen_are_forgotten_past_a_bound(monkeypatch: pytest.MonkeyPa
     hashes = [random_hash(rng, "customer") for _ in range(30)]
     got = fold.unfold([fold.fold_fields(h) for h in hashes])
     assert got == [_reference(plan, h) for h in hashes]
-    lookup = fold._lookups[str]
-    assert len(lookup.places) <= len(lookup._counted) + 10 + 2 * max(len(h) for h in hashes)
+    table = fold._tables[str]
+    assert len(table.places) <= len(table._counted) + 10 + 2 * max(len(h) for h in hashes)
 
 
 @pytest.mark.parametrize("kept", [10, fold_module._KEPT])
@@ -85,8 +85,8 @@ def test_hash_by_hash_and_numpy_folds_share_what_they_remember(
         as_bytes = [{k.encode(): str(v).encode() for k, v in h.items()} for h in hashes]
         rows = fold.fold_hashes(as_bytes) if i % 3 else [fold.fold_fields(h) for h in as_bytes]
         assert fold.unfold(rows) == want, i
-    lookup = fold._lookups[bytes]
-    assert len(lookup.places) <= len(lookup._counted) + kept + sum(len(h) for h in hashes)
+    table = fold._tables[bytes]
+    assert len(table.places) <= len(table._counted) + kept + sum(len(h) for h in hashes)
 
 
 @pytest.mark.parametrize("entity", ["customer", "merchant"])

@@ -20,11 +20,11 @@ from feature_pipelines.aggregations import KINDS, kind_of
 from feature_pipelines.catalog import CUSTOMER, MERCHANT
 from feature_pipelines.decode import decode
 from feature_pipelines.fold import _VECTOR_FROM, FoldRead
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.oracle import oracle_query, state_from_row
 from feature_pipelines.planner import Planner, entity_key
-from feature_pipelines.readout import ReadPlan, finalize, read_values
-from feature_pipelines.windows import contribution, event_micros
+from feature_pipelines.readout import ReadPlan, finalize
+from feature_pipelines.reference import MemoryStore, contribution, read_values
+from feature_pipelines.windows import event_micros
 from tests.feature_pipelines.fixtures import T0, Db, iso, moment, oracle, random_delivery
 from tests.feature_pipelines.fold_hashes import T_US, every_kind
 from tests.feature_pipelines.harness import Log, Pipeline, micros

@@ -12,7 +12,7 @@ from redis.retry import Retry
 
 from feature_pipelines import pipeline_stats
 from feature_pipelines.live_stats import StatsPublisher, StatsWindow, stats_key
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 
 def test_window_rate_and_lag_percentiles_cover_only_the_last_window() -> None:

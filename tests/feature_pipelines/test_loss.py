@@ -17,7 +17,7 @@ from feature_pipelines.loss import (
     lost_rows,
     policy_evicts,
 )
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.stack.services import Redis
 
 POLICIES = [

@@ -20,8 +20,8 @@ from feature_pipelines.catalog import SAMPLE_FEATURES
 from feature_pipelines.exceptions import RedisEvictionPolicyError
 from feature_pipelines.loss import LossWatch
 from feature_pipelines.planner import Planner
-from feature_pipelines.store import RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.store_write import RedisBatchWriter
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.test_expiry import PARTITIONS, Month, _events
 from tests.fixtures import drop_namespace
 

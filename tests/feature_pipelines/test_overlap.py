@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from feature_pipelines import SAMPLE_FEATURES
 from feature_pipelines.decode import ChangeEvent
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.planner import Planner, RowState, RowWrite, row_after
+from feature_pipelines.reference import MemoryStore
 from tests.feature_pipelines.fixtures import iso
 from tests.feature_pipelines.harness import NS, Log, Pipeline, decode_all
 

@@ -13,8 +13,8 @@ import redis
 
 from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline
 from feature_pipelines.planner import Planner, row_after
-from feature_pipelines.store import RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.store_write import RedisBatchWriter
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.harness import decode_all
 from tests.feature_pipelines.test_overlap import _history
 from tests.fixtures import drop_namespace

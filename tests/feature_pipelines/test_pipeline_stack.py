@@ -1,5 +1,6 @@
 """Through the real stack: the generator's workload, crashes, two consumers, bad records —
-online features always end equal to the SQL oracle."""
+online features always end equal to the SQL oracle. Each test runs against a single Redis and
+a Redis Cluster (``redis_layout=cluster``, docs/redis-cluster.md) unless it says otherwise."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from redis.cluster import RedisCluster
 
 from feature_pipelines import (
     SAMPLE_FEATURES,
@@ -25,8 +27,9 @@ from feature_pipelines import (
     pipeline_stats,
     verify_until_clean,
 )
-from feature_pipelines.store import RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.cluster_pipeline import batch_writer, redis_client
+from feature_pipelines.cluster_read import store_for
+from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 
 pytestmark = pytest.mark.integration
@@ -42,23 +45,40 @@ _WORKLOAD = WorkloadConfig(
 )
 
 
-@pytest.fixture
-def ns_start(pipeline: Settings) -> Iterator[tuple[Settings, dict[str, int]]]:
-    """A key namespace and consumer group of the test's own, starting at the topics' end.
+@pytest.fixture(params=["single", "cluster"])
+def ns_start(
+    request: pytest.FixtureRequest, pipeline: Settings
+) -> Iterator[tuple[Settings, dict[str, int]]]:
+    """A key namespace and consumer group of the test's own, starting at the topics' end, in
+    one Redis layout: the stack's Redis, or a Redis Cluster (``cluster_fixtures``).
 
     The test then checks exactly the entities its own workload created (new customers and
     merchants, so every change of theirs comes after that point), however long the shared
     topics' history is.
     """
-    settings = pipeline.model_copy(
-        update={"redis_namespace": f"t{uuid.uuid4().hex[:10]}", "metrics_port": 0}
-    )
+    update: dict[str, object] = {
+        "redis_namespace": f"t{uuid.uuid4().hex[:10]}",
+        "metrics_port": 0,
+    }
+    if request.param == "cluster":
+        cluster: Settings = request.getfixturevalue("redis_cluster")
+        update |= {"redis_layout": "cluster", "redis_url": cluster.redis_url}
+    settings = pipeline.model_copy(update=update)
     start = _start_at_end(settings)
     yield settings, start
-    import redis
+    drop_keys(redis_client(settings), settings.namespace)
 
-    client = redis.Redis.from_url(settings.redis_conninfo())
-    for key in client.scan_iter(match=f"{settings.namespace}:*", count=1000):
+
+def drop_keys(client: Any, ns: str) -> None:
+    """Delete namespace ``ns``'s keys: of one Redis, or of every primary of a cluster."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_primaries():
+            conn = node.redis_connection
+            keys = list(conn.scan_iter(match=f"{ns}:*", count=1000))
+            for key in keys:
+                conn.delete(key)
+        return
+    for key in client.scan_iter(match=f"{ns}:*", count=1000):
         client.delete(key)
 
 
@@ -72,11 +92,9 @@ def _start_at_end(settings: Settings) -> dict[str, int]:
                 TopicPartition(topic, partition), timeout=10
             )[1]
     probe.close()
-    import redis
-
     group = f"{settings.namespace}-features"
-    RedisBatchWriter(
-        redis.Redis.from_url(settings.redis_conninfo()), SAMPLE_FEATURES, settings.namespace, group
+    batch_writer(
+        settings, redis_client(settings), SAMPLE_FEATURES, settings.namespace, group
     ).set_offsets(offsets)
     return offsets
 
@@ -91,7 +109,7 @@ def ns(ns_start: tuple[Settings, dict[str, int]]) -> Settings:
 
 
 def _store(settings: Settings) -> FeatureStore:
-    return FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, settings.namespace)
+    return store_for(settings, SAMPLE_FEATURES)
 
 
 def _assert_verified(settings: Settings, only: dict[str, list[int]], wait_s: float = 60) -> None:
@@ -107,9 +125,11 @@ def _spawn(settings: Settings) -> subprocess.Popen:
         **os.environ,
         "FRESHLOOP_REDIS_NAMESPACE": settings.namespace,
         "FRESHLOOP_METRICS_PORT": "0",
+        "FRESHLOOP_REDIS_LAYOUT": settings.redis_layout,
+        "FRESHLOOP_REDIS_URL": settings.redis_url,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "freshloop.cli", "features", "run"],
+        [sys.executable, "-m", "freshloop.app.cli", "features", "run"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -119,7 +139,7 @@ def _spawn(settings: Settings) -> subprocess.Popen:
 def test_generator_workload_gives_zero_mismatches(ns_start) -> None:
     ns, start = ns_start
     pipeline = FeaturePipeline(ns, max_batch=500)
-    client = redis.Redis.from_url(ns.redis_conninfo())
+    client = redis_client(ns)
     worker = threading.Thread(target=pipeline.run, daemon=True)
     worker.start()
     try:
@@ -163,7 +183,8 @@ def test_generator_workload_gives_zero_mismatches(ns_start) -> None:
     assert pipeline_stats(client, ns.namespace) == []  # a clean stop removes it
     # A second pass over the same topics (a restart that lost Kafka's offsets) changes nothing.
     again = FeaturePipeline(ns, group_id=f"{ns.namespace}-replay")
-    again.writer.offsets_key = f"{ns.namespace}:offsets:{{other}}"
+    if ns.redis_layout == "single":  # (the cluster layout's offsets are the group's already)
+        again.writer.offsets_key = f"{ns.namespace}:offsets:{{other}}"  # type: ignore[union-attr]
     again.writer.set_offsets(start)
     replay = threading.Thread(target=again.run, daemon=True)
     replay.start()
@@ -237,6 +258,8 @@ def test_two_consumers_in_one_group_agree_with_the_oracle(ns: Settings) -> None:
             assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
 
 
+# the cluster layout writes every batch at once, a partition at a time (cluster_pipeline)
+@pytest.mark.parametrize("ns_start", ["single"], indirect=True)
 def test_held_batches_catching_up_with_a_rebalance_agree_with_the_oracle(ns: Settings) -> None:
     """Every batch held and overlapped with the next (as when catching up), a second consumer
     joining mid-way (the first flushes its held batch at the revoke), and a stop with a batch

@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from feature_pipelines.catalog import SAMPLE_FEATURES
 from feature_pipelines.decode import decode
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.planner import Planner, entity_key
-from feature_pipelines.readout import read_values
+from feature_pipelines.reference import MemoryStore, read_values
 from feature_pipelines.windows import event_micros
 from tests.feature_pipelines.fixtures import T0, Db, amount, iso, moment, oracle, random_delivery
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from feature_pipelines import SAMPLE_FEATURES, Feature, FeatureSet
 from feature_pipelines.catalog import CUSTOMER, MERCHANT
 from feature_pipelines.readout import ReadPlan
-from feature_pipelines.store import _Plans
+from feature_pipelines.store_read import _Plans
 
 FEATURES = FeatureSet.of(
     [

@@ -16,8 +16,8 @@ from feature_pipelines import rejects
 from feature_pipelines.exceptions import BatchRejectedError
 from feature_pipelines.planner import RowWrite, WritePlan, entity_key, row_key
 from feature_pipelines.rejects import INT64_MAX, INT64_MIN, Rejection, fits
-from feature_pipelines.store import _INT64, RedisBatchWriter
-from freshloop.settings import Settings
+from feature_pipelines.store_write import _INT64, RedisBatchWriter
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.test_batch_whole import LEDGER
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from tests.fixtures import drop_namespace
 
 pytestmark = pytest.mark.integration

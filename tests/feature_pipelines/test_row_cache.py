@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from feature_pipelines import SAMPLE_FEATURES
-from feature_pipelines.memory import MemoryStore
 from feature_pipelines.planner import Planner, RowWrite, Watermarks, WritePlan, row_after
+from feature_pipelines.reference import MemoryStore
 from feature_pipelines.row_cache import RowCache
 from tests.feature_pipelines.harness import decode_all
 from tests.feature_pipelines.test_overlap import _history

@@ -13,7 +13,7 @@ from feature_pipelines import SAMPLE_FEATURES, source
 from feature_pipelines.decode import decode
 from feature_pipelines.exceptions import SourceTruncatedError
 from feature_pipelines.source import LiveSource, Recorded, SourceIdentity, judge, out_of_range
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.fixtures import envelope
 
 _SAME = SourceIdentity("7716012837163244843", 3, "freshloop_slot")

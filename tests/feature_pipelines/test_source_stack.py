@@ -21,8 +21,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureStore
 from feature_pipelines.exceptions import SourceChangedError
 from feature_pipelines.source import source_key
-from freshloop.health import HEALTH
-from freshloop.settings import Settings
+from freshloop.core.health import HEALTH
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.fixtures import Db, amount, envelope, iso, moment, oracle
 from tests.fixtures import drop_namespace
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import feature_pipelines.windows as windows
 from feature_pipelines import SAMPLE_FEATURES, Feature
-from feature_pipelines.readout import expired_fields, read_values
-from feature_pipelines.windows import bucket_range, contribution
+from feature_pipelines.reference import contribution, expired_fields, read_values
+from feature_pipelines.windows import bucket_range
 from tests.feature_pipelines.fixtures import iso
 from tests.feature_pipelines.harness import Log, Pipeline, micros
 

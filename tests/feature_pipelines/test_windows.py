@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from feature_pipelines import DefinitionError, Entity, Feature
 from feature_pipelines.aggregations import KINDS
-from feature_pipelines.readout import expired_fields, read_values
-from feature_pipelines.windows import bucket_range, compile_group, contribution, event_micros
+from feature_pipelines.reference import contribution, expired_fields, read_values
+from feature_pipelines.windows import bucket_range, compile_group, event_micros
 from tests.feature_pipelines.fold_hashes import FEATURES
 
 E = Entity("customer", "customer_id")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.stack.redis_acl import admin_client, apply_acl
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.stack import Stack
 
 pytestmark = pytest.mark.integration

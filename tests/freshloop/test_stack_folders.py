@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from freshloop.exceptions import StackError
-from freshloop.settings import Settings
+from freshloop.core.exceptions import StackError
+from freshloop.core.settings import Settings
 from freshloop.stack.folders import private_dir, secure_shared_dir
 from freshloop.stack.services import Postgres, build_services
 

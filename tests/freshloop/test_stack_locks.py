@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from freshloop.exceptions import StackError
-from freshloop.settings import Settings
+from freshloop.core.exceptions import StackError
+from freshloop.core.settings import Settings
 from freshloop.stack.redis_acl import READER_RULES, WRITER_RULES, acl_file_text, write_acl_file
 from freshloop.stack.services import Connect, Redis, build_services
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from freshloop.exceptions import StackError
-from freshloop.settings import Settings
+from freshloop.core.exceptions import StackError
+from freshloop.core.settings import Settings
 from freshloop.stack import Stack
 from freshloop.stack.supervisor import _started_at
 

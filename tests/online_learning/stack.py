@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from feature_pipelines import FeaturePipeline
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning import SCORING_FEATURES, Scorer
 from tests.fixtures import drop_namespace
 

@@ -1,5 +1,5 @@
 """The scoring hook and the learner when a dependency fails: they degrade, retry and say so
-(``freshloop.health``), and a learner learns only its own namespace's predictions."""
+(``freshloop.core.health``), and a learner learns only its own namespace's predictions."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import Producer
 from sqlalchemy import create_engine
 
-from freshloop.exceptions import DependencyRetryStopped
-from freshloop.health import HEALTH
-from freshloop.settings import Settings
+from freshloop.core.exceptions import DependencyRetryStopped
+from freshloop.core.health import HEALTH
+from freshloop.core.settings import Settings
 from online_learning import LearnerService, Scorer
 from online_learning.records import Payment
 from tests.online_learning.fixtures import make_payment

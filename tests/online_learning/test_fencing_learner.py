@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from freshloop.exceptions import FencedError
-from freshloop.settings import Settings
+from freshloop.core.exceptions import FencedError
+from freshloop.core.settings import Settings
 from online_learning import LearnerService
 from online_learning.records import LabelledExample
 from tests.online_learning.stack import learn_ns, wait_for

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from freshloop.exceptions import ConfigurationError
+from freshloop.core.exceptions import ConfigurationError
 from online_learning import join as join_module
 from online_learning.exceptions import MessageError, NaiveDatetimeError, SnapshotError
 from online_learning.join import COUNTERS, JoinConfig, LabelJoin

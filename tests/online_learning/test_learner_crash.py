@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from tests.online_learning.stack import ScoringPipeline, learn_ns, wait_for
 
@@ -38,7 +38,7 @@ def _spawn(settings: Settings) -> subprocess.Popen:
         "FRESHLOOP_CHAMPION_POLL_S": "1",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "freshloop.cli", "learn", "run"],
+        [sys.executable, "-m", "freshloop.app.cli", "learn", "run"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

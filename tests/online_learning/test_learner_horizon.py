@@ -16,12 +16,12 @@ import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
+from freshloop.core.topics import ensure_topic
 from online_learning import LearnerService
 from online_learning.messages import encode_prediction
 from online_learning.records import Prediction
-from online_learning.scorer import _redis_fields, prediction_key
-from online_learning.topics import ensure_topic
+from online_learning.scoring_hook import _redis_fields, prediction_key
 from tests.feature_pipelines.fixtures import envelope, iso
 from tests.fixtures import drop_namespace
 from tests.online_learning.stack import learn_ns, wait_for

@@ -11,7 +11,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from online_learning import LearnerService, OnlineModel, get_prediction
 from online_learning.exceptions import OnlineLearningError

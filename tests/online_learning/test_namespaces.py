@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning.messages import encode_prediction, foreign_namespace
 from tests.online_learning.fixtures import make_payment
 

@@ -14,7 +14,7 @@ from drift.retrain import service_inputs
 from feature_pipelines import SAMPLE_FEATURES
 from feature_pipelines.exceptions import DefinitionError, UnknownServiceError
 from feature_pipelines.services import FeatureService, resolve_service, services_using
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning.features import SCORING_FEATURES
 from online_learning.services import DEFAULT_SERVICE, SERVICES, feature_service
 from online_learning.vector import SERVED_FEATURES, build_vector, input_names
@@ -122,7 +122,7 @@ def test_retrain_learns_the_services_inputs_only() -> None:
 def test_features_list_shows_every_feature_and_its_services(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from freshloop import cli as cli_module
+    from freshloop.app import cli as cli_module
 
     monkeypatch.setattr(cli_module, "_settings", lambda: Settings(feature_service="fraud"))
     result = CliRunner().invoke(cli_module.cli, ["features", "list"])

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 import pytest
 
-from freshloop.exceptions import ConfigurationError
-from freshloop.settings import Settings, load_settings
+from freshloop.core.exceptions import ConfigurationError
+from freshloop.core.settings import Settings, load_settings
 from online_learning.checkpoints import CheckpointRef, json_safe
 from online_learning.features import SCORING_FEATURES
+from online_learning.model_source import choose_source
 from online_learning.registry import ChampionRef
-from online_learning.serving import choose_source
 from online_learning.vector import SERVED_FEATURES
 from tests.online_learning.fixtures import T0
 

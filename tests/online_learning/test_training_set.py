@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from online_learning.exceptions import TrainingSetError
 from online_learning.services import SERVICES
 from online_learning.training_set import Label, _schema, build_training_set, label_of

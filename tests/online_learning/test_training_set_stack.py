@@ -24,7 +24,7 @@ from feature_pipelines.history import as_of_query, states_from_row
 from feature_pipelines.oracle import oracle_query, state_from_row
 from feature_pipelines.readout import finalize
 from feature_pipelines.services import FeatureService
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from online_learning import LearnerService
 from online_learning.services import feature_service

@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from feature_pipelines import FeatureStore, verify_until_clean
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 from freshloop.stack import Stack
 from online_learning import SCORING_FEATURES
@@ -70,7 +70,7 @@ class Proc:
         self.log_path = log
         with log.open("ab") as fh:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "freshloop.cli", *args],
+                [sys.executable, "-m", "freshloop.app.cli", *args],
                 env=env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,

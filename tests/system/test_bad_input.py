@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Producer
 from psycopg import sql
 
-from connectors import apply_connector, ensure_topics
+from connectors import apply_connector
 from feature_pipelines import (
     Entity,
     Feature,
@@ -29,7 +29,8 @@ from feature_pipelines import (
     FeatureStore,
     verify_until_clean,
 )
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
+from freshloop.core.topics import ensure_topics
 from tests.fixtures import isolated_connector
 from tests.system.fixtures import read_to_end
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.month import MonthConfig, failures, run_month
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

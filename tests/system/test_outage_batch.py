@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig
 from freshloop.stack import Stack
 from tests.system.fixtures import WORKLOAD, System, run_with_fault, stack_of, wait_for

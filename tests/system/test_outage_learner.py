@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pytest
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from tests.online_learning.test_fencing_learner import kill_session, lock_sessions
 from tests.system.fixtures import (
     WORKLOAD,

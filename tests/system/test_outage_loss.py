@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from feature_pipelines import SAMPLE_FEATURES, FeatureStore, verify_until_clean
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from tests.feature_pipelines.test_pipeline_stack import _start_at_end
 from tests.system.fixtures import System, run_with_fault, wait_for
 

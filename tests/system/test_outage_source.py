@@ -24,7 +24,7 @@ import redis
 from connectors import ConnectClient
 from feature_pipelines import SAMPLE_FEATURES, FeatureStore, verify_until_clean
 from feature_pipelines.source import source_key
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from tests.feature_pipelines.test_pipeline_stack import _start_at_end
 from tests.fixtures import drop_namespace
@@ -127,7 +127,7 @@ def test_a_database_replaced_by_an_older_copy_stops_the_pipeline_until_rebuilt(
 
     # the documented rebuild
     rebuild = subprocess.run(
-        [sys.executable, "-m", "freshloop.cli", "features", "rebuild", "--reset-connector"],
+        [sys.executable, "-m", "freshloop.app.cli", "features", "rebuild", "--reset-connector"],
         env=settings_env(own),
         capture_output=True,
         text=True,
@@ -168,7 +168,7 @@ def test_a_truncate_of_a_captured_table_is_refused_loudly(own: Settings, tmp_pat
 
     # the rebuild the sentence names: exact again, and the refusal forgotten
     rebuild = subprocess.run(
-        [sys.executable, "-m", "freshloop.cli", "features", "rebuild"],
+        [sys.executable, "-m", "freshloop.app.cli", "features", "rebuild"],
         env=settings_env(own),
         capture_output=True,
         text=True,

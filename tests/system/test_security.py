@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from freshloop.stack import Stack
 from tests.system.fixtures import WORKLOAD, System, read_to_end, settings_env, wait_for
@@ -128,7 +128,7 @@ def test_secrets_never_appear_in_logs_or_command_lines(system: System, tmp_path:
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "freshloop.cli", "--log-level", "DEBUG", *args],
+            [sys.executable, "-m", "freshloop.app.cli", "--log-level", "DEBUG", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -238,7 +238,7 @@ def test_every_service_listens_on_loopback_only(pipeline: Settings, tmp_path: Pa
         update={"metrics_port": metrics_port, "redis_namespace": f"t{uuid.uuid4().hex[:8]}"}
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freshloop.cli", "features", "run"],
+        [sys.executable, "-m", "freshloop.app.cli", "features", "run"],
         env=settings_env(proc_settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.stack import Stack
 
 pytestmark = pytest.mark.integration

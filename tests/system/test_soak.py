@@ -22,7 +22,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from freshloop.settings import Settings
+from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 from freshloop.stack import Stack
 from tests.system.fixtures import WORKLOAD, System, settings_env, wait_for

@@ -1,0 +1,152 @@
+"""``freshloop features plan | apply`` (registered by ``freshloop.app.cli``; docs/features.md)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from freshloop.core.exceptions import FreshloopError
+
+__all__ = ["DEFAULT_DEFINITIONS", "apply_command", "load_definitions", "plan_command"]
+
+# What 'freshloop features list' shows: the sample features and those only scorers read.
+DEFAULT_DEFINITIONS = "online_learning.features:SCORING_FEATURES"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FreshloopError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_definitions(spec: str) -> Any:
+    """The ``FeatureSet`` named ``module:attribute``."""
+    from feature_pipelines.catalog import FeatureSet
+    from feature_pipelines.exceptions import DefinitionError
+
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        msg = f"--definitions {spec!r}: expected module:attribute, e.g. {DEFAULT_DEFINITIONS}"
+        raise DefinitionError(msg)
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        msg = f"--definitions {spec!r}: {exc} (expected module:attribute of a FeatureSet)"
+        raise DefinitionError(msg) from exc
+    if not isinstance(found, FeatureSet):
+        msg = f"--definitions {spec!r} is a {type(found).__name__}, not a FeatureSet"
+        raise DefinitionError(msg)
+    return found
+
+
+_definitions = click.option(
+    "--definitions",
+    default=DEFAULT_DEFINITIONS,
+    show_default=True,
+    help="The declared feature set, as module:attribute.",
+)
+
+
+@click.command("plan")
+@_definitions
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_friendly
+def plan_command(definitions: str, as_json: bool) -> None:
+    """Added, changed and removed features against the namespace's applied set, and which
+    need a backfill; exit 1 when apply cannot do the plan."""
+    from feature_pipelines.backfill import plan_features
+    from freshloop.core.settings import load_settings
+
+    plan, origin = plan_features(load_settings(), load_definitions(definitions))
+    if as_json:
+        click.echo(json.dumps({"applied_from": origin, **plan.to_dict()}, indent=2))
+    else:
+        click.echo(f"[plan] applied set from: {origin}")
+        for line in plan.lines():
+            click.echo(f"[plan] {line}")
+    if plan.blocked:
+        sys.exit(1)
+
+
+@click.command("apply")
+@_definitions
+@click.option("--yes", is_flag=True, help="Apply without asking.")
+@click.option(
+    "--ack-timeout",
+    "ack_timeout_s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for every running pipeline to reach a batch boundary.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_friendly
+def apply_command(definitions: str, yes: bool, ack_timeout_s: float, as_json: bool) -> None:
+    """Backfill added and changed features from the database while the pipelines keep
+    running, clean removed ones, then switch the applied set."""
+    from feature_pipelines.backfill import apply_features, plan_features
+    from freshloop.core.settings import load_settings
+
+    settings = load_settings()
+    declared = load_definitions(definitions)
+    plan, _origin = plan_features(settings, declared)
+    echo = (lambda _m: None) if as_json else (lambda m: click.echo(m, err=True))
+    for line in plan.lines():
+        echo(f"[plan] {line}")
+    if not plan.empty and not yes and not click.confirm("apply this plan?", err=True):
+        click.echo("[apply] nothing done", err=True)
+        return
+    bar: Any = None
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if as_json:
+            return
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label="[apply] backfill", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - last[0])
+        last[0] = done
+
+    try:
+        report = apply_features(
+            settings, declared, echo=echo, on_progress=progress, ack_timeout_s=ack_timeout_s
+        )
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    result = {
+        "generation": report.generation,
+        "rows": report.rows,
+        "entities": report.entities,
+        "fields_cleaned": report.fields_cleaned,
+        "snapshot": report.snapshot,
+        "pause_ms": round(report.pause_ms, 1),
+        "seconds": round(report.seconds, 2),
+        "note": report.note,
+        "plan": report.plan.to_dict(),
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"[apply] generation {report.generation}: {report.rows} rows into {report.entities} "
+        f"entities, {report.fields_cleaned} fields cleaned, pipelines paused "
+        f"{report.pause_ms:.0f} ms, {report.seconds:.1f} s"
+        + (f" ({report.note})" if report.note else "")
+    )

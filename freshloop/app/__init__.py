@@ -1,0 +1,4 @@
+"""The application: command line, demo, one-process service and HTTP API.
+
+It imports the stages; nothing imports it.
+"""

@@ -1,0 +1,1 @@
+"""The base every stage imports: settings, database, errors, health, fencing."""
