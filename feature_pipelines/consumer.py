@@ -36,7 +36,6 @@ from feature_pipelines.cluster_pipeline import (
     redis_client,
     split_by_partition,
 )
-from feature_pipelines.dead_letter import DeadLetters
 from feature_pipelines.decode import ChangeEvent, decode
 from feature_pipelines.exceptions import (
     BatchRejectedError,
@@ -53,6 +52,7 @@ from feature_pipelines.rejects import Rejection, Trace, culprits, oversized
 from feature_pipelines.row_cache import RowCache
 from feature_pipelines.source import SourceGuard
 from feature_pipelines.store_write import PendingApply
+from freshloop.core.dead_letter import DeadLetters
 from freshloop.core.runner import Partition, Runner
 from freshloop.core.settings import Settings
 
@@ -186,7 +186,11 @@ class FeaturePipeline:
         )
         self.consumer = Consumer(consumer_config(settings, self.group_id))
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
-        self.dead_letters = DeadLetters(producer, f"{settings.topic_prefix}.dead-letter")
+        self.dead_letters = DeadLetters(
+            producer,
+            f"{settings.topic_prefix}.dead-letter",
+            on_sent=EVENTS.labels("dead_lettered").inc,
+        )
         self._next_tick = time.monotonic() + 5  # the rebuild's progress lines
         # live stats for dashboards and freshness checks: <ns>:stats:pipeline:<consumer id>
         self.assigned: set[tuple[str, int]] = set()
@@ -514,7 +518,7 @@ class FeaturePipeline:
             partition = msg.partition() or 0
             try:
                 decoded = decode(msg.value(), msg.key(), self.features, partition)
-            except FeaturePipelineError:
+            except (DecodeError, SourceTruncatedError):
                 continue
             for n, (ev, why) in enumerate(left):
                 if ev == decoded:

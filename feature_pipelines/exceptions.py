@@ -1,6 +1,11 @@
 """Errors of the feature pipeline stage."""
 
-from freshloop.core.exceptions import FreshloopError
+from freshloop.core.exceptions import (
+    DeadLetterError,
+    DecodeError,
+    FreshloopError,
+    SourceTruncatedError,
+)
 
 __all__ = [
     "BatchRejectedError",
@@ -33,14 +38,6 @@ class UnknownServiceError(DefinitionError):
     """No feature service has the name asked for; the message lists the known ones."""
 
 
-class DecodeError(FeaturePipelineError):
-    """A change event cannot be decoded or lacks a column a feature needs (dead-lettered)."""
-
-
-class DeadLetterError(FeaturePipelineError):
-    """Kafka did not acknowledge dead letters in time; the batch is not committed."""
-
-
 class BatchRejectedError(FeaturePipelineError):
     """The batch script wrote nothing: a field would leave int64, holds no integer, or a key
     has another type (``rejection``: a ``rejects.Rejection``); its events are dead-lettered."""
@@ -60,12 +57,3 @@ class RedisEvictionPolicyError(FeaturePipelineError):
 
 class SourceChangedError(FeaturePipelineError):
     """The source database is another one, or went back, than the positions were taken from."""
-
-
-class SourceTruncatedError(FeaturePipelineError):
-    """A TRUNCATE of a table a feature reads: refused (dead-lettered, health degraded)."""
-
-    def __init__(self, message: str, table: str, position: tuple[int, int]) -> None:
-        super().__init__(message)
-        self.table = table
-        self.position = position

@@ -71,8 +71,8 @@ from confluent_kafka import (
 )
 from sqlalchemy import Engine, create_engine
 
-from feature_pipelines.dead_letter import DeadLetters
 from freshloop.core.db import POSTGRES_DOWN
+from freshloop.core.dead_letter import DeadLetters
 from freshloop.core.exceptions import DependencyRetryStopped, FencedError
 from freshloop.core.fencing import Ownership
 from freshloop.core.health import HEALTH, backoff_delay, retry

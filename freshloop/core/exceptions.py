@@ -2,11 +2,14 @@
 
 __all__ = [
     "ConfigurationError",
+    "DeadLetterError",
+    "DecodeError",
     "DependencyRetryStopped",
     "FencedError",
     "FreshloopError",
     "SetupError",
     "ServicePartDied",
+    "SourceTruncatedError",
     "StackError",
     "TopicError",
 ]
@@ -28,6 +31,10 @@ class StackError(FreshloopError):
     """A local service could not be started, reached or stopped."""
 
 
+class DeadLetterError(FreshloopError):
+    """Kafka did not acknowledge dead letters in time: nothing past them may be committed."""
+
+
 class TopicError(FreshloopError):
     """Kafka could not be reached to create a topic, or a topic has another partition count."""
 
@@ -42,3 +49,16 @@ class FencedError(FreshloopError):
 
 class ServicePartDied(FreshloopError):
     """A thread of ``freshloop serve`` ended with an error: the process exits to be restarted."""
+
+
+class DecodeError(FreshloopError):
+    """A change event cannot be decoded or lacks a column a stage needs (dead-lettered)."""
+
+
+class SourceTruncatedError(FreshloopError):
+    """A TRUNCATE of a table a stage reads: refused (dead-lettered, health degraded)."""
+
+    def __init__(self, message: str, table: str, position: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.table = table
+        self.position = position

@@ -72,6 +72,9 @@ def loop_ns(learn_ns: Settings) -> Iterator[Settings]:
             "retrain_window_s": 15.0,
             "retrain_epochs": 4,
             "retrain_promote_margin": 0.02,
+            # the skew audit (tests/drift/test_skew_*) takes seconds under this load: checks
+            # 6 s apart would queue behind it
+            "skew_sample": 0,
         }
     )
     yield settings

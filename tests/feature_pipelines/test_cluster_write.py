@@ -24,6 +24,7 @@ from feature_pipelines.cluster_write import ClusterBatchWriter
 from feature_pipelines.decode import ChangeEvent
 from feature_pipelines.planner import Planner, Watermarks
 from feature_pipelines.reference import MemoryStore, read_values
+from feature_pipelines.source import drop_state
 from feature_pipelines.store_write import RedisBatchWriter
 from tests.feature_pipelines.cluster_fixtures import LayoutRedis
 from tests.feature_pipelines.harness import decode_all, micros
@@ -298,3 +299,37 @@ def test_a_month_expires_per_partition_slot_as_memory_does(redis_layout: LayoutR
             assert read_values(feats, got, at) == read_values(feats, fields, at), ref_key
     stored = {p: m for q in range(4) for p, m in writer.watermarks(q).items()}
     assert Watermarks(stored).stored() == on_redis.marks.stored()
+
+
+def test_a_rebuild_drops_the_group_on_every_node_and_counts_again(
+    redis_layout: LayoutRedis,
+) -> None:
+    """The loss path's drop (``source.drop_state``) leaves nothing of the group's state on any
+    primary (entity hashes, row states, positions, journals, the shards' applied entries), so
+    the rebuild that follows counts every change once again from nothing."""
+    events = _events(17, 60)
+    driver = Driver(redis_layout)
+    for start in range(0, len(events), 6):
+        driver.write(events[start : start + 6], start)
+    client = redis_layout.client
+    client.set(f"{redis_layout.ns}:keepme", "1")
+    gone = drop_state(client, redis_layout.ns, GROUP, keep=[f"{redis_layout.ns}:keepme"])
+    assert gone > 0
+    assert _namespace_keys(redis_layout) == [f"{redis_layout.ns}:keepme"]
+    again = Driver(redis_layout)  # a new process rebuilding from the same changes
+    for start in range(0, len(events), 6):
+        again.write(events[start : start + 6], start)
+    assert _assert_same_values(again, _reference(events, 6)[1]) >= 5
+
+
+def _namespace_keys(target: LayoutRedis) -> list[str]:
+    client = target.client
+    if isinstance(client, RedisCluster):
+        found = [
+            _s(k)
+            for node in client.get_primaries()
+            for k in node.redis_connection.scan_iter(match=f"{target.ns}:*", count=1000)
+        ]
+    else:
+        found = [_s(k) for k in client.scan_iter(match=f"{target.ns}:*", count=1000)]
+    return sorted(found)

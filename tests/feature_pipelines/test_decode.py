@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from feature_pipelines import SAMPLE_FEATURES, DecodeError
-from feature_pipelines.decode import _position, decode
+from feature_pipelines.decode import decode
 from feature_pipelines.windows import scaled
+from freshloop.core.debezium import _position
 from tests.feature_pipelines.fixtures import envelope
 
 KEY = b'{"payment_id":1001}'

@@ -1,4 +1,4 @@
-"""Dead-lettering: an event that cannot be decoded is data, not a crash.
+"""Dead-lettering: an event that cannot be decoded is data, not a crash (every stage's).
 
 The original key and value bytes go to ``<prefix>.dead-letter`` unchanged, with headers saying
 why and where they came from, so nothing is lost and the event can be replayed once fixed.
@@ -7,11 +7,11 @@ why and where they came from, so nothing is lost and the event can be replayed o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from confluent_kafka import Producer
 
-from feature_pipelines.exceptions import DeadLetterError
-from feature_pipelines.metrics import EVENTS
+from freshloop.core.exceptions import DeadLetterError
 
 __all__ = ["DeadLetters"]
 
@@ -19,11 +19,15 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetters:
-    """Produces bad events to the dead-letter topic and counts them."""
+    """Produces bad events to the dead-letter topic and counts them (``count``, and
+    ``on_sent``: the stage's own metric)."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(
+        self, producer: Producer, topic: str, on_sent: Callable[[], None] | None = None
+    ) -> None:
         self.producer = producer
         self.topic = topic
+        self.on_sent = on_sent
         self.count = 0
 
     def send(
@@ -44,7 +48,8 @@ class DeadLetters:
         ]
         self.producer.produce(self.topic, key=key, value=value, headers=headers)
         self.count += 1
-        EVENTS.labels("dead_lettered").inc()
+        if self.on_sent is not None:
+            self.on_sent()
         log.warning(
             "dead-lettered topic=%s partition=%d offset=%d reason=%s",
             source_topic,
