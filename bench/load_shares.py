@@ -175,6 +175,21 @@ def highest_load(
 
 # ---- report ---------------------------------------------------------------------------------
 ORDER = ("writers", "postgres", "connect", "broker", "redis", "pipeline", "learner", "other")
+MOVING = ("postgres", "connect", "broker", "redis", "pipeline", "learner")  # the writers: load
+
+
+def pipeline_rank(d: dict[str, Any]) -> tuple[int, int, str] | None:
+    """(the pipeline's rank by CPU share among the moving parts, 1 = smallest; how many; the
+    smallest one's name) at the highest rate met (else the last tried), prediction probe."""
+    shown = d.get("at_highest") or (d["probes"][-1] if d.get("probes") else None)
+    if shown is None:
+        return None
+    shares = shown["predictions"]["cpu"]["share_of_cores"]
+    parts = sorted((shares[n], n) for n in MOVING if shares.get(n) is not None)
+    names = [n for _share, n in parts]
+    if "pipeline" not in names:
+        return None
+    return names.index("pipeline") + 1, len(names), names[0]
 
 
 def _pct(share: float | None) -> str:
@@ -228,4 +243,12 @@ def render(d: dict[str, Any]) -> list[str]:
             f"| machine busy | {_pct(cpu.get('machine_busy_share'))} | "
             f"{_pct(fcpu.get('machine_busy_share'))} |"
         )
+        rank = pipeline_rank(d)
+        if rank is not None:
+            place, parts, smallest = rank
+            out += [
+                "",
+                f"The pipeline's share ranks {place} of the {parts} moving parts, smallest "
+                f"first (prediction probe; the smallest is {smallest}).",
+            ]
     return [*out, ""]

@@ -239,7 +239,7 @@ def _scaling(settings: Settings, events: int, processes: str, requested: str) ->
     # partitions: a multiple of every count (each process gets an equal share)
     step = math.lcm(*counts)
     partitions = -(-settings.topic_partitions // step) * step
-    settings = settings.model_copy(update={"topic_partitions": partitions})
+    settings = settings.model_copy(update={"topic_partitions": partitions, "redis_layout": layout})
     result = scaling(settings, counts, events, layout, note)
     print(f"[bench] saved {save(f'replay_scaling_{layout}', result)}")
 

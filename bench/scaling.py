@@ -14,7 +14,7 @@ Redis layouts (``--redis-layout``, default the settings' ``redis_layout``): ``si
 Redis at ``redis_url``) and ``cluster`` (a Redis Cluster, ``redis_url`` names one primary; Redis's
 CPU is then the sum over the primaries, and its busy share the busiest primary's). The cluster is
 measured only when the Redis at ``redis_url`` is a cluster node and the feature pipeline writes
-to a cluster (``feature_pipelines.consumer.REDIS_LAYOUTS`` names it); otherwise a request for it
+to a cluster (``pipeline_layouts``); otherwise a request for it
 measures the single layout and says why, on the console and in the result (``layout_note``).
 Results: ``bench/results/replay_scaling_<layout measured>.json``.
 Usage: python -m bench.replay --processes 1,2,4 [--events N] [--redis-layout single|cluster]
@@ -59,10 +59,15 @@ def cluster_enabled(settings: Settings) -> bool:
 
 
 def pipeline_layouts() -> tuple[str, ...]:
-    """The Redis layouts ``freshloop features run`` writes to."""
+    """The Redis layouts ``freshloop features run`` writes to: ``REDIS_LAYOUTS`` of the
+    consumer module when it declares them, else both when it picks its writer by layout
+    (``cluster_pipeline.batch_writer``), else the single one."""
     from feature_pipelines import consumer
 
-    return tuple(getattr(consumer, "REDIS_LAYOUTS", ("single",)))
+    declared = getattr(consumer, "REDIS_LAYOUTS", None)
+    if declared is not None:
+        return tuple(declared)
+    return ("single", "cluster") if hasattr(consumer, "batch_writer") else ("single",)
 
 
 def cluster_unavailable(settings: Settings) -> str | None:
@@ -114,9 +119,10 @@ class RedisSide:
         self.layout = layout
         self.shards = settings.redis_cluster_shards
         if layout == "cluster":
-            from redis.cluster import RedisCluster
+            from feature_pipelines.cluster_read import layout_client
 
-            self.client: Any = RedisCluster.from_url(settings.redis_conninfo())
+            cluster = settings.model_copy(update={"redis_layout": "cluster"})
+            self.client: Any = layout_client(cluster, "writer")
         else:
             self.client = redis.Redis.from_url(settings.redis_conninfo())
 
@@ -195,11 +201,16 @@ def topic_ends(settings: Settings, *, markers: bool = False) -> dict[str, int]:
 
 
 def _delete_topics(settings: Settings) -> None:
+    """Delete the run's change topics (those that exist: a fill may have stopped early)."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for future in admin.delete_topics([settings.topic(t) for t in TABLES]).values():
-        future.result(timeout=30)
+        try:
+            future.result(timeout=30)
+        except KafkaException:
+            continue  # not created
 
 
 def _open_fill(settings: Settings, events: int) -> Any:
@@ -262,10 +273,10 @@ def run_processes(
     ns = f"scale{tag}"
     run = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{tag}"})
     side = RedisSide(run, layout)
-    producer = _open_fill(run, events)
     procs: list[subprocess.Popen[bytes]] = []
     codes: list[int] = []
     try:
+        producer = _open_fill(run, events)
         before = side.cpu_s()
         time.sleep(baseline_s)
         after = side.cpu_s()
@@ -335,7 +346,7 @@ def run_processes(
         "redis_cpu_us_per_event_net": per_event(max(0.0, redis_cpu - background * elapsed)),
         # the whole machine: its busy share of all cores, and the 1-min load average at start
         "machine_busy_share": (
-            round(busy / (elapsed * (os.cpu_count() or 1)), 3) if elapsed > 0 else None
+            min(1.0, round(busy / (elapsed * (os.cpu_count() or 1)), 3)) if elapsed > 0 else None
         ),
         "load_1m": round(load, 2),
         # the busiest primary's share of one core: one Redis thread per primary is the bound
@@ -345,8 +356,33 @@ def run_processes(
     }
 
 
+def _drop(settings: Settings, layout: str, ns: str) -> None:
+    """Delete namespace ``ns``'s keys (on a cluster: scanned on every primary, deleted one
+    key per command, so that no command spans slots)."""
+    if layout != "cluster":
+        drop_keys(settings.redis_conninfo(), f"{ns}:*")
+        return
+    side = RedisSide(settings, layout)
+    try:
+        pipe = side.client.pipeline(transaction=False)
+        for n, key in enumerate(side.client.scan_iter(match=f"{ns}:*", count=5000), 1):
+            pipe.delete(key)
+            if n % 1000 == 0:
+                pipe.execute()
+        pipe.execute()
+    finally:
+        side.close()
+
+
+def _store(settings: Settings, ns: str) -> FeatureStore:
+    """The feature store of ``settings.redis_layout`` (one Redis or the cluster)."""
+    from feature_pipelines.cluster_read import store_for
+
+    return store_for(settings, SAMPLE_FEATURES, ns=ns)
+
+
 def _values(settings: Settings, ns: str, at: datetime, sample: int) -> dict[str, Any]:
-    store = FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, ns)
+    store = _store(settings, ns)
     out: dict[str, Any] = {}
     for entity in store.entities():
         keys = sorted(store.scan_keys(entity))[:sample]
@@ -360,7 +396,7 @@ def compare_values(
 ) -> dict[str, Any]:
     """Values of up to ``sample`` entities per kind of ``reference`` read from ``other`` too."""
     ref = _values(settings, reference, at, sample)
-    store = FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, other)
+    store = _store(settings, other)
     differ, checked = [], 0
     by_entity: dict[str, list[str]] = {}
     for name in ref:
@@ -417,7 +453,7 @@ def scaling(
             )
     finally:
         for run in runs:
-            drop_keys(settings.redis_conninfo(), f"{run['namespace']}:*")
+            _drop(settings, layout, run["namespace"])
     base = runs[0]["events_per_s"] or 0
     for run in runs:
         rate = run["events_per_s"]

@@ -11,23 +11,64 @@ slice, ``run_scheduler`` runs the check and the policy every ``drift_interval_s`
 with its job store in Postgres).
 """
 
-from drift.check import DriftReport, run_check
-from drift.exceptions import (
-    DriftCheckError,
-    DriftError,
-    NotEnoughExamplesError,
-    QualityCheckError,
-    ReportNotFoundError,
-    RetrainBusyError,
-    RetrainError,
-    SchedulerBusyError,
-)
-from drift.ledger import RetrainLedger
-from drift.policy import Decision, RetrainPolicy
-from drift.retrain import RetrainResult, retrain
-from drift.scheduler import run_scheduler
-from drift.stats import FeatureDrift, Thresholds, feature_drift
-from drift.store import list_reports, load_report
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from drift.check import DriftReport, run_check
+    from drift.exceptions import (
+        DriftCheckError,
+        DriftError,
+        NotEnoughExamplesError,
+        QualityCheckError,
+        ReportNotFoundError,
+        RetrainBusyError,
+        RetrainError,
+        SchedulerBusyError,
+    )
+    from drift.ledger import RetrainLedger
+    from drift.policy import Decision, RetrainPolicy
+    from drift.retrain import RetrainResult, retrain
+    from drift.scheduler import run_scheduler
+    from drift.stats import FeatureDrift, Thresholds, feature_drift
+    from drift.store import list_reports, load_report
+
+# the public names, each imported from its module when first used: a command of another stage
+# (``freshloop features run``) does not pay for this stage's heavy imports
+_HOME = {
+    "Decision": "drift.policy",
+    "DriftCheckError": "drift.exceptions",
+    "DriftError": "drift.exceptions",
+    "DriftReport": "drift.check",
+    "FeatureDrift": "drift.stats",
+    "NotEnoughExamplesError": "drift.exceptions",
+    "QualityCheckError": "drift.exceptions",
+    "ReportNotFoundError": "drift.exceptions",
+    "RetrainBusyError": "drift.exceptions",
+    "RetrainError": "drift.exceptions",
+    "RetrainLedger": "drift.ledger",
+    "RetrainPolicy": "drift.policy",
+    "RetrainResult": "drift.retrain",
+    "SchedulerBusyError": "drift.exceptions",
+    "Thresholds": "drift.stats",
+    "feature_drift": "drift.stats",
+    "list_reports": "drift.store",
+    "load_report": "drift.store",
+    "retrain": "drift.retrain",
+    "run_check": "drift.check",
+    "run_scheduler": "drift.scheduler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "Decision",

@@ -261,9 +261,8 @@ class FeaturePipeline:
         self.assigned -= set(partitions)
 
     def on_batch(self, messages: list[Message]) -> None:
-        self.definitions.check()  # before decoding: a switch may read more columns
         with _collection_paused():
-            self.recovery.process(messages)
+            self.recovery.process(messages)  # follows the definitions first (``registry.py``)
         if self._on_batch is not None:
             self._on_batch(self.stats)
 
@@ -274,7 +273,8 @@ class FeaturePipeline:
         return True
 
     def on_tick(self) -> None:
-        self.definitions.check()
+        # the definitions ``apply`` recorded; Redis down or restarted there: recovery handles it
+        self.recovery.guarded(self.definitions.check)
         if time.monotonic() >= self._next_tick:
             self._next_tick = time.monotonic() + 5
             self.recovery.tick()
@@ -327,7 +327,8 @@ class FeaturePipeline:
         only batches of at least ``HOLD_MIN_BATCH`` messages (a consumer catching up, where
         throughput is what shortens the lag) and flushes as soon as no message is waiting; a
         consumer keeping up writes every batch at once, so holding never adds a processing cycle
-        to live latency.
+        to live latency. In the Redis Cluster layout (``cluster_pipeline``) each partition's
+        messages are processed on their own, and never held.
         """
         if isinstance(self.writer, ClusterPipelineWriter):  # a partition at a time, not held
             parts = split_by_partition(messages)

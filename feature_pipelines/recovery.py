@@ -209,6 +209,9 @@ class RedisLossGuard:
             return
         if self._reset is not None:
             self._guarded(self._reset_offsets)
+        # the definitions ``apply`` recorded, before decoding (a switch may read more columns);
+        # Redis down or restarted there is handled as anywhere else (it may re-seek)
+        self._guarded(self.pipeline.definitions.check)
         if self._moved:
             return  # fetched before the seek: the same messages come again from the new position
         hold = len(messages) >= self.pipeline.HOLD_MIN_BATCH
@@ -235,6 +238,12 @@ class RedisLossGuard:
         is written (``process``), or at the next ``tick`` when none comes."""
         detail = ", ".join(f"{n} at {at} outside [{lo}, {hi}]" for n, (at, lo, hi) in lost.items())
         self._reset = LossFinding("offsets_out_of_range", detail, sorted(lost))
+
+    def guarded(self, step: Callable[[], None]) -> None:
+        """Run a Redis ``step`` of the pipeline's own between batches: tried again while Redis
+        is unreachable; a restart found meanwhile re-reads the positions instead (``_recover``),
+        so no error of the writer's Redis escapes the loop."""
+        self._guarded(step)
 
     def tick(self) -> None:
         """Called every few seconds even when no message comes, so a rebuild's end is

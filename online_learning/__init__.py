@@ -5,16 +5,51 @@ Pure core (``OnlineLearner``, ``LabelJoin``, metrics, ``build_vector``) and its 
 namespace), ``ModelRegistry`` and ``CheckpointStore`` (Postgres).
 """
 
-from online_learning.checkpoints import CheckpointStore
-from online_learning.features import SCORING_FEATURES
-from online_learning.join import JoinConfig
-from online_learning.learner import OnlineLearner
-from online_learning.learner_process import LearnerService, learner_status, run_learner
-from online_learning.model import OnlineModel
-from online_learning.records import LabelledExample, Payment, Prediction
-from online_learning.registry import ModelRegistry
-from online_learning.scoring_hook import Scorer, get_prediction
-from online_learning.vector import build_vector
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from online_learning.checkpoints import CheckpointStore
+    from online_learning.features import SCORING_FEATURES
+    from online_learning.join import JoinConfig
+    from online_learning.learner import OnlineLearner
+    from online_learning.learner_process import LearnerService, learner_status, run_learner
+    from online_learning.model import OnlineModel
+    from online_learning.records import LabelledExample, Payment, Prediction
+    from online_learning.registry import ModelRegistry
+    from online_learning.scoring_hook import Scorer, get_prediction
+    from online_learning.vector import build_vector
+
+# the public names, each imported from its module when first used: a command of another stage
+# (``freshloop features run``) does not pay for this stage's heavy imports
+_HOME = {
+    "CheckpointStore": "online_learning.checkpoints",
+    "JoinConfig": "online_learning.join",
+    "LabelledExample": "online_learning.records",
+    "LearnerService": "online_learning.learner_process",
+    "ModelRegistry": "online_learning.registry",
+    "OnlineLearner": "online_learning.learner",
+    "OnlineModel": "online_learning.model",
+    "Payment": "online_learning.records",
+    "Prediction": "online_learning.records",
+    "SCORING_FEATURES": "online_learning.features",
+    "Scorer": "online_learning.scoring_hook",
+    "build_vector": "online_learning.vector",
+    "get_prediction": "online_learning.scoring_hook",
+    "learner_status": "online_learning.learner_process",
+    "run_learner": "online_learning.learner_process",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "SCORING_FEATURES",

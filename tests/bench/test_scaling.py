@@ -101,3 +101,39 @@ def test_load_report_names_every_component() -> None:
     for name in ("writers", "postgres", "connect", "broker", "redis", "pipeline", "learner"):
         assert f"| {name} |" in text
     assert "200 payments/s target (199/s achieved)" in text
+    # moving parts with a share here: learner (2 %) and pipeline (5 %)
+    assert "ranks 2 of the 2 moving parts, smallest first" in text
+
+
+def test_the_report_shows_each_layout_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import report
+
+    run = {
+        "processes": 1,
+        "events_per_s": 1000.0,
+        "speedup_vs_first": 1.0,
+        "process_cpu_us_per_event": [60.0],
+        "processes_cpu_us_per_event": 60.0,
+        "redis_cpu_us_per_event": 38.0,
+        "redis_cpu_us_per_event_net": 37.0,
+        "redis_busy_share": 0.04,
+        "machine_busy_share": 0.5,
+        "load_1m": 1.0,
+    }
+    result = {
+        "at": "2026-12-06T00:00:00Z",
+        "redis_layout": "single",
+        "layout_note": "Redis Cluster not measured: why",
+        "cores": 2,
+        "partitions_per_topic": 4,
+        "events": 1000,
+        "runs": [run],
+    }
+    (tmp_path / "replay_scaling_single.json").write_text(json.dumps(result))
+    monkeypatch.setattr(report, "versions", lambda _settings: {})
+    text = report.render(tmp_path, Settings())
+    assert "### Many consumers, Redis layout `single`" in text
+    assert "*Redis Cluster not measured: why.*" in text
+    assert "| 1 | 1,000 | 1.00 | 60.0 (60.0) | 38.0 (37.0) | 0.04 | 50% (1.0) | reference |" in text

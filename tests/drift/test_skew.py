@@ -84,3 +84,36 @@ def test_a_skew_warning_makes_the_check_a_warning_and_shows_on_the_page() -> Non
     text = lines(skew)
     assert text[0].startswith("skew warning: 1 of 1 examples compared")
     assert any(line.startswith("  m1: beyond 1/1 (100.0%)") for line in text)
+
+
+def test_the_neighbours_are_the_changes_that_reach_the_payments_entities() -> None:
+    """``positions_near`` for one payment: its customer's and merchant's payments, and the
+    outcomes of its merchant's payments (through the fraud feature's lookup), not the rest."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from online_learning.point_in_time import _entity_filters
+    from online_learning.records import Payment
+    from online_learning.services import feature_service
+
+    payment = Payment(1, 42, 7, Decimal("10"), "web", "approved", datetime(2026, 1, 1, tzinfo=UTC))
+    params: dict[str, object] = {}
+    found = [
+        (table, cond.as_string(None))
+        for table, cond in _entity_filters(feature_service(None, "fraud"), payment, params)
+    ]
+    assert found == [
+        ("payments", 's."customer_id" = %(v0)s'),
+        ("payments", 's."merchant_id" = %(v1)s'),
+        (
+            "payment_outcomes",
+            'EXISTS (SELECT 1 FROM "payments_history" AS l WHERE l."payment_id" = s."payment_id" '
+            'AND l."merchant_id" = %(v2)s)',
+        ),
+    ]
+    assert params == {"v0": 42, "v1": 7, "v2": 7}
+    every: dict[str, object] = {}
+    assert [t for t, _ in _entity_filters(feature_service(None, "fraud"), None, every)] == [
+        "payment_outcomes",
+        "payments",
+    ]

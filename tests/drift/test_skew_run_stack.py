@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -97,8 +98,12 @@ def test_a_simulated_run_has_no_skew_beyond_the_tolerance(
     logged = _logged(settings)
     assert logged >= 100
 
+    started = time.perf_counter()
     summary = audit(settings)
-    print(f"skew after a simulated run: examples={summary.examples} of {summary.sampled}")
+    print(
+        f"skew after a simulated run: examples={summary.examples} of {summary.sampled} "
+        f"seconds={time.perf_counter() - started:.2f}"
+    )
     assert summary.sampled == logged and summary.no_history == 0
     assert summary.compared == logged
     assert summary.examples.get("beyond", 0) == 0, {

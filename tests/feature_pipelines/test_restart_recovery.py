@@ -43,3 +43,34 @@ def test_a_restart_found_by_the_sentinel_check_is_recovered(pipeline: FeaturePip
     assert not stuck, "the sentinel check retried a restarted Redis forever"
     assert guard.restarted is False
     assert guard.epoch == epoch  # nothing was lost: the same state, positions re-read
+
+
+def test_a_restart_found_between_batches_is_recovered_not_raised(
+    pipeline: FeaturePipeline,
+) -> None:
+    """The runner's timers (``on_tick``) follow the definitions ``apply`` recorded in Redis
+    every 50 ms: a restart found there is recovered like one found by a batch, not raised out
+    of the loop (seen in the Redis kill -9 fault scenario: the scorer's pipeline stopped)."""
+    guard = pipeline.recovery
+    guard.start()
+    epoch = guard.epoch
+    guard.client.connection_pool.disconnect()
+    guard.run_id = "a-server-before-its-restart"  # the next connection sees another run_id
+    errors: list[BaseException] = []
+
+    def tick() -> None:
+        try:
+            pipeline.on_tick()
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
+            errors.append(exc)
+
+    worker = threading.Thread(target=tick, daemon=True)
+    worker.start()
+    worker.join(timeout=15)
+    stuck = worker.is_alive()
+    pipeline.stop.set()  # ends a loop that never recovers
+    worker.join(timeout=5)
+    assert not errors, f"the restart escaped the loop's timers: {errors[0]!r}"
+    assert not stuck, "the restart found between batches was retried forever"
+    assert guard.restarted is False
+    assert guard.epoch == epoch  # nothing was lost: the same state, positions re-read
