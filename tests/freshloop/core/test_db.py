@@ -68,6 +68,7 @@ def test_db_prune_dry_run_prints_every_table_as_json(
     assert body["dry_run"] is True
     assert [t["table"] for t in body["tables"]] == [
         "training_examples",
+        "row history",
         "drift_reports",
         "retrains",
         "model_registry",
