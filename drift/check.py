@@ -351,6 +351,237 @@ def _skew(settings: Settings) -> dict[str, Any] | None:
         return {"status": "error", "error": first}
 
 
+@dataclass
+class _Read:
+    """What a check reads from Postgres, in one connection."""
+
+    champion: Champion | None
+    reference: Window
+    current: Window
+    learner: dict[str, Any]
+    history: list[dict[str, Any]]
+    origins: dict[str, Any]
+    ref_start: datetime | None
+
+
+@dataclass
+class _Observed:
+    """What a check asks of the running parts: pipeline lag, stale entities, the skew audit."""
+
+    lag: dict[str, Any]
+    stale: dict[str, Any]
+    skew: dict[str, Any] | None
+
+
+def _read(conn: Connection, settings: Settings, now: datetime) -> _Read:
+    """Read step: the champion, both windows, the learner, the history, warm-up origins."""
+    ns = settings.namespace
+    service = feature_service(settings)
+    champion = champion_of(conn, ns)
+    size = settings.drift_reference_size
+    available = count_from(conn, ns, None if champion is None else champion.since, 2 * size)
+    reference = load_window(conn, ns, reference_spec(champion, size, available))
+    current = load_window(
+        conn,
+        ns,
+        current_spec(
+            now,
+            settings.drift_current_window_s,
+            settings.drift_current_size,
+            reference.end if reference.rows else None,
+        ),
+    )
+    origins: dict[str, Any] = {}
+    ref_start = None
+    if settings.drift_warmup:
+        origins = warmup.read_origins(
+            conn, ns, service.source, service.features, _stored_origins(conn, ns)
+        )
+        ref_start = warmup.reference_start(
+            conn,
+            [r.payment_id for r in reference.rows],
+            (r.predicted_at for r in reference.rows),
+        )
+    return _Read(
+        champion,
+        reference,
+        current,
+        _learner(conn, ns),
+        _history(conn, ns, settings.drift_history),
+        origins,
+        ref_start,
+    )
+
+
+def _observe(settings: Settings, engine: Engine, current: Window, clock: _Clock) -> _Observed:
+    """Observe step: freshness of the pipeline and of the current window's entities, and the
+    skew audit (each names its own failure rather than failing the check)."""
+    lag = freshness.pipeline_lag(settings)
+    clock.lap("freshness_lag")
+    recent = [
+        r.payment_id for r in sorted(current.rows, key=lambda r: r.predicted_at, reverse=True)
+    ]
+    stale = freshness.stale_entities(settings, engine, recent)
+    clock.lap("freshness_stale")
+    skew = _skew(settings)
+    clock.lap("skew")
+    return _Observed(lag, stale, skew)
+
+
+def _compute(
+    settings: Settings,
+    read: _Read,
+    observed: _Observed,
+    decide: Decide,
+    now: datetime,
+    clock: _Clock,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Compute step (no I/O): drift statistics, performance, alarms, data quality, the summary,
+    the decision and the report; returns ``(summary, decision, report)``."""
+    reference, current, champion = read.reference, read.current, read.champion
+    service = feature_service(settings)
+    t = _thresholds(settings)
+    every = set(reference.feature_names()) | set(current.feature_names())
+    warm = (
+        warmup.assess(sorted(every), service.source, service.features, read.origins, read.ref_start)
+        if settings.drift_warmup
+        else warmup.Warmup({}, None)
+    )
+    ignored = set(settings.drift_ignored_features) | set(warm.unjudged)
+    names = sorted(every - ignored)
+    features = {
+        n: stats.feature_drift(n, _numbers(reference.column(n)), _numbers(current.column(n)), t)
+        for n in names
+    }
+    score = stats.feature_drift(
+        "score",
+        [r.score for r in reference.rows],
+        [r.score for r in current.rows],
+        t,
+        categorical=False,
+    )
+    label = stats.feature_drift(
+        "label",
+        [float(r.label) for r in reference.rows],
+        [float(r.label) for r in current.rows],
+        t,
+        categorical=True,
+    )
+    perf = performance(reference, current, champion, settings.drift_min_samples)
+    clock.lap("statistics")
+    previous_max = next(
+        (h["max_alarm_index"] for h in reversed(read.history) if h["max_alarm_index"] is not None),
+        None,
+    )
+    alarms = read.learner.get("alarms", [])
+    fresh_alarms = new_alarms(alarms, previous_max)
+    quality_result = _quality(reference, current, settings, ignored) if current.rows else None
+    clock.lap("quality")
+    lag, stale, skew = observed.lag, observed.stale, observed.skew
+    fresh = {"p99_ms": lag["p99_ms"], "stale": stale["stale"]}
+    summary = build_summary(
+        features,
+        score,
+        label,
+        perf,
+        fresh_alarms,
+        fresh,
+        quality_result,
+        len(reference.rows),
+        len(current.rows),
+    )
+    if skew is not None:
+        summary["skew_status"] = skew.get("status")
+        summary["skew_beyond_share"] = skew.get("beyond_share")
+    decision = dict(decide(dict(summary)))
+    status = status_of(summary, decision, settings.drift_min_samples)
+    report = {
+        "namespace": settings.namespace,
+        "created_at": now.isoformat(),
+        "status": status,
+        "champion": None
+        if champion is None
+        else {
+            "version": champion.version,
+            "since": champion.since.isoformat(),
+            "retrain_start": _iso(champion.retrain_start),
+            "retrain_end": _iso(champion.retrain_end),
+        },
+        "reference": reference.describe(),
+        "current": current.describe(),
+        "thresholds": asdict(t),
+        "ignored_features": sorted(set(settings.drift_ignored_features)),
+        "warmup": warm.to_dict(),
+        "features": {n: f.to_dict() for n, f in features.items()},
+        "score": score.to_dict(),
+        "label": label.to_dict(),
+        "performance": {
+            **perf,
+            "learner": read.learner.get("metrics", {}),
+            "learner_checkpoint_id": read.learner.get("checkpoint_id"),
+        },
+        "concept": {
+            "new_alarms": fresh_alarms,
+            "alarms_total": len(alarms),
+            "max_alarm_index": max(alarms) if alarms else previous_max,
+        },
+        "freshness": {"lag": lag, "stale": stale},
+        "quality": quality_result,
+        "skew": skew,
+        "history": read.history,
+        "timings_ms": clock.laps,
+    }
+    return summary, decision, _jsonable(report)
+
+
+def _store(
+    conn: Connection,
+    read: _Read,
+    now: datetime,
+    summary: dict[str, Any],
+    decision: dict[str, Any],
+    report: dict[str, Any],
+) -> tuple[int, str]:
+    """Store step: the ``drift_reports`` row, then its HTML page (which shows the report id);
+    returns ``(report_id, html)``. ``report`` gains its ``report_id``."""
+    from drift.report import render_html
+
+    champion = read.champion
+    report_id = conn.execute(
+        text(
+            "INSERT INTO drift_reports (namespace, created_at, champion_version, "
+            "reference_start, reference_end, current_start, current_end, status, summary, "
+            "report, decision, html) VALUES (:ns, :at, :cv, :rs, :re, :cs, :ce, :st, "
+            "CAST(:summary AS jsonb), CAST(:report AS jsonb), "
+            "CAST(:decision AS jsonb), '') "
+            "RETURNING report_id"
+        ),
+        {
+            "ns": report["namespace"],
+            "at": now,
+            "cv": None if champion is None else champion.version,
+            "rs": read.reference.start,
+            "re": read.reference.end,
+            "cs": read.current.start,
+            "ce": read.current.end,
+            "st": report["status"],
+            "summary": _dumps(summary),
+            "report": _dumps(report),
+            "decision": _dumps(decision),
+        },
+    ).scalar_one()
+    report["report_id"] = report_id
+    html = render_html(report, summary, decision)
+    conn.execute(
+        text(
+            "UPDATE drift_reports SET html = :html, "
+            "report = CAST(:report AS jsonb) WHERE report_id = :id"
+        ),
+        {"html": html, "report": _dumps(report), "id": report_id},
+    )
+    return int(report_id), html
+
+
 def run_check(
     settings: Settings,
     *,
@@ -358,191 +589,29 @@ def run_check(
     now: datetime | None = None,
     engine: Engine | None = None,
 ) -> DriftReport:
-    """Check the namespace of ``settings`` now; store and return the report."""
-    from drift.report import render_html
-
+    """Check the namespace of ``settings`` now; store and return the report: read (Postgres),
+    observe (the running parts), compute (no I/O), store (one transaction)."""
     now = now or datetime.now(UTC)
     clock = _Clock()
     own_engine = engine is None
     engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)
-    ns = settings.namespace
-    service = feature_service(settings)  # the model's inputs
     try:
         with engine.connect() as conn:
-            champion = champion_of(conn, ns)
-            size = settings.drift_reference_size
-            available = count_from(conn, ns, None if champion is None else champion.since, 2 * size)
-            reference = load_window(conn, ns, reference_spec(champion, size, available))
-            current = load_window(
-                conn,
-                ns,
-                current_spec(
-                    now,
-                    settings.drift_current_window_s,
-                    settings.drift_current_size,
-                    reference.end if reference.rows else None,
-                ),
-            )
-            learner = _learner(conn, ns)
-            history = _history(conn, ns, settings.drift_history)
-            origins = (
-                warmup.read_origins(
-                    conn, ns, service.source, service.features, _stored_origins(conn, ns)
-                )
-                if settings.drift_warmup
-                else {}
-            )
-            ref_start = (
-                warmup.reference_start(
-                    conn,
-                    [r.payment_id for r in reference.rows],
-                    (r.predicted_at for r in reference.rows),
-                )
-                if settings.drift_warmup
-                else None
-            )
+            read = _read(conn, settings, now)
         clock.lap("read")
-
-        t = _thresholds(settings)
-        every = set(reference.feature_names()) | set(current.feature_names())
-        warm = (
-            warmup.assess(sorted(every), service.source, service.features, origins, ref_start)
-            if settings.drift_warmup
-            else warmup.Warmup({}, None)
+        observed = _observe(settings, engine, read.current, clock)
+        summary, decision, report = _compute(
+            settings, read, observed, decide or _default_decide(settings), now, clock
         )
-        ignored = set(settings.drift_ignored_features) | set(warm.unjudged)
-        names = sorted(every - ignored)
-        features = {
-            n: stats.feature_drift(n, _numbers(reference.column(n)), _numbers(current.column(n)), t)
-            for n in names
-        }
-        score = stats.feature_drift(
-            "score",
-            [r.score for r in reference.rows],
-            [r.score for r in current.rows],
-            t,
-            categorical=False,
-        )
-        label = stats.feature_drift(
-            "label",
-            [float(r.label) for r in reference.rows],
-            [float(r.label) for r in current.rows],
-            t,
-            categorical=True,
-        )
-        perf = performance(reference, current, champion, settings.drift_min_samples)
-        clock.lap("statistics")
-        previous_max = next(
-            (h["max_alarm_index"] for h in reversed(history) if h["max_alarm_index"] is not None),
-            None,
-        )
-        alarms = learner.get("alarms", [])
-        fresh_alarms = new_alarms(alarms, previous_max)
-        lag = freshness.pipeline_lag(settings)
-        clock.lap("freshness_lag")
-        recent = [
-            r.payment_id for r in sorted(current.rows, key=lambda r: r.predicted_at, reverse=True)
-        ]
-        stale = freshness.stale_entities(settings, engine, recent)
-        clock.lap("freshness_stale")
-        quality_result = _quality(reference, current, settings, ignored) if current.rows else None
-        clock.lap("quality")
-        skew = _skew(settings)
-        clock.lap("skew")
-
-        fresh = {"p99_ms": lag["p99_ms"], "stale": stale["stale"]}
-        summary = build_summary(
-            features,
-            score,
-            label,
-            perf,
-            fresh_alarms,
-            fresh,
-            quality_result,
-            len(reference.rows),
-            len(current.rows),
-        )
-        if skew is not None:
-            summary["skew_status"] = skew.get("status")
-            summary["skew_beyond_share"] = skew.get("beyond_share")
-        decision = dict((decide or _default_decide(settings))(dict(summary)))
-        status = status_of(summary, decision, settings.drift_min_samples)
-        report = {
-            "namespace": ns,
-            "created_at": now.isoformat(),
-            "status": status,
-            "champion": None
-            if champion is None
-            else {
-                "version": champion.version,
-                "since": champion.since.isoformat(),
-                "retrain_start": _iso(champion.retrain_start),
-                "retrain_end": _iso(champion.retrain_end),
-            },
-            "reference": reference.describe(),
-            "current": current.describe(),
-            "thresholds": asdict(t),
-            "ignored_features": sorted(set(settings.drift_ignored_features)),
-            "warmup": warm.to_dict(),
-            "features": {n: f.to_dict() for n, f in features.items()},
-            "score": score.to_dict(),
-            "label": label.to_dict(),
-            "performance": {
-                **perf,
-                "learner": learner.get("metrics", {}),
-                "learner_checkpoint_id": learner.get("checkpoint_id"),
-            },
-            "concept": {
-                "new_alarms": fresh_alarms,
-                "alarms_total": len(alarms),
-                "max_alarm_index": max(alarms) if alarms else previous_max,
-            },
-            "freshness": {"lag": lag, "stale": stale},
-            "quality": quality_result,
-            "skew": skew,
-            "history": history,
-            "timings_ms": clock.laps,
-        }
-        report = _jsonable(report)
         with engine.begin() as conn:
-            report_id = conn.execute(
-                text(
-                    "INSERT INTO drift_reports (namespace, created_at, champion_version, "
-                    "reference_start, reference_end, current_start, current_end, status, summary, "
-                    "report, decision, html) VALUES (:ns, :at, :cv, :rs, :re, :cs, :ce, :st, "
-                    "CAST(:summary AS jsonb), CAST(:report AS jsonb), "
-                    "CAST(:decision AS jsonb), '') "
-                    "RETURNING report_id"
-                ),
-                {
-                    "ns": ns,
-                    "at": now,
-                    "cv": None if champion is None else champion.version,
-                    "rs": reference.start,
-                    "re": reference.end,
-                    "cs": current.start,
-                    "ce": current.end,
-                    "st": status,
-                    "summary": _dumps(summary),
-                    "report": _dumps(report),
-                    "decision": _dumps(decision),
-                },
-            ).scalar_one()
-            report["report_id"] = report_id
-            html = render_html(report, summary, decision)
-            conn.execute(
-                text(
-                    "UPDATE drift_reports SET html = :html, "
-                    "report = CAST(:report AS jsonb) WHERE report_id = :id"
-                ),
-                {"html": html, "report": _dumps(report), "id": report_id},
-            )
+            report_id, html = _store(conn, read, now, summary, decision, report)
     finally:
         if own_engine:
             engine.dispose()
+    status = report["status"]
     log.info(
         "drift check namespace=%s report_id=%s status=%s share=%s auc=%s n_ref=%s n_cur=%s",
-        ns,
+        settings.namespace,
         report_id,
         status,
         summary["dataset_drift_share"],
@@ -550,16 +619,17 @@ def run_check(
         summary["n_reference"],
         summary["n_current"],
     )
+    champion = read.champion
     return DriftReport(
         report_id,
-        ns,
+        settings.namespace,
         now,
         status,
         None if champion is None else champion.version,
-        reference.start,
-        reference.end,
-        current.start,
-        current.end,
+        read.reference.start,
+        read.reference.end,
+        read.current.start,
+        read.current.end,
         summary,
         report,
         decision,
