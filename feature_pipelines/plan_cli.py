@@ -5,32 +5,16 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from freshloop.core.exceptions import FreshloopError
+from freshloop.core.commands import friendly
 
 __all__ = ["DEFAULT_DEFINITIONS", "apply_command", "load_definitions", "plan_command"]
 
 # What 'freshloop features list' shows: the sample features and those only scorers read.
 DEFAULT_DEFINITIONS = "online_learning.features:SCORING_FEATURES"
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly(func: F) -> F:
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except FreshloopError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def load_definitions(spec: str) -> Any:
@@ -64,7 +48,7 @@ _definitions = click.option(
 @click.command("plan")
 @_definitions
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@_friendly
+@friendly
 def plan_command(definitions: str, as_json: bool) -> None:
     """Added, changed and removed features against the namespace's applied set, and which
     need a backfill; exit 1 when apply cannot do the plan."""
@@ -94,7 +78,7 @@ def plan_command(definitions: str, as_json: bool) -> None:
     help="Seconds to wait for every running pipeline to reach a batch boundary.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_friendly
+@friendly
 def apply_command(definitions: str, yes: bool, ack_timeout_s: float, as_json: bool) -> None:
     """Backfill added and changed features from the database while the pipelines keep
     running, clean removed ones, then switch the applied set."""

@@ -7,8 +7,9 @@ namespace), ``ModelRegistry`` and ``CheckpointStore`` (Postgres).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from freshloop.core.lazy import lazy_names
 
 if TYPE_CHECKING:
     from online_learning.checkpoints import CheckpointStore
@@ -43,13 +44,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    return getattr(importlib.import_module(module), name)
-
+__getattr__ = lazy_names(__name__, _HOME)
 
 __all__ = [
     "SCORING_FEATURES",
