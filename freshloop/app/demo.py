@@ -99,7 +99,9 @@ def demo_settings(settings: Settings, duration: float) -> Settings:
         drift_interval_s=interval,
         drift_current_window_s=3 * interval,
         retrain_window_s=3 * interval,
-        retrain_cooldown_s=2 * interval,
+        # a retrain that kept the champion (the change not yet in the labels) is tried again at
+        # the next check, so a short demo still shows the swap on a slow machine
+        retrain_cooldown_s=0.8 * interval,
         retrain_min_examples=200,
     )
     return settings.model_copy(update=update)
@@ -329,6 +331,8 @@ def _print_summary(
         f"{snap.drift_reports} drift reports (latest: {snap.drift_status or '-'}); retrains: "
         f"{dict(snap.retrains) or 'none'}; model swaps: {snap.swaps}."
     )
+    if snap.last_retrain is not None:
+        console.print(f"[bold]latest retrain[/]: {snap.last_retrain}")
     verdict = (
         "[green]0 mismatches[/]" if s.mismatches == 0 else f"[red]{s.mismatches} mismatches[/]"
     )

@@ -65,6 +65,7 @@ class LoopSnapshot:
     drift_status: str | None = None
     drift_share: float | None = None
     retrains: dict[str, int] = field(default_factory=dict)
+    last_retrain: str | None = None  # the newest finished retrain's verdict, in words
     errors: list[str] = field(default_factory=list)
 
 
@@ -232,5 +233,14 @@ class Service:
                     {"ns": ns},
                 ):
                     snap.retrains[status] = int(n)
+                last = conn.execute(
+                    text(
+                        "SELECT status, detail FROM retrains WHERE namespace = :ns"
+                        " AND status <> 'running' ORDER BY retrain_id DESC LIMIT 1"
+                    ),
+                    {"ns": ns},
+                ).first()
+                if last is not None:
+                    snap.last_retrain = f"{last[0]} ({last[1]})" if last[1] else str(last[0])
         except Exception as exc:  # the view keeps going without the drift part
             snap.errors.append(f"drift tables: {type(exc).__name__}")

@@ -54,7 +54,14 @@ def test_short_demo_shows_the_loop(demo_ns: Settings) -> None:
     # the old model's guesses on the new fraud; the rolling one shows the retrained model's.
     assert snap.auc is not None and snap.auc > 0.6, text
     assert snap.rolling_auc is not None and snap.rolling_auc > 0.7, text
-    assert snap.swaps >= 1, text
+    # The policy retrained after the change and judged a challenger. Whether it beats an online
+    # champion that has been learning the new pattern too depends on the machine's pace (seen on
+    # a loaded CI run: two retrains, both kept); the summary says which and why. Promotion and
+    # the swap that follows are asserted in tests/drift/test_loop_stack.py.
+    assert sum(snap.retrains.values()) >= 1, text
+    assert snap.retrains.get("failed", 0) == 0, text
+    assert snap.last_retrain is not None and snap.last_retrain.split()[0] in {"promoted", "kept"}
+    assert " ".join(f"latest retrain: {snap.last_retrain}".split()) in " ".join(text.split()), text
     assert snap.drift_reports >= 1, text
     assert summary.dashboard is not None and summary.dashboard.startswith("http://127.0.0.1:")
     assert "summary" in text and "verify" in text
