@@ -299,7 +299,9 @@ class LearnerService:
                         continue  # dead-lettered when the head read it
         finally:
             reader.close()
-        self._relog(found)
+        unlogged = self._unlogged(found)
+        learned = self.checkpoints.labelled({p.payment_id for p in unlogged})
+        self._relog([p for p in unlogged if p.payment_id not in learned])
         waiting = [p for p in found if p.payment_id in stream.parked]
         if waiting:
             stored = self.checkpoints.labelled({p.payment_id for p in waiting})
@@ -500,10 +502,16 @@ class LearnerService:
             self.counts.dead_lettered += self.dead_letters.count - dead_before
         predictions = [item for _, item in items if isinstance(item, Prediction)]
         outcome_ids = {item.payment_id for _, item in items if isinstance(item, Outcome)}
-        self._redis(lambda: self._relog(predictions))
-        logged = self._redis(lambda: self._logged(outcome_ids))
+        unlogged = self._redis(lambda: self._unlogged(predictions))
         parked = {p.payment_id for p in predictions if p.payment_id in stream.parked}
-        stored = self._postgres(lambda: self.checkpoints.labelled(outcome_ids | parked))
+        stored = self._postgres(
+            lambda: self.checkpoints.labelled(
+                outcome_ids | parked | {p.payment_id for p in unlogged}
+            )
+        )
+        # a learned payment's log was removed at its checkpoint: not put back
+        self._redis(lambda: self._relog([p for p in unlogged if p.payment_id not in stored]))
+        logged = self._redis(lambda: self._logged(outcome_ids))
         for partition_key, item in items:
             if item is None:
                 stream.clock.at_end(partition_key)
@@ -594,25 +602,28 @@ class LearnerService:
                 out[pid] = prediction
         return out
 
+    def _unlogged(self, predictions: list[Prediction]) -> list[Prediction]:
+        """The predictions whose log is not in Redis: expired there (a replay of old topics), or
+        removed by a checkpoint that stored the payment as learned (its outcome came first)."""
+        if not predictions:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for prediction in predictions:
+            pipe.exists(prediction_key(self.ns, prediction.payment_id))
+        present = pipe.execute()
+        return [p for p, there in zip(predictions, present, strict=True) if not there]
+
     def _relog(self, predictions: list[Prediction]) -> None:
-        """Put back in Redis the predictions whose log has expired there (a replay of old
-        topics), so their outcomes meet them as they did live; live, every one is there."""
+        """Put these unlearned predictions back in Redis, so their outcomes meet them as they
+        did live (the caller leaves out the learned ones: their log is gone for good)."""
         if not predictions:
             return
-        keys = [prediction_key(self.ns, p.payment_id) for p in predictions]
         pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(key)
-        present = pipe.execute()
-        pipe = self.redis.pipeline(transaction=False)
-        missing = 0
-        for prediction, key, there in zip(predictions, keys, present, strict=True):
-            if not there:
-                pipe.hset(key, mapping=_redis_fields(prediction, "learner-relog"))
-                pipe.pexpire(key, self._relog_ttl_ms)
-                missing += 1
-        if missing:
-            pipe.execute()
+        for prediction in predictions:
+            key = prediction_key(self.ns, prediction.payment_id)
+            pipe.hset(key, mapping=_redis_fields(prediction, "learner-relog"))
+            pipe.pexpire(key, self._relog_ttl_ms)
+        pipe.execute()
 
     def _learned(self, examples: list[LabelledExample]) -> None:
         learner = self._require()

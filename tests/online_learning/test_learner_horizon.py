@@ -142,3 +142,46 @@ def test_a_backlog_after_downtime_learns_in_event_time_and_a_replay_learns_the_s
         assert _examples(replay) == live
     finally:
         drop_namespace(replay, tag)
+
+
+def test_a_prediction_that_reaches_the_learner_after_its_outcome_is_not_logged_again(
+    own_topics: Settings,
+) -> None:
+    """The outcome met the scorer's log in Redis and was learned; its checkpoint removed the
+    log. The prediction's own message, read after that, finds the payment learned in Postgres:
+    the log stays removed (it was put back once, to live until its TTL) and nothing is learned
+    twice."""
+    settings = own_topics
+    _run_until(settings, 0)
+    pid = random.Random(uuid.uuid4().int).randrange(10**9, 10**12)
+    created_at = datetime.now(UTC).replace(microsecond=0) - 10 * H
+    p = Prediction(pid, 0.7, {"amount": 1.0}, "v0", created_at, created_at + H / 6)
+    client = redis.Redis.from_url(settings.redis_conninfo())
+    key = prediction_key(settings.namespace, pid)
+    client.hset(key, mapping=_redis_fields(p, "test"))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    row = {"payment_id": pid, "is_fraud": True, "reported_at": iso(created_at + H / 2)}
+    producer.produce(
+        settings.topic("payment_outcomes"),
+        key=orjson.dumps({"payment_id": pid}),
+        value=envelope("payment_outcomes", "c", None, row, 800),
+    )
+    producer.flush(10)
+    _run_until(settings, 1)
+    assert _examples(settings) == {pid: (True, "outcome", created_at + H / 2)}
+    assert not client.exists(key)  # removed by the checkpoint that stored the example
+    producer.produce(
+        settings.predictions_topic_name, key=str(pid).encode(), value=encode_prediction(p)
+    )
+    producer.flush(10)
+    service = LearnerService(settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: service.counts.predictions >= 1, 40, "the prediction read")
+        wait_for(lambda: not service._dirty, 10, "a checkpoint of everything read")
+    finally:
+        service.stop.set()
+        thread.join(timeout=30)
+    assert not client.exists(key)
+    assert _examples(settings) == {pid: (True, "outcome", created_at + H / 2)}
