@@ -116,8 +116,9 @@ def _isolated(base: Settings, tag: str) -> Settings:
 @contextmanager
 def isolated_loop(base: Settings, keep: bool = False) -> Iterator[Settings]:
     """A database, connector (and slot), topics and Redis namespace of its own; removed after."""
-    from connectors import ConnectClient, apply_connector
+    from connectors import ConnectClient, apply_connector, captured_tables
     from freshloop.core.db import init_database
+    from online_learning import SCORING_FEATURES
 
     tag = uuid.uuid4().hex[:8]
     settings = _isolated(base, tag)
@@ -125,8 +126,9 @@ def isolated_loop(base: Settings, keep: bool = False) -> Iterator[Settings]:
     with psycopg.connect(base.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     try:
-        init_database(settings)
-        apply_connector(settings)
+        tables = captured_tables(SCORING_FEATURES.tables())  # what 'learn serve' reads
+        init_database(settings, capture=tables)
+        apply_connector(settings, tables=tables)
         yield settings
     finally:
         if not keep:

@@ -162,6 +162,8 @@ def _spawn(settings: Settings, ns: str, interval_s: float) -> subprocess.Popen[b
             "redis_namespace": ns,
             "metrics_port": 0,
             "stats_interval_s": interval_s,
+            # the sample set, as the in-process replay: per-event figures comparable across runs
+            "feature_definitions": "feature_pipelines.catalog:SAMPLE_FEATURES",
         }
     ).environment(os.environ)
     return subprocess.Popen(
@@ -186,18 +188,33 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> list[int]:
     return codes
 
 
-def topic_ends(settings: Settings, *, markers: bool = False) -> dict[str, int]:
+def topic_ends(
+    settings: Settings, *, markers: bool = False, at_least: int = 0, timeout_s: float = 60.0
+) -> dict[str, int]:
     """``topic:partition`` -> end of the replay's change topics: the high watermark, less the
-    commit marker of the one transaction that filled it (``markers``)."""
+    commit marker of the one transaction that filled it (``markers``). Asked again until every
+    partition answers with an offset and they add up to ``at_least`` events: right after the
+    commit a busy broker may still answer with an invalid offset (a window of 0 events)."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-ends"})
-    ends = {}
-    for table in TABLES:
-        topic = settings.topic(table)
-        for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-            ends[f"{topic}:{partition}"] = high - 1 if markers and high > 0 else high
-    consumer.close()
-    return ends
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            ends = {}
+            for table in TABLES:
+                topic = settings.topic(table)
+                for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                    tp = TopicPartition(topic, partition)
+                    high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    ends[f"{topic}:{partition}"] = high - 1 if markers and high > 0 else high
+            valid = all(end >= 0 for end in ends.values())
+            if (valid and sum(ends.values()) >= at_least) or time.monotonic() > deadline:
+                if not valid:
+                    msg = f"the topics' ends stayed unknown for {timeout_s:.0f}s: {ends}"
+                    raise RuntimeError(msg)
+                return ends
+            time.sleep(0.2)
+    finally:
+        consumer.close()
 
 
 def _delete_topics(settings: Settings) -> None:
@@ -213,8 +230,9 @@ def _delete_topics(settings: Settings) -> None:
             continue  # not created
 
 
-def _open_fill(settings: Settings, events: int) -> Any:
-    """Fill the topics inside a transaction left open; returns the producer to commit it."""
+def _open_fill(settings: Settings, events: int) -> tuple[Any, int]:
+    """Fill the topics inside a transaction left open; returns the producer to commit it and
+    how many change events it produced."""
     from confluent_kafka import Producer
 
     from bench.replay import fill
@@ -231,8 +249,8 @@ def _open_fill(settings: Settings, events: int) -> Any:
     )
     producer.init_transactions(120)  # the first use creates the log
     producer.begin_transaction()
-    fill(settings, events, producer=producer)
-    return producer
+    filled = fill(settings, events, producer=producer)
+    return producer, filled
 
 
 @dataclass
@@ -276,7 +294,7 @@ def run_processes(
     procs: list[subprocess.Popen[bytes]] = []
     codes: list[int] = []
     try:
-        producer = _open_fill(run, events)
+        producer, filled = _open_fill(run, events)
         before = side.cpu_s()
         time.sleep(baseline_s)
         after = side.cpu_s()
@@ -305,7 +323,7 @@ def run_processes(
         # before the commit nothing is readable (the consumers read committed records only)
         pre = _sample(side, ns, {}, procs)
         producer.commit_transaction(120)
-        ends = topic_ends(run, markers=True)
+        ends = topic_ends(run, markers=True, at_least=filled)
         total = sum(ends.values())
         # right after the commit (however long it took): what is done by now is not counted,
         # unless it is everything (a short run drained while the commit returned): then the

@@ -45,9 +45,10 @@ def pipeline_lag(settings: Settings) -> dict[str, Any]:
     import redis
 
     from feature_pipelines import pipeline_stats
+    from feature_pipelines.cluster_read import layout_client
 
     try:
-        client = redis.Redis.from_url(settings.redis_conninfo("reader"), socket_timeout=5)
+        client = layout_client(settings, "reader", socket_timeout=5)
         try:
             stats = pipeline_stats(client, settings.namespace)
         finally:
@@ -84,11 +85,10 @@ def stale_entities(
         customers = _recent_customers(engine, recent_payment_ids, settings.drift_stale_sample)
         if not customers:
             return {"stale": 0, "checked": 0, "entities": [], "error": None}
-        from feature_pipelines import SAMPLE_FEATURES, FeatureStore, verify
+        from feature_pipelines import SAMPLE_FEATURES, verify
+        from feature_pipelines.cluster_read import store_for
 
-        store = FeatureStore.connect(
-            settings.redis_conninfo("reader"), SAMPLE_FEATURES, settings.namespace
-        )
+        store = store_for(settings, SAMPLE_FEATURES)  # one Redis or a cluster (redis_layout)
         conninfo = settings.postgres_conninfo()
         first = verify(conninfo, store, only={"customer": customers})
         differing = sorted({m.key for m in first.mismatches if m.entity == "customer"})

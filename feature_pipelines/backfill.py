@@ -27,6 +27,12 @@ Every row version is counted once: by the backfill if S sees it, by the stream i
 (``registry``). A job whose process died cannot go on (its snapshot died with it): the next
 ``apply`` marks it superseded and runs a new generation, which cleans and fills the same
 features again.
+
+On a Redis Cluster (``redis_layout=cluster``, docs/redis-cluster.md) every step that names
+entity hashes runs per shard slot: the clean and the swap take the hashes of one slot at a
+time (each hash still changes in one atomic step), and each backfill chunk is added shard by
+shard, each with its progress mark in that shard's slot (a retried shard adds nothing twice).
+The registry's keys share one hash tag, so the switch stays one MULTI.
 """
 
 from __future__ import annotations
@@ -44,8 +50,12 @@ import orjson
 import psycopg
 import redis
 from psycopg import sql
+from redis.cluster import RedisCluster
 
 from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.cluster_keys import KeyLayout, split_entity_key
+from feature_pipelines.cluster_read import layout_client
+from feature_pipelines.cluster_write import ClusterBatchWriter
 from feature_pipelines.exceptions import FeatureApplyError
 from feature_pipelines.lua import script
 from feature_pipelines.plan import (
@@ -114,7 +124,7 @@ def applied_set(
 def plan_features(settings: Settings, declared: FeatureSet) -> tuple[FeaturePlan, str]:
     """The plan from the namespace's applied set to ``declared``, and the applied set's
     origin (``registry``, ``pipeline``, ``apply`` or ``none``)."""
-    client = redis.Redis.from_url(settings.redis_conninfo("reader"))
+    client = layout_client(settings, "reader")  # one Redis or a cluster (redis_layout)
     try:
         with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
             applied, origin = applied_set(conn, client, settings.namespace)
@@ -232,8 +242,21 @@ def _record(
             )
 
 
-def _entity_keys(client: redis.Redis, ns: str) -> Iterable[list[str]]:
-    batch: list[str] = []
+def _entity_keys(client: Any, ns: str) -> Iterable[list[str]]:
+    """The namespace's entity hashes in batches of up to 500 that one script may name: any
+    on one Redis; of one slot on a Redis Cluster (a SCAN of every primary)."""
+    if isinstance(client, RedisCluster):
+        by_slot: dict[int, list[str]] = defaultdict(list)
+        for key in client.scan_iter(match=f"{ns}:e:*", count=1000):
+            name = _text(key)
+            batch = by_slot[client.keyslot(name)]
+            batch.append(name)
+            if len(batch) >= 500:
+                yield batch.copy()
+                batch.clear()
+        yield from (batch for batch in by_slot.values() if batch)
+        return
+    batch = []
     for key in client.scan_iter(match=f"{ns}:e:*", count=1000):
         batch.append(_text(key))
         if len(batch) >= 500:
@@ -262,7 +285,9 @@ class _Apply:
         self.echo = echo
         self.on_progress = on_progress
         self.chunk_rows = chunk_rows
-        self.client = redis.Redis.from_url(settings.redis_conninfo())
+        self.client = layout_client(settings, "writer")  # one Redis or a cluster
+        self.keys = KeyLayout(self.ns, group, settings.redis_layout, settings.redis_cluster_shards)
+        self.partitions = settings.topic_partitions
         self.gen_key = generation_key(self.ns)
         # what the pipelines compute until the switch (``plan.interim_set``)
         self.interim = declared
@@ -379,10 +404,8 @@ class _Apply:
         job: _Job,
         report: dict[str, Any],
     ) -> None:
-        writer = RedisBatchWriter(self.client, self.interim, self.ns, self.group)
-        marks = writer.watermarks()
+        marks, ttl_of = self._marks_and_ttls()
         watermark = max((newest for newest, _first in marks.values()), default=0)
-        ttl_of = writer._ttl_ms  # noqa: SLF001 - the pipeline's own expiry per entity kind
         by_table: dict[str, list[Feature]] = defaultdict(list)
         for f in features:
             by_table[f.table].append(f)
@@ -398,6 +421,7 @@ class _Apply:
         job.update(rows_total=total)
         progress_key = f"{self.ns}:features:backfill:{generation}"
         add = self.client.register_script(script("backfill_add"))
+        progress_keys = set() if self.keys.cluster else {progress_key}  # a cluster: per shard
         done = 0
         touched: set[str] = set()
         for table, feats, query, params, _n in plans:
@@ -414,17 +438,59 @@ class _Apply:
                         break
                     increments = _increments(self.ns, columns, rows, groups, bounds)
                     done += len(rows)
-                    keys, args = _add_args(progress_key, table, chunk, done, increments, ttl_of)
-                    add(keys=keys, args=args)
+                    if self.keys.cluster:  # shard by shard, each with its own progress
+                        progress_keys |= self._add_per_shard(
+                            add, progress_key, table, chunk, done, increments, ttl_of
+                        )
+                    else:
+                        keys, args = _add_args(progress_key, table, chunk, done, increments, ttl_of)
+                        add(keys=keys, args=args)
                     touched.update(increments)
                     chunk += 1
                     job.progress(done, total)
                     if self.on_progress is not None:
                         self.on_progress(done, total)
-        self.client.pexpire(progress_key, 7 * 86_400_000)
+        for key in progress_keys:
+            self.client.pexpire(key, 7 * 86_400_000)
         job.progress(total, total)
         report["rows"] = done
         report["entities"] = len(touched)
+
+    def _marks_and_ttls(self) -> tuple[dict[int, tuple[int, int]], Mapping[str, int]]:
+        """The pipelines' stored watermarks (partition -> newest, first) and their entity
+        expiry per kind, as the writer of the layout keeps them."""
+        if self.keys.cluster:
+            cluster = ClusterBatchWriter(self.client, self.interim, self.keys)
+            marks: dict[int, tuple[int, int]] = {}
+            for p in range(self.partitions):
+                marks.update(cluster.watermarks(p))
+            return marks, cluster._ttl_ms  # noqa: SLF001 - the pipeline's own expiry per kind
+        writer = RedisBatchWriter(self.client, self.interim, self.ns, self.group)
+        return writer.watermarks(), writer._ttl_ms  # noqa: SLF001
+
+    def _add_per_shard(
+        self,
+        add: Any,
+        progress_key: str,
+        table: str,
+        chunk: int,
+        done: int,
+        increments: Mapping[str, Mapping[str, int]],
+        ttl_of: Mapping[str, int],
+    ) -> set[str]:
+        """One chunk on a Redis Cluster: one ``backfill_add`` per shard slot it touches, each
+        with the chunk's progress in a hash of that slot; the progress keys written."""
+        by_shard: dict[int, dict[str, Mapping[str, int]]] = defaultdict(dict)
+        for name, fields in increments.items():
+            by_shard[self.keys.shard_of(*split_entity_key(name))][name] = fields
+        written = set()
+        for shard, part in sorted(by_shard.items()):
+            progress = f"{progress_key}:{self.keys.shard_tag(shard)}"
+            keys, args = _add_args(progress, table, chunk, done, part, ttl_of)
+            keys[1:] = [self.keys.entity(*split_entity_key(k)) for k in keys[1:]]
+            add(keys=keys, args=args)
+            written.add(progress)
+        return written
 
     # ---- 5. swap ----------------------------------------------------------------------------
     def swap(
@@ -582,12 +648,6 @@ def apply_features(
     while the pipelines (consumer ``group``, default ``<ns>-features``) keep running."""
     started = time.perf_counter()
     ns = settings.namespace
-    if settings.redis_layout != "single":
-        msg = (
-            "'freshloop features apply' needs redis_layout=single for now (its scripts take "
-            "keys of many slots)"
-        )
-        raise FeatureApplyError(msg)
     group = group or f"{ns}-features"
     run = _Apply(settings, declared, group, echo, on_progress, chunk_rows)
     client = run.client

@@ -10,7 +10,7 @@ from functools import cached_property
 from feature_pipelines.exceptions import DefinitionError
 from feature_pipelines.spec import Condition, Entity, Feature, Lookup
 
-__all__ = ["CUSTOMER", "MERCHANT", "SAMPLE_FEATURES", "FeatureSet"]
+__all__ = ["CUSTOMER", "MERCHANT", "SAMPLE_FEATURES", "SCORING_FEATURES", "FeatureSet"]
 
 
 @dataclass(frozen=True)
@@ -187,5 +187,18 @@ SAMPLE_FEATURES = FeatureSet.of(
                 column="payment_id", table="payments", key="payment_id", provides="merchant_id"
             ),
         ),
+    ]
+)
+
+# The set the whole loop runs over the demo schema (the default FRESHLOOP_FEATURE_DEFINITIONS):
+# the sample features plus what the fraud model needs beyond them. Change events keep only the
+# columns some feature reads, so a pipeline that scores payments must read payments.channel (a
+# fraud signal: bursts come through one channel); distinct channels per customer over 24 h is a
+# fraud signal of its own. ``features run``, ``serve`` and ``learn serve`` compute this one set,
+# so a namespace has one set whichever of them runs it.
+SCORING_FEATURES = FeatureSet.of(
+    [
+        *SAMPLE_FEATURES,
+        _pay("distinct_channels_24h", CUSTOMER, "distinct", _H24, "channel"),
     ]
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from feature_pipelines.plan_cli import definitions_option
 from freshloop.core.commands import friendly
 from freshloop.core.commands import settings as _settings
 from freshloop.core.settings import Settings
@@ -24,25 +25,28 @@ def features() -> None:
     """Incremental features from change events, in Redis."""
 
 
-def _store():
-    from feature_pipelines import SAMPLE_FEATURES
+def _store(definitions: str | None):
     from feature_pipelines.cluster_read import layout_client, store_for
+    from feature_pipelines.definitions import feature_set
     from feature_pipelines.registry import serving_set
 
     settings = _settings()
+    declared = feature_set(settings, definitions)  # a bad name stops here, before any I/O
     client = layout_client(settings)  # one Redis, or a Redis Cluster (redis_layout)
     # after 'features apply', the set it recorded (what the pipelines compute)
-    features = serving_set(client, settings.namespace, SAMPLE_FEATURES)  # type: ignore[arg-type]
+    features = serving_set(client, settings.namespace, declared)
     return store_for(settings, features, client=client)
 
 
 @features.command("get")
 @click.argument("entity")
 @click.argument("key")
+@definitions_option
 @friendly
-def features_get(entity: str, key: str) -> None:
-    """Feature values of one entity, with freshness."""
-    store = _store()
+def features_get(entity: str, key: str, definitions: str | None) -> None:
+    """Feature values of one entity, with freshness (the set 'features apply' recorded, else
+    the one in use)."""
+    store = _store(definitions)
     try:
         result = store.get(entity, key)
     except KeyError as exc:
@@ -72,16 +76,21 @@ def features_get(entity: str, key: str) -> None:
     help="Compare at this instant (UTC unless it has an offset; "
     "default: now), e.g. the event-time watermark of a replay or simulation.",
 )
+@definitions_option
 @friendly
-def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> None:
-    """Compare online values with the SQL oracle; exit 1 on any mismatch."""
+def features_verify(
+    sample: int | None, wait_s: float, at: datetime | None, definitions: str | None
+) -> None:
+    """Compare online values with the SQL oracle; exit 1 on any mismatch (the set 'features
+    apply' recorded, else the one in use)."""
     from feature_pipelines import verify_until_clean
 
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     settings = _settings()
+    store = _store(definitions)
     report = verify_until_clean(
-        settings.postgres_conninfo(), _store(), wait_s=wait_s, sample=sample, at=at
+        settings.postgres_conninfo(), store, wait_s=wait_s, sample=sample, at=at
     )
     for m in report.mismatches[:200]:
         click.echo(f"MISMATCH {m.entity} {m.key} {m.feature}: online={m.online} sql={m.oracle}")
@@ -111,14 +120,20 @@ def features_verify(sample: int | None, wait_s: float, at: datetime | None) -> N
     "metrics on FRESHLOOP_METRICS_PORT + i; with --stats-json, the file holds each process's "
     "summary.",
 )
+@definitions_option
 @friendly
-def features_run(stats_json: str | None, processes: int) -> None:
+def features_run(stats_json: str | None, processes: int, definitions: str | None) -> None:
     """Run the feature pipeline until Ctrl-C / SIGTERM."""
     from feature_pipelines import run_pipeline
+    from feature_pipelines.definitions import feature_set
 
+    settings = _settings()
+    features = feature_set(settings, definitions)  # a bad name stops here, before any I/O
     if processes > 1:
-        sys.exit(_features_run_group(_settings(), processes, stats_json))
-    stats = run_pipeline(_settings())
+        if definitions is not None:  # the processes load the same set
+            settings = settings.model_copy(update={"feature_definitions": definitions})
+        sys.exit(_features_run_group(settings, processes, stats_json))
+    stats = run_pipeline(settings, features)
     if stats_json:
         import json
         from pathlib import Path
@@ -186,15 +201,20 @@ def _features_run_group(settings: Settings, processes: int, stats_json: str | No
     help="Also make the connector forget its offsets and snapshot the live database "
     "again (after the source database was replaced or restored).",
 )
+@definitions_option
 @friendly
-def features_rebuild(reset_connector: bool) -> None:
+def features_rebuild(reset_connector: bool, definitions: str | None) -> None:
     """Drop the namespace's features and positions and start it again from the live database
     (stop its 'features run' first)."""
-    from feature_pipelines import SAMPLE_FEATURES
+    from feature_pipelines.definitions import feature_set
     from feature_pipelines.source import rebuild_namespace
 
+    settings = _settings()
     rebuild_namespace(
-        _settings(), SAMPLE_FEATURES, reset_connector=reset_connector, echo=click.echo
+        settings,
+        feature_set(settings, definitions),
+        reset_connector=reset_connector,
+        echo=click.echo,
     )
 
 

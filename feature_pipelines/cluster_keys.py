@@ -107,6 +107,18 @@ class KeyLayout:
             return f"{self.ns}:expiry:{{{self.group}}}:{partition}"
         return f"{self.ns}:expiry:{self.partition_tag(partition)}:{self.group}"
 
+    # ---- the epoch, per slot (cluster) -------------------------------------------------
+    def sentinels(self, partitions: int) -> list[str]:
+        """Cluster layout: the group's epoch mark in every partition slot of ``partitions``
+        and every shard slot, so that a primary which lost its data is found whichever slots
+        it held (``loss.LossWatch.slots_lost``); none in the single layout (its one sentinel
+        ``<ns>:epoch:{<group>}`` covers the one Redis)."""
+        if not self.cluster:
+            return []
+        tags = [self.partition_tag(p) for p in range(partitions)]
+        tags += [self.shard_tag(k) for k in range(self.shards)]
+        return [f"{self.ns}:epoch:{tag}:{self.group}" for tag in tags]
+
     def journal(self, partition: int) -> str:
         """The partition's entity steps not yet acknowledged (a hash ``q<seq>`` -> entry)."""
         if not self.cluster:

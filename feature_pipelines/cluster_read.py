@@ -14,22 +14,45 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.cluster_keys import KeyLayout
-from feature_pipelines.store_read import FeatureStore, _Read, _Reads
+from feature_pipelines.store_read import AsyncFeatureStore, FeatureStore, _Read, _Reads
 from freshloop.core.settings import Settings
 
-__all__ = ["ClusterFeatureStore", "cluster_client", "layout_client", "store_for"]
+__all__ = [
+    "AsyncClusterFeatureStore",
+    "ClusterFeatureStore",
+    "async_layout_client",
+    "async_store_for",
+    "cluster_client",
+    "layout_client",
+    "store_for",
+]
+
+Role = Literal["writer", "reader", "admin"]
+
+
+def _cluster_url(redis_url: str) -> str:
+    """The URL without its database path: a cluster has database 0 only."""
+    return urlsplit(redis_url)._replace(path="").geturl()
 
 
 def cluster_client(redis_url: str, **kwargs: Any) -> RedisCluster:
     """A Redis Cluster client from a URL naming one primary (with its user and password;
     a cluster has database 0 only, so a ``/0`` path is dropped). RESP2, as ``FeatureStore``'s
     reads parse fastest."""
-    url = urlsplit(redis_url)._replace(path="").geturl()
-    return RedisCluster.from_url(url, protocol=2, **kwargs)
+    return RedisCluster.from_url(_cluster_url(redis_url), protocol=2, **kwargs)
+
+
+def _cluster_names(read: _Read, layout: KeyLayout, entity: str, keys: Any) -> _Read:
+    """``read`` naming each entity by its cluster key (its shard's hash tag)."""
+    read.names = [layout.entity(entity, key) for key in keys]
+    read.unique = list(dict.fromkeys(read.names))
+    return read
 
 
 class ClusterFeatureStore(FeatureStore):
@@ -47,11 +70,7 @@ class ClusterFeatureStore(FeatureStore):
         return cls(cluster_client(redis_url), features, KeyLayout(ns, "", "cluster", shards))
 
     def _read(self, entity: str, keys: Any, at: datetime | None) -> _Read:
-        read = super()._read(entity, keys, at)
-        layout = self.keys
-        read.names = [layout.entity(entity, key) for key in keys]
-        read.unique = list(dict.fromkeys(read.names))
-        return read
+        return _cluster_names(super()._read(entity, keys, at), self.keys, entity, keys)
 
     def scan_keys(self, entity: str) -> list[str]:
         """Keys of every entity of this kind with state, from every primary (SCAN)."""
@@ -66,13 +85,35 @@ class ClusterFeatureStore(FeatureStore):
         return out
 
 
-def layout_client(
-    settings: Settings, role: Literal["writer", "reader", "admin"] = "reader"
-) -> redis.Redis | RedisCluster:
-    """A client of ``role`` for ``settings.redis_layout`` (RESP2): one Redis or the cluster."""
+class AsyncClusterFeatureStore(AsyncFeatureStore):
+    """``AsyncFeatureStore``'s reads over a Redis Cluster (the API): the HGETALLs go through
+    the asyncio cluster client's pipeline, one round trip per node the keys live on."""
+
+    def __init__(self, client: AsyncRedisCluster, features: FeatureSet, keys: KeyLayout) -> None:
+        _Reads.__init__(self, client, features, keys.ns, False)
+        self.keys = keys
+
+    def _read(self, entity: str, keys: Any, at: datetime | None) -> _Read:
+        return _cluster_names(super()._read(entity, keys, at), self.keys, entity, keys)
+
+
+def layout_client(settings: Settings, role: Role = "reader", **kwargs: Any) -> Any:
+    """A client of ``role`` for ``settings.redis_layout`` (RESP2): one ``redis.Redis`` or a
+    ``RedisCluster`` (typed ``Any``: both answer the single-key commands and non-transactional
+    pipelines the stages send; ``kwargs`` go to the client, e.g. socket timeouts). A cluster
+    client asks a node for the cluster's layout as it is made: it raises when none answers."""
     if settings.redis_layout == "cluster":
-        return cluster_client(settings.redis_conninfo(role))
-    return redis.Redis.from_url(settings.redis_conninfo(role), protocol=2)
+        return cluster_client(settings.redis_conninfo(role), **kwargs)
+    return redis.Redis.from_url(settings.redis_conninfo(role), protocol=2, **kwargs)
+
+
+def async_layout_client(settings: Settings, role: Role = "reader", **kwargs: Any) -> Any:
+    """``layout_client`` for asyncio code: ``redis.asyncio.Redis`` or its ``RedisCluster``
+    (which learns the layout at its first command)."""
+    url = settings.redis_conninfo(role)
+    if settings.redis_layout == "cluster":
+        return AsyncRedisCluster.from_url(_cluster_url(url), protocol=2, **kwargs)
+    return redis.asyncio.Redis.from_url(url, protocol=2, **kwargs)
 
 
 def store_for(
@@ -83,7 +124,9 @@ def store_for(
     client: redis.Redis | RedisCluster | None = None,
 ) -> FeatureStore:
     """The feature store of ``settings.redis_layout`` (the reader user's client unless
-    ``client`` is given): ``FeatureStore`` on one Redis, ``ClusterFeatureStore`` on a cluster."""
+    ``client`` is given): ``FeatureStore`` on one Redis, ``ClusterFeatureStore`` on a cluster.
+    Every stage that reads features takes its store here (the scorer, the API through
+    ``async_store_for``, drift's stale-entity check, ``features verify`` / ``get``)."""
     ns = ns or settings.namespace
     client = client if client is not None else layout_client(settings)
     if isinstance(client, RedisCluster):
@@ -91,3 +134,19 @@ def store_for(
             client, features, KeyLayout(ns, "", "cluster", settings.redis_cluster_shards)
         )
     return FeatureStore(client, features, ns)
+
+
+def async_store_for(
+    settings: Settings,
+    features: FeatureSet,
+    client: redis.asyncio.Redis | AsyncRedisCluster,
+    *,
+    ns: str | None = None,
+) -> AsyncFeatureStore:
+    """``store_for`` for asyncio code, on ``client`` (``async_layout_client``)."""
+    ns = ns or settings.namespace
+    if isinstance(client, AsyncRedisCluster):
+        return AsyncClusterFeatureStore(
+            client, features, KeyLayout(ns, "", "cluster", settings.redis_cluster_shards)
+        )
+    return AsyncFeatureStore(client, features, ns)

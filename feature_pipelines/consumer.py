@@ -151,6 +151,7 @@ class FeaturePipeline:
     # Kafka's committed offsets (lag monitoring, and where a rebuild after a Redis loss starts)
     # trail Redis's positions by at most this long: one commit per interval, not per batch
     KAFKA_COMMIT_EVERY_S = 1.0
+    BUSY_TICK_S = 0.5  # ``on_tick``'s Redis calls with a batch write in flight, at most
 
     def __init__(
         self,
@@ -192,6 +193,7 @@ class FeaturePipeline:
             on_sent=EVENTS.labels("dead_lettered").inc,
         )
         self._next_tick = time.monotonic() + 5  # the rebuild's progress lines
+        self._busy_tick = 0.0  # ``on_tick``, with a write in flight: when to look again
         # live stats for dashboards and freshness checks: <ns>:stats:pipeline:<consumer id>
         self.assigned: set[tuple[str, int]] = set()
         self.live = StatsPublisher(
@@ -273,6 +275,14 @@ class FeaturePipeline:
         return True
 
     def on_tick(self) -> None:
+        # A Redis call here waits for the batch write in flight, if any (a pipeline catching
+        # up holds one, ``process``), and that wait would undo the overlap of the write with
+        # the next batch: with a write in flight, the definitions and live stats are looked at
+        # once every ``BUSY_TICK_S`` only.
+        now = time.monotonic()
+        if self._flying is not None and now < self._busy_tick:
+            return
+        self._busy_tick = now + self.BUSY_TICK_S
         # the definitions ``apply`` recorded; Redis down or restarted there: recovery handles it
         self.recovery.guarded(self.definitions.check)
         if time.monotonic() >= self._next_tick:

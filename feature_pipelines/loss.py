@@ -24,8 +24,17 @@ Entity hashes are not sampled: they legitimately vanish through their wall-clock
 through an idle sweep of whichever partition indexed them last, and nothing left behind tells
 that apart from a loss. Their eviction is still seen through ``evicted_keys``.
 
-Nothing here scans the keyspace; a check costs one ``INFO``, one ``ZRANDMEMBER`` per assigned
-partition and one transaction. ``recovery.py`` turns a finding into the rebuild.
+On a Redis Cluster (docs/redis-cluster.md) a primary can lose its data alone: the slots it
+held, possibly partition slots (row states, positions) and shard slots (entities) apart.
+``evicted_keys`` is summed over every primary; the group's epoch is also marked in every
+partition slot and every shard slot (``mark_slots``, before the one sentinel is set), and
+``slots_lost`` finds any of these marks gone while the sentinel stayed (one ``EXISTS`` per slot,
+pipelined: one round trip per primary); the census above runs per partition slot, each
+partition's members, watermark and positions confirmed in one transaction of that slot.
+
+Nothing here scans the keyspace; a check costs one ``INFO`` (per primary), one
+``ZRANDMEMBER`` per assigned partition and one transaction (per assigned partition on a
+cluster). ``recovery.py`` turns a finding into the rebuild.
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import redis
 from prometheus_client import Counter
 from redis.cluster import RedisCluster
 
+from feature_pipelines.cluster_keys import KeyLayout
 from feature_pipelines.exceptions import RedisEvictionPolicyError
 
 __all__ = [
@@ -59,7 +70,7 @@ _ALLOW = "FRESHLOOP_REDIS_ALLOW_EVICTION=true"
 LOSSES = Counter(
     "freshloop_redis_state_losses",
     "Partial losses of the pipeline's Redis state found (each starts a rebuild), by kind: "
-    "evicted | row_state | group_key | offsets_out_of_range.",
+    "evicted | row_state | group_key | slot_state | offsets_out_of_range.",
     ["kind"],
 )
 
@@ -160,8 +171,9 @@ def lost_group_keys(seen: Iterable[str], present: Mapping[str, bool]) -> list[st
 
 @dataclass(frozen=True)
 class LossFinding:
-    """What a check found missing: ``kind`` evicted | row_state | group_key, or
-    offsets_out_of_range (Kafka positions outside the topic's offsets, ``recovery.py``)."""
+    """What a check found missing: ``kind`` evicted | row_state | group_key | slot_state (a
+    Redis Cluster primary lost its slots), or offsets_out_of_range (Kafka positions outside the
+    topic's offsets, ``recovery.py``)."""
 
     kind: str
     detail: str
@@ -170,7 +182,10 @@ class LossFinding:
 
 class LossWatch:
     """The checks above on one group's Redis: ``check_policy`` at start, ``check`` on every
-    tick."""
+    tick; on a Redis Cluster also ``slots_lost`` with every look at the sentinel.
+
+    ``shards`` and ``partitions``: the cluster layout's virtual shards and the change topics'
+    partitions (the slots marked with the epoch); unused on a single Redis."""
 
     def __init__(
         self,
@@ -180,23 +195,24 @@ class LossWatch:
         *,
         samples: int = 16,
         allow_eviction: bool = False,
+        shards: int = 64,
+        partitions: int = 0,
     ) -> None:
         self.client = client
         self.samples = samples
         self.allow_eviction = allow_eviction
-        self.offsets_key = f"{ns}:offsets:{{{group}}}"
+        self._cluster = isinstance(client, RedisCluster)
+        self.keys = KeyLayout(ns, group, "cluster" if self._cluster else "single", shards)
+        self.partitions = partitions
+        self.offsets_key = f"{ns}:offsets:{{{group}}}"  # the single layout's
         self.marks_key = f"{ns}:watermarks:{{{group}}}"
-        self._index = f"{ns}:expiry:{{{group}}}:"
         self._evicted: int | None = None
         self._stats_readable = True
-        # a Redis Cluster (docs/redis-cluster.md): evictions are summed over every primary;
-        # the sampled row-state census reads the single layout's keys and is not made there
-        self._cluster = isinstance(client, RedisCluster)
         self._epoch: str | None = None
         self._seen: set[str] = set()
 
     def index_key(self, partition: int) -> str:
-        return f"{self._index}{partition}"
+        return self.keys.expiry(partition)
 
     # ---- start-up ---------------------------------------------------------------------------
     def check_policy(self) -> str | None:
@@ -227,6 +243,42 @@ class LossWatch:
         self._evicted = self._evicted_keys()
         return policy
 
+    # ---- the epoch in every slot (Redis Cluster) --------------------------------------------
+    def mark_slots(self, epoch: str) -> None:
+        """Mark ``epoch`` in every partition and shard slot (a cluster; nothing on one Redis).
+        Called before the group's sentinel is set, so a sentinel present means its marks
+        were all written."""
+        names = self.keys.sentinels(self.partitions)
+        if not names:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.set(name, epoch)
+        pipe.execute()
+
+    def slots_lost(self) -> LossFinding | None:
+        """A cluster's slots whose epoch mark is gone while the group's sentinel stayed: the
+        primary holding them lost its data (a restart without its files, a FLUSHALL), so
+        their row states, positions or entities are gone. None on one Redis (the sentinel
+        there is the whole check)."""
+        names = self.keys.sentinels(self.partitions)
+        if not names:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(name)
+        gone = [name for name, there in zip(names, pipe.execute(), strict=True) if not there]
+        if not gone:
+            return None
+        cluster = cast(RedisCluster, self.client)
+        nodes = sorted({str(cluster.get_node_from_key(name).name) for name in gone})
+        return LossFinding(
+            "slot_state",
+            f"the epoch mark of {len(gone)} of {len(names)} slots is gone (primaries "
+            f"{', '.join(nodes)}): a primary lost its data",
+            gone,
+        )
+
     # ---- the periodic check -----------------------------------------------------------------
     def check(self, partitions: Iterable[int], epoch: str | None) -> LossFinding | None:
         """One look for lost state; None when nothing is missing."""
@@ -236,33 +288,29 @@ class LossWatch:
             self._evicted = evicted
             if gone:
                 return LossFinding("evicted", f"Redis evicted {gone} keys (INFO evicted_keys)")
-        if self._cluster:
-            return None
         if epoch != self._epoch:  # a rebuild started a new state: nothing of it seen yet
             self._epoch, self._seen = epoch, set()
         return self._sample(sorted(set(partitions)))
 
     def _sample(self, partitions: Sequence[int]) -> LossFinding | None:
-        drawn: list[tuple[int, str]] = []
+        drawn: dict[int, list[str]] = {p: [] for p in partitions}
         if self.samples > 0 and partitions:
             pipe = self.client.pipeline(transaction=False)
             for p in partitions:
                 pipe.zrandmember(self.index_key(p), self.samples)
             for p, members in zip(partitions, pipe.execute(), strict=True):
-                drawn += [(p, _text(m)) for m in members or ()]
-        tx = self.client.pipeline(transaction=True)  # one instant: no batch script in between
-        for p, key in drawn:
-            tx.exists(key)
-            tx.zscore(self.index_key(p), key)
-        tx.hgetall(self.marks_key)
-        tx.exists(self.offsets_key)
-        tx.exists(self.marks_key)
-        reply = tx.execute()
-        probes = [
-            Probe(p, key, reply[2 * i + 1], bool(reply[2 * i])) for i, (p, key) in enumerate(drawn)
-        ]
-        marks = {int(_text(k)): int(_text(v).partition(":")[0]) for k, v in reply[-3].items()}
-        present = {self.offsets_key: bool(reply[-2]), self.marks_key: bool(reply[-1])}
+                drawn[p] = [_text(m) for m in members or ()]
+        # one instant per transaction, so no batch script runs in between: the whole group on
+        # one Redis; per partition slot on a cluster (a transaction keeps to one slot)
+        units = [[p] for p in partitions] if self._cluster else [list(partitions)]
+        probes: list[Probe] = []
+        marks: dict[int, int] = {}
+        present: dict[str, bool] = {}
+        for unit in units:
+            found, unit_marks, unit_present = self._confirm(unit, drawn)
+            probes += found
+            marks.update(unit_marks)
+            present.update(unit_present)
         gone_group = lost_group_keys(self._seen, present)
         self._seen |= {k for k, there in present.items() if there}
         if gone_group:
@@ -278,6 +326,31 @@ class LossWatch:
             )
         return None
 
+    def _confirm(
+        self, partitions: Sequence[int], drawn: Mapping[int, list[str]]
+    ) -> tuple[list[Probe], dict[int, int], dict[str, bool]]:
+        """The drawn members of ``partitions`` (all in one slot on a cluster, or one Redis),
+        their watermarks and positions, in one transaction."""
+        keys = self.keys
+        first = partitions[0] if partitions else 0
+        offsets, marks_key = keys.offsets(first), keys.watermarks(first)
+        pairs = [(p, key) for p in partitions for key in drawn.get(p, ())]
+        tx = self.client.pipeline(transaction=True)
+        for p, key in pairs:
+            tx.exists(key)
+            tx.zscore(self.index_key(p), key)
+        tx.hgetall(marks_key)
+        tx.exists(offsets)
+        tx.exists(marks_key)
+        reply = tx.execute()
+        # a cluster client's transaction answers raw replies (no callbacks): scores as bytes
+        probes = [
+            Probe(p, key, _score(reply[2 * i + 1]), bool(int(reply[2 * i])))
+            for i, (p, key) in enumerate(pairs)
+        ]
+        marks = {int(_text(k)): int(_text(v).partition(":")[0]) for k, v in _pairs(reply[-3])}
+        return probes, marks, {offsets: bool(int(reply[-2])), marks_key: bool(int(reply[-1]))}
+
     def _evicted_keys(self) -> int | None:
         if not self._stats_readable:
             return None
@@ -290,6 +363,22 @@ class LossWatch:
             self._stats_readable = False
             log.warning("redis_stats_unreadable error=%s: evictions are not watched", exc)
             return None
+
+
+def _score(raw: Any) -> float | None:
+    return None if raw is None else float(raw)
+
+
+def _pairs(raw: Any) -> list[tuple[Any, Any]]:
+    """A hash as its (field, value) pairs: a mapping, or the flat list a cluster client's
+    transaction answers on RESP2.
+
+    >>> _pairs({"0": "5:1"}), _pairs(["0", "5:1", "1", "7:2"])
+    ([('0', '5:1')], [('0', '5:1'), ('1', '7:2')])
+    """
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    return list(zip(raw[::2], raw[1::2], strict=True))
 
 
 def _text(raw: object) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from typing import Any
@@ -11,51 +10,30 @@ import click
 
 from freshloop.core.commands import friendly
 
-__all__ = ["DEFAULT_DEFINITIONS", "apply_command", "load_definitions", "plan_command"]
+__all__ = ["apply_command", "definitions_option", "plan_command"]
 
-# What 'freshloop features list' shows: the sample features and those only scorers read.
-DEFAULT_DEFINITIONS = "online_learning.features:SCORING_FEATURES"
-
-
-def load_definitions(spec: str) -> Any:
-    """The ``FeatureSet`` named ``module:attribute``."""
-    from feature_pipelines.catalog import FeatureSet
-    from feature_pipelines.exceptions import DefinitionError
-
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        msg = f"--definitions {spec!r}: expected module:attribute, e.g. {DEFAULT_DEFINITIONS}"
-        raise DefinitionError(msg)
-    try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        msg = f"--definitions {spec!r}: {exc} (expected module:attribute of a FeatureSet)"
-        raise DefinitionError(msg) from exc
-    if not isinstance(found, FeatureSet):
-        msg = f"--definitions {spec!r} is a {type(found).__name__}, not a FeatureSet"
-        raise DefinitionError(msg)
-    return found
-
-
-_definitions = click.option(
+definitions_option = click.option(
     "--definitions",
-    default=DEFAULT_DEFINITIONS,
-    show_default=True,
-    help="The declared feature set, as module:attribute.",
+    default=None,
+    metavar="MODULE:ATTRIBUTE",
+    help="The feature set, e.g. mymodule:FEATURES (default: FRESHLOOP_FEATURE_DEFINITIONS, "
+    "the sample set unless set).",
 )
 
 
 @click.command("plan")
-@_definitions
+@definitions_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @friendly
-def plan_command(definitions: str, as_json: bool) -> None:
+def plan_command(definitions: str | None, as_json: bool) -> None:
     """Added, changed and removed features against the namespace's applied set, and which
     need a backfill; exit 1 when apply cannot do the plan."""
     from feature_pipelines.backfill import plan_features
+    from feature_pipelines.definitions import feature_set
     from freshloop.core.settings import load_settings
 
-    plan, origin = plan_features(load_settings(), load_definitions(definitions))
+    settings = load_settings()
+    plan, origin = plan_features(settings, feature_set(settings, definitions))
     if as_json:
         click.echo(json.dumps({"applied_from": origin, **plan.to_dict()}, indent=2))
     else:
@@ -67,7 +45,7 @@ def plan_command(definitions: str, as_json: bool) -> None:
 
 
 @click.command("apply")
-@_definitions
+@definitions_option
 @click.option("--yes", is_flag=True, help="Apply without asking.")
 @click.option(
     "--ack-timeout",
@@ -79,14 +57,15 @@ def plan_command(definitions: str, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly
-def apply_command(definitions: str, yes: bool, ack_timeout_s: float, as_json: bool) -> None:
+def apply_command(definitions: str | None, yes: bool, ack_timeout_s: float, as_json: bool) -> None:
     """Backfill added and changed features from the database while the pipelines keep
     running, clean removed ones, then switch the applied set."""
     from feature_pipelines.backfill import apply_features, plan_features
+    from feature_pipelines.definitions import feature_set
     from freshloop.core.settings import load_settings
 
     settings = load_settings()
-    declared = load_definitions(definitions)
+    declared = feature_set(settings, definitions)
     plan, _origin = plan_features(settings, declared)
     echo = (lambda _m: None) if as_json else (lambda m: click.echo(m, err=True))
     for line in plan.lines():

@@ -212,7 +212,6 @@ class _Batch:
 
     __slots__ = (
         "_bounds",
-        "_bounds_at",
         "commit_us",
         "deleted",
         "floor_us",
@@ -238,7 +237,7 @@ class _Batch:
         self.read = states
         self.overlay: dict[str, dict[str, str | None]] = {}
         self.plan = WritePlan()
-        self.incr: dict[str, dict[str, int]] = {}
+        self.incr: dict[str, defaultdict[str, int]] = {}
         self.partition = 0  # of the event being planned: rows it writes go to its index
         self.deleted: dict[str, bool] = {}  # own row key -> its last change was a delete
         self.commit_us: dict[str, int] = {}  # own row key -> its last change's commit (micros)
@@ -249,8 +248,7 @@ class _Batch:
         self.watermark = 0
         self.floor_us = 0
         self.windows = windows or {}  # windowed feature -> (window, bucket) micros
-        self._bounds: dict[str, int] = {}
-        self._bounds_at = -1
+        self._bounds: dict[int, dict[str, int]] = {}  # watermark -> ``lo`` of ``contribute``
         # which event (``index`` in the batch) writes what, when asked (``Planner.plan``)
         self.trace: Trace | None = None
         self.index = 0
@@ -295,50 +293,47 @@ class _Batch:
         """Add (sign +1) or retract (-1) what ``row`` contributes to entity ``key``."""
         if key is None:
             return
-        pairs = contribute(row, memo)
+        floor = self.floor_us
+        if not floor:
+            pairs = contribute(row, memo)
+        else:  # an image as old as ``floor`` writes no bucket no read counts (``_dead``)
+            known = len(memo)
+            lo = self._dead() if _older(memo, floor) else None
+            pairs = contribute(row, memo, lo)
+            if lo is None and len(memo) != known and _older(memo, floor):
+                pairs = contribute(row, memo, self._dead())  # times it parsed itself
         if not pairs:
             return
-        floor = self.floor_us
-        if floor:
-            for name, value in memo.items():
-                if value <= floor and type(name) is str:  # an event time (amounts: tuples)
-                    pairs = self._live(pairs)
-                    if not pairs:
-                        return
-                    break
         ekey = f"{self.ns}:e:{{{entity}:{key}}}"
         incr = self.incr.get(ekey)
+        plan = self.plan
         if incr is None:
-            incr = self.incr[ekey] = {}
-            self.plan.entity_of[ekey] = entity
-        get = incr.get
+            incr = self.incr[ekey] = defaultdict(int)
+            plan.entity_of[ekey] = entity
         if sign > 0:
             for name, amount in pairs:
-                incr[name] = get(name, 0) + amount
+                incr[name] += amount
         else:
             for name, amount in pairs:
-                incr[name] = get(name, 0) - amount
-        if commit_ms > self.plan.commit_ms.get(ekey, 0):
-            self.plan.commit_ms[ekey] = commit_ms
+                incr[name] -= amount
+        if commit_ms > plan.commit_ms.get(ekey, 0):
+            plan.commit_ms[ekey] = commit_ms
         trace = self.trace
         if trace is not None:
             trace.setdefault((ekey, ""), []).append((self.index, 0))
             for name, amount in pairs:
                 trace.setdefault((ekey, name), []).append((self.index, sign * amount))
 
-    def _live(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """``pairs`` without those of buckets no read at or after the watermark counts."""
-        if self._bounds_at != self.watermark:
-            at = self._bounds_at = self.watermark
-            self._bounds = {name: (at - w) // b for name, (w, b) in self.windows.items()}
-        bounds = self._bounds
-        out = []
-        for pair in pairs:
-            head, sep, rest = pair[0].partition("@")
-            if sep and int(rest.partition("#")[0]) <= bounds[head.partition(":")[0]]:
-                continue
-            out.append(pair)
-        return out
+    def _dead(self) -> dict[str, int]:
+        """Per windowed feature, the highest bucket no read at or after the watermark counts
+        (the ``lo`` of a group's ``contribute``); made once per watermark and batch."""
+        at = self.watermark
+        bounds = self._bounds.get(at)
+        if bounds is None:
+            bounds = self._bounds[at] = {
+                name: (at - w) // b for name, (w, b) in self.windows.items()
+            }
+        return bounds
 
     def finish(self, marks: Watermarks, live_us: int, deleted_us: int) -> WritePlan:
         """The plan; each row written expires ``live_us`` (``deleted_us`` after a delete) past
@@ -370,6 +365,15 @@ class _Batch:
                 None if state is None else state.get("ver"), updates, deletes, partition, expires
             )
         return plan
+
+
+def _older(memo: Mapping[Any, int], floor: int) -> bool:
+    """Whether an event time (keyed by column; amounts are keyed by tuples) in ``memo`` is at
+    or below ``floor``."""
+    for name, value in memo.items():
+        if value <= floor and type(name) is str:
+            return True
+    return False
 
 
 def _groups(features: Iterable[Feature]) -> tuple[_Group, ...]:
@@ -432,6 +436,7 @@ class Planner:
             t: tuple(dict.fromkeys((table, column) for (table, column, _p), _f in groups))
             for t, groups in self._lookups.items()
         }
+        self._one = {f.name: compile_group((f,)) for f in features}  # lookups' own groups
         self._provided: dict[str, tuple[tuple[str, tuple[Feature, ...]], ...]] = {}
         for t in tables:
             by_provides: dict[str, list[Feature]] = defaultdict(list)
@@ -647,7 +652,7 @@ class Planner:
                         batch.add(
                             f.entity.name,
                             provided,
-                            compile_group((f,)),
+                            self._one[f.name],
                             image,
                             {},
                             -1,
@@ -669,7 +674,7 @@ class Planner:
                 batch.add(
                     f.entity.name,
                     provided,
-                    compile_group((f,)),
+                    self._one[f.name],
                     after,
                     ev.after_parsed,
                     1,
@@ -679,19 +684,21 @@ class Planner:
 
     def _provide(self, batch: _Batch, ev: ChangeEvent, rkey: str) -> None:
         """A row other rows look up (a payment): keep its value, move its consumers' counts."""
+        after = ev.after
         for provides, feats in self._provided[ev.table]:
-            old = batch.get(rkey, f"p:{provides}")
-            new_raw = ev.after[provides] if ev.after else None
+            field = "p:" + provides
+            old = batch.get(rkey, field)
+            new_raw = after[provides] if after else None
             new = None if new_raw is None else str(new_raw)
             if old == new:
                 continue
-            batch.put(rkey, f"p:{provides}", new)
+            batch.put(rkey, field, new)
             for slot, image in batch.fields(rkey, "j:").items():
                 consumer_table = slot.split(":", 2)[1]
                 row = orjson.loads(image)
                 for f in feats:
                     if f.table == consumer_table:
-                        c = compile_group((f,))
+                        c = self._one[f.name]
                         batch.add(f.entity.name, old, c, row, {}, -1, ev.commit_ms)
                         batch.add(f.entity.name, new, c, row, {}, 1, ev.commit_ms)
 

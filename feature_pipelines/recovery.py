@@ -11,7 +11,10 @@ Two things can happen to it:
 - **Wipe** (FLUSHALL, a new empty server, a lost disk). Each namespace and group has a sentinel
   key ``<ns>:epoch:{<group>}``, created with the group's first positions. The sentinel missing
   while the Kafka group has committed offsets (written only after Redis held the batch), or
-  while this process had already seen it, means the state is gone.
+  while this process had already seen it, means the state is gone. On a Redis Cluster one
+  primary can be wiped alone: the epoch is also marked in every partition and shard slot
+  (``loss.LossWatch.mark_slots``, before the sentinel), and a mark gone while the sentinel
+  stayed is a partial loss (``slots_lost``, at every look at the sentinel).
 
 Rebuild, chosen over replaying the change topics from their beginning: a Debezium incremental
 snapshot (the signal table, ``freshloop connectors snapshot``) re-sends every *current* row of
@@ -170,6 +173,8 @@ class RedisLossGuard:
             group,
             samples=settings.loss_check_samples,
             allow_eviction=settings.redis_allow_eviction,
+            shards=settings.redis_cluster_shards,  # a cluster's slots marked with the epoch
+            partitions=settings.topic_partitions,
         )
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:  # a cluster client has a pool per node: no run_id watch there yet
@@ -282,10 +287,15 @@ class RedisLossGuard:
         stored = self.pipeline.writer.offsets() if first_look else {}
         verdict = assess(sentinel, self.epoch, committed, stored)
         if verdict is Verdict.FRESH:
-            self.client.set(self.sentinel_key, _new_epoch(), nx=True)
+            epoch = _new_epoch()
+            self.watch.mark_slots(epoch)  # a cluster's slots first: see slots_lost
+            self.client.set(self.sentinel_key, epoch, nx=True)
             self.epoch = _text(self.client.get(self.sentinel_key))
         elif verdict is Verdict.INTACT:
             self.epoch = sentinel
+            lost = self.watch.slots_lost()  # a cluster primary wiped but not the sentinel's
+            if lost is not None:
+                self._partial_loss(lost)
         elif verdict is Verdict.REBUILT:
             log.warning("redis_rebuilt_elsewhere epoch=%s: re-reading positions", sentinel)
             self.epoch = sentinel
@@ -385,6 +395,7 @@ class RedisLossGuard:
         self.pipeline.writer.set_offsets(offsets)
         expected, signal_id = self._signal_snapshot(sorted(self.pipeline.features.tables()))
         epoch = _new_epoch()
+        self.watch.mark_slots(epoch)  # before the sentinel: a sentinel means marked slots
         self.client.set(self.sentinel_key, epoch)
         self.epoch = epoch
         self.rebuilds += 1

@@ -456,15 +456,15 @@ def rebuild_namespace(
 ) -> dict[str, int]:
     """``freshloop features rebuild``: with the namespace's pipelines stopped, start it again
     from the live source. Returns the group's new start offsets (the topics' end)."""
-    import redis as redis_sync
     from confluent_kafka import Consumer as KafkaConsumer
     from confluent_kafka import KafkaException
     from confluent_kafka import TopicPartition as Partition
 
-    from connectors import CAPTURED_TABLES, ConnectClient
+    from connectors import ConnectClient, captured_tables
+    from feature_pipelines.cluster_read import layout_client
 
     ns, group = settings.namespace, f"{settings.namespace}-features"
-    client = redis_sync.Redis.from_url(settings.redis_conninfo())
+    client = layout_client(settings, "writer")  # one Redis, or every primary of a cluster
     connect = ConnectClient(settings.connect_url) if reset_connector else None
     try:
         if connect is not None:  # stopped first: no change is written while the ends are read
@@ -474,8 +474,8 @@ def rebuild_namespace(
         consumer = KafkaConsumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
         try:
             ends = []
-            # every captured table: the scorer's feature set may read more than ``features``
-            for table in sorted(set(features.tables()) | set(CAPTURED_TABLES)):
+            # every captured table: the learning loop's set may read more than ``features``
+            for table in captured_tables(features.tables()):
                 topic = settings.topic(table)
                 meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
                 if meta is None or meta.error is not None:

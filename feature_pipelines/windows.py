@@ -26,11 +26,11 @@ kind's business (``aggregations``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from feature_pipelines.aggregations import kind_of
 from feature_pipelines.exceptions import DecodeError
@@ -127,7 +127,16 @@ def bucket_range(feature: Feature, t_micros: int) -> tuple[int, int]:
     return ((t_micros - feature.window_seconds * 1_000_000) // w, t_micros // w)
 
 
-GroupFn = Callable[[dict[str, Any], dict[Any, int]], list[tuple[str, int]]]
+class GroupFn(Protocol):
+    """``contribute(row, memo, lo=None)``: what ``row`` adds, as (field, amount) pairs; with
+    ``lo`` (windowed feature name -> bucket), without the buckets at or below the feature's
+    ``lo``: buckets no read at or after a watermark counts (``planner``)."""
+
+    def __call__(
+        self, row: dict[str, Any], memo: dict[Any, int], lo: Mapping[str, int] | None = None, /
+    ) -> list[tuple[str, int]]: ...
+
+
 _GROUPS: dict[tuple[Feature, ...], GroupFn] = {}
 
 
@@ -142,7 +151,7 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
     found = _GROUPS.get(features)
     if found is not None:
         return found
-    lines = ["def contribute(row, memo):", "    out = []"]
+    lines = ["def contribute(row, memo, lo=None):", "    out = []"]
     times: dict[str, str] = {}
     amounts: dict[tuple[str, int], str] = {}
     for f in features:
@@ -167,9 +176,10 @@ def compile_group(features: tuple[Feature, ...]) -> GroupFn:
         tests = [f"row[{c.column!r}] == {c.equals!r}" for c in f.where]
         suffix = "''"
         if f.window is not None:
-            tvar = times[f.event_time]
+            tvar, width = times[f.event_time], f.bucket_seconds * 1_000_000
             tests.append(f"{tvar} is not None")
-            suffix = f"'@' + str({tvar} // {f.bucket_seconds * 1_000_000})"
+            tests.append(f"(lo is None or {tvar} // {width} > lo[{f.name!r}])")
+            suffix = f"'@' + str({tvar} // {width})"
         # the kind's fragment: the same pairs, in the same order, as its ``pairs``
         more, body = kind_of(f.agg).write_code(f, suffix, amounts.get((f.value or "", f.scale), ""))
         tests += more

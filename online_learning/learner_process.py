@@ -71,6 +71,7 @@ from confluent_kafka import (
 )
 from sqlalchemy import Engine, create_engine
 
+from feature_pipelines.cluster_read import layout_client
 from freshloop.core.db import POSTGRES_DOWN
 from freshloop.core.dead_letter import DeadLetters
 from freshloop.core.exceptions import DependencyRetryStopped, FencedError
@@ -188,7 +189,7 @@ class LearnerService:
         )
         self._held: dict[str, deque[tuple[int, Prediction | None]]] = {}
         self._paused: set[str] = set()
-        self.redis = redis.Redis.from_url(settings.redis_conninfo())
+        self.redis = layout_client(settings, "writer")  # one Redis or a cluster (redis_layout)
         # present while Redis holds every open prediction this learner logged (check_logs)
         self._sentinel = f"{self.ns}:learner:logs"
         self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)

@@ -38,7 +38,8 @@ import redis
 from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
 
-from feature_pipelines import FeatureSet, FeatureStore
+from feature_pipelines import FeatureSet
+from feature_pipelines.cluster_read import layout_client, store_for
 from feature_pipelines.decode import ChangeEvent
 from freshloop.core.db import POSTGRES_DOWN
 from freshloop.core.health import HEALTH, retry
@@ -93,9 +94,10 @@ class Scorer:
         self.ns = namespace or settings.namespace
         self.stop = stop or threading.Event()  # ends a wait for Postgres or Kafka
         self.flush_timeout_s = 10.0
-        # features are read as the read-only user; predictions are written as the writer
-        self.store = FeatureStore.connect(settings.redis_conninfo("reader"), features, self.ns)
-        self.redis = redis.Redis.from_url(settings.redis_conninfo())
+        # features are read as the read-only user; predictions are written as the writer; on
+        # one Redis or a Redis Cluster (redis_layout)
+        self.store = store_for(settings, features, ns=self.ns)
+        self.redis = layout_client(settings, "writer")
         self.topic = settings.predictions_topic_name
         # the model's inputs: the settings' feature service unless given
         self.served_names = tuple(

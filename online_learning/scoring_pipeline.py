@@ -1,6 +1,7 @@
 """``freshloop learn serve``: the feature pipeline with the scoring hook, as one process.
 
-It replaces ``features run`` for its namespace (it computes ``SCORING_FEATURES``). Scale out by
+It replaces ``features run`` for its namespace and computes the same set, the one in use
+(``FRESHLOOP_FEATURE_DEFINITIONS``, checked to hold the feature service's inputs). Scale out by
 starting more of them: they share the pipeline's consumer group, each scoring the payments of
 its partitions with the newest checkpoint of the champion (see ``online_learning.learner_process``).
 """
@@ -14,8 +15,8 @@ import threading
 from feature_pipelines import FeaturePipeline, PipelineStats
 from freshloop.core.exceptions import DependencyRetryStopped
 from freshloop.core.settings import Settings
-from online_learning.features import SCORING_FEATURES
 from online_learning.scoring_hook import Scorer
+from online_learning.services import scoring_feature_set
 
 __all__ = ["serve"]
 
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 def serve(settings: Settings) -> tuple[PipelineStats, Scorer]:
     """Run the scoring feature pipeline until SIGINT or SIGTERM."""
     stop = threading.Event()  # also ends the scorer's wait for Postgres or Kafka
-    scorer = Scorer(settings, stop=stop)
-    pipeline = FeaturePipeline(settings, SCORING_FEATURES, on_applied=scorer, stop=stop)
+    features = scoring_feature_set(settings)
+    scorer = Scorer(settings, features=features, stop=stop)
+    pipeline = FeaturePipeline(settings, features, on_applied=scorer, stop=stop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:

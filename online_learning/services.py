@@ -10,11 +10,15 @@ builds point-in-time training data for any of them.
 
 from __future__ import annotations
 
+from feature_pipelines.catalog import FeatureSet
+from feature_pipelines.definitions import feature_set
+from feature_pipelines.plan import fingerprint
 from feature_pipelines.services import FeatureService, resolve_service
+from freshloop.core.exceptions import ConfigurationError
 from freshloop.core.settings import Settings
 from online_learning.features import SCORING_FEATURES
 
-__all__ = ["DEFAULT_SERVICE", "SERVICES", "feature_service"]
+__all__ = ["DEFAULT_SERVICE", "SERVICES", "feature_service", "scoring_feature_set"]
 
 _FRAUD_FEATURES: tuple[str, ...] = (
     "payment_count_10m",
@@ -58,3 +62,22 @@ def feature_service(settings: Settings | None = None, name: str | None = None) -
     if name is None:
         name = DEFAULT_SERVICE if settings is None else settings.feature_service
     return resolve_service(SERVICES, name)
+
+
+def scoring_feature_set(settings: Settings) -> FeatureSet:
+    """The set a scoring pipeline (``serve``, ``learn serve``) computes: the set in use
+    (``FRESHLOOP_FEATURE_DEFINITIONS``), the same one ``features run`` would, once it is known to
+    hold every input of the chosen feature service with the same definitions."""
+    features = feature_set(settings)
+    service = feature_service(settings)
+    have = {f.name: fingerprint(f) for f in features}
+    wrong = [f.name for f in service.definitions() if have.get(f.name) != fingerprint(f)]
+    if wrong:
+        msg = (
+            f"feature service {service.name!r} reads {', '.join(wrong)}, which the feature set "
+            f"in use ({settings.feature_definitions}) does not compute as the service defines "
+            "them: add them to that set (e.g. start from feature_pipelines.catalog:"
+            "SCORING_FEATURES) or choose another service (FRESHLOOP_FEATURE_SERVICE)"
+        )
+        raise ConfigurationError(msg)
+    return features

@@ -19,7 +19,8 @@ from hypothesis import settings as hypothesis_settings
 
 from freshloop.core.settings import Settings
 
-pytest_plugins = ["tests.fixtures"]
+# cluster_fixtures: one Redis Cluster per session for every test that asks for it
+pytest_plugins = ["tests.fixtures", "tests.feature_pipelines.cluster_fixtures"]
 
 # The suite shares 2 cores with the whole stack: how fast an example is drawn or run says
 # nothing about correctness here, so neither is a failure (properties still run in full).
@@ -50,6 +51,7 @@ def _local_backend(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def stack_settings(base_settings: Settings) -> Iterator[Settings]:
     """Settings of a running stack (Postgres, Redis, Kafka, Connect+Debezium), schema applied."""
+    from feature_pipelines.definitions import tables_to_capture
     from freshloop.core.db import init_database
 
     backend = os.environ.get("FRESHLOOP_TEST_STACK", "local")
@@ -64,7 +66,7 @@ def stack_settings(base_settings: Settings) -> Iterator[Settings]:
     else:
         pytest.fail(f"FRESHLOOP_TEST_STACK={backend!r}: use local, external or containers")
     settings = next(gen)
-    init_database(settings)
+    init_database(settings, capture=tables_to_capture(settings))
     yield settings
     for _ in gen:  # run the backend's teardown
         pass

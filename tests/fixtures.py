@@ -14,13 +14,14 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors import ConnectClient, apply_connector
+from feature_pipelines.definitions import tables_to_capture
 from freshloop.core.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def pipeline(stack_settings: Settings) -> Settings:
     """The stack with the default connector applied and running."""
-    apply_connector(stack_settings)
+    apply_connector(stack_settings, tables=tables_to_capture(stack_settings))
     return stack_settings
 
 

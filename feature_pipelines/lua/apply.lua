@@ -20,6 +20,7 @@
 -- events behind it and writes the rest.
 local LIMIT = 9007199254740992
 local find, sub, match = string.find, string.sub, string.match
+local tonumber, abs, floor, unpack = tonumber, math.abs, math.floor, unpack
 local function split(s)
   local out = {}
   if s == '' then return out end
@@ -85,11 +86,17 @@ do
     for j = 1, n do names[j] = flat[2 * j - 1] end
     names[n + 1] = '_commit_ms'
     names[n + 2] = '_swept'
-    local current = {}
-    for s = 1, n + 2, 1000 do
-      local part = redis.pcall('HMGET', key, unpack(names, s, math.min(s + 999, n + 2)))
-      if part.err then return {'type', key, '', type_of(key), 'hash'} end
-      for j = 1, #part do current[s + j - 1] = part[j] end
+    local current
+    if n + 2 <= 1000 then  -- the usual case: one HMGET, its reply as it is
+      current = redis.pcall('HMGET', key, unpack(names))
+      if current.err then return {'type', key, '', type_of(key), 'hash'} end
+    else
+      current = {}
+      for s = 1, n + 2, 1000 do
+        local part = redis.pcall('HMGET', key, unpack(names, s, math.min(s + 999, n + 2)))
+        if part.err then return {'type', key, '', type_of(key), 'hash'} end
+        for j = 1, #part do current[s + j - 1] = part[j] end
+      end
     end
     local new = {}
     for j = 1, n do
@@ -97,9 +104,9 @@ do
       local o = 0
       if old then o = tonumber(old) end
       local sum = nil
-      if inc and math.abs(inc) < LIMIT and o and o == math.floor(o) and math.abs(o) < LIMIT then
+      if inc and abs(inc) < LIMIT and o and o == floor(o) and abs(o) < LIMIT then
         sum = o + inc
-        if math.abs(sum) >= LIMIT then sum = nil end
+        if abs(sum) >= LIMIT then sum = nil end
       end
       if sum == nil then
         local why = int64_check(old, flat[2 * j])
@@ -119,8 +126,7 @@ for i = 1, n_rows do
   sets[#sets + 1] = 'ver'
   sets[#sets + 1] = (tonumber(ARGV[b]) or 0) + 1
   each('HSET', key, sets, 1000)
-  local dels = split(ARGV[b + 2])
-  if #dels > 0 then each('HDEL', key, dels, 1000) end
+  if ARGV[b + 2] ~= '' then each('HDEL', key, split(ARGV[b + 2]), 1000) end
   local slot = tonumber(ARGV[b + 3])
   local list = indexed[slot]
   if not list then list = {}; indexed[slot] = list end
@@ -157,7 +163,7 @@ for i = 1, n_ent do
   local key = KEYS[2 + n_rows + i]
   local flat, names, current = ent_flat[i], ent_names[i], ent_current[i]
   local commit, ttl, step = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local span = tonumber(ARGV[a + 4])
+  local span, commit_text = tonumber(ARGV[a + 4]), ARGV[a + 1]
   a = a + 5
   local n = #flat / 2
   local sets, dels = {}, {}
@@ -174,14 +180,14 @@ for i = 1, n_ent do
   end
   if commit > (tonumber(current[n + 1] or '0') or 0) then
     sets[#sets + 1] = '_commit_ms'
-    sets[#sets + 1] = commit
+    sets[#sets + 1] = commit_text  -- as text: a number argument costs Redis a printf
   end
   sets[#sets + 1] = '_written_ms'
   sets[#sets + 1] = written
   local due = step > 0 and sweep_at - (tonumber(current[n + 2] or '0') or 0) >= step
   if due then
     sets[#sets + 1] = '_swept'
-    sets[#sets + 1] = sweep_at
+    sets[#sets + 1] = ARGV[5]  -- sweep_at, as text
   end
   each('HSET', key, sets, 1000)
   if due then

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from feature_pipelines.plan_cli import definitions_option
 from freshloop.core.commands import friendly
 from freshloop.core.commands import settings as _settings
 
@@ -127,11 +128,16 @@ def db() -> None:
 @db.command("init")
 @friendly
 def db_init() -> None:
-    """Apply sql/*.sql idempotently."""
+    """Apply sql/*.sql idempotently, and publish the captured tables (FRESHLOOP_FEATURE_DEFINITIONS
+    and the learning loop's) to the CDC role."""
+    from feature_pipelines.definitions import tables_to_capture
     from freshloop.core.db import init_database
 
-    for name in init_database(_settings()):
+    settings = _settings()
+    tables = tables_to_capture(settings)
+    for name in init_database(settings, capture=tables):
         click.echo(f"[db] applied {name}")
+    click.echo(f"[db] captured tables: {', '.join(tables)}")
 
 
 @db.command("prune")
@@ -191,12 +197,14 @@ def _client():
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override one connector setting (repeatable).",
+    help="Override one connector setting (repeatable); table.include.list replaces the "
+    "captured tables (default: those of FRESHLOOP_FEATURE_DEFINITIONS and the learning loop).",
 )
 @friendly
 def connectors_apply(secret_mode: str, overrides: tuple[str, ...]) -> None:
     """Validate, create or update (only if changed), and wait until RUNNING."""
     from connectors import ConnectorValidationError, apply_connector
+    from feature_pipelines.definitions import tables_to_capture
 
     settings = _settings()
     bad = [item for item in overrides if "=" not in item]
@@ -204,8 +212,14 @@ def connectors_apply(secret_mode: str, overrides: tuple[str, ...]) -> None:
         msg = f"expected KEY=VALUE, got {', '.join(bad)}"
         raise click.BadParameter(msg, param_hint="--set")
     extra = dict(item.split("=", 1) for item in overrides)
+    tables = tables_to_capture(settings)
     try:
-        result = apply_connector(settings, secret_mode=secret_mode, overrides=extra)  # type: ignore[arg-type]
+        result = apply_connector(
+            settings,
+            tables=tables,
+            secret_mode=secret_mode,  # type: ignore[arg-type]
+            overrides=extra,
+        )
     except ConnectorValidationError as exc:
         click.secho(f"connector {settings.connector_name} config is invalid:", fg="red", err=True)
         for field, errors in exc.errors.items():
@@ -220,10 +234,12 @@ def connectors_apply(secret_mode: str, overrides: tuple[str, ...]) -> None:
 def connectors_validate() -> None:
     """Ask Connect to validate the rendered config; print errors field by field."""
     from connectors import render_config
+    from feature_pipelines.definitions import tables_to_capture
 
     settings = _settings()
+    config = render_config(settings, tables=tables_to_capture(settings))
     with _client() as client:
-        errors = client.validate({**render_config(settings), "name": settings.connector_name})
+        errors = client.validate({**config, "name": settings.connector_name})
     if not errors:
         click.echo("[connectors] config is valid")
         return
@@ -466,17 +482,24 @@ def _add_stages() -> None:
 
 
 @click.command("list")
-def features_list() -> None:
-    """Every feature definition, one line each, with the feature services that read it."""
+@definitions_option
+@friendly
+def features_list(definitions: str | None) -> None:
+    """Every feature definition, one line each, with the feature services that read it: the
+    set in use, then those only the scoring pipeline ('learn serve') computes."""
     from feature_pipelines import describe
+    from feature_pipelines.definitions import feature_set
     from feature_pipelines.services import services_using
     from online_learning.features import SCORING_FEATURES
     from online_learning.services import DEFAULT_SERVICE, SERVICES
 
-    chosen = _settings().feature_service
-    for feature in SCORING_FEATURES:
+    settings = _settings()
+    in_use = feature_set(settings, definitions)
+    names = {f.name for f in in_use}
+    for feature in (*in_use, *(f for f in SCORING_FEATURES if f.name not in names)):
         users = services_using(SERVICES.values(), feature.name)
         click.echo(f"{describe(feature)} [services: {', '.join(users) or 'none'}]")
+    chosen = settings.feature_service
     for service in SERVICES.values():
         marks = [
             m

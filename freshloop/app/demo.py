@@ -29,8 +29,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 from sqlalchemy import create_engine, text
 
-from connectors import apply_connector
-from feature_pipelines import FeatureStore, verify_until_clean
+from connectors import apply_connector, captured_tables
+from feature_pipelines import verify_until_clean
+from feature_pipelines.cluster_read import store_for
 from freshloop.app.service import LoopSnapshot, Service
 from freshloop.core.db import init_database
 from freshloop.core.settings import Settings
@@ -246,9 +247,10 @@ def _run(
     Stack(settings, echo=lambda m: console.print(f"  {m}")).up()
     console.print(f"  stack ready in {time.monotonic() - t0:.1f}s")
     console.print("[bold]2/5[/] applying the schema, CDC role and publication")
-    init_database(settings)
+    tables = captured_tables(SCORING_FEATURES.tables())  # what the service's pipeline reads
+    init_database(settings, capture=tables)
     console.print("[bold]3/5[/] applying the Debezium connector")
-    result = apply_connector(settings)
+    result = apply_connector(settings, tables=tables)
     console.print(f"  {result.name}: {result.action}, {result.state}")
     console.print(f"[bold]4/5[/] starting the service in namespace '{settings.namespace}'")
     _clear_learning_state(settings)
@@ -294,9 +296,7 @@ def _run(
         console.print("stopping (Ctrl-C)")
     writer.join(timeout=30)
     snap = service.snapshot()
-    store = FeatureStore.connect(
-        settings.redis_conninfo("reader"), SCORING_FEATURES, settings.namespace
-    )
+    store = store_for(settings, SCORING_FEATURES)  # one Redis or a cluster (redis_layout)
     # The demo's entities (other writers may share the database: their rows are not ours to judge)
     only = {
         "customer": list(range(1, DEMO_WORKLOAD.customers + 1)),

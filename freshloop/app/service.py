@@ -35,7 +35,8 @@ from feature_pipelines import FeaturePipeline
 from freshloop.core.exceptions import ServicePartDied
 from freshloop.core.health import HEALTH
 from freshloop.core.settings import Settings
-from online_learning import SCORING_FEATURES, LearnerService, Scorer
+from online_learning import LearnerService, Scorer
+from online_learning.services import scoring_feature_set
 
 __all__ = ["LoopSnapshot", "Service"]
 
@@ -83,9 +84,10 @@ class Service:
         self.settings = settings
         self.stop_event = threading.Event()
         HEALTH.clear()  # this service's parts report afresh
-        self.scorer = Scorer(settings, stop=self.stop_event)
+        features = scoring_feature_set(settings)
+        self.scorer = Scorer(settings, features=features, stop=self.stop_event)
         self.pipeline = FeaturePipeline(
-            settings, SCORING_FEATURES, on_applied=self.scorer, stop=self.stop_event
+            settings, features, on_applied=self.scorer, stop=self.stop_event
         )
         self.learner = LearnerService(settings, stop=self.stop_event)
         self._engine = create_engine(settings.sqlalchemy_url(), pool_pre_ping=True)

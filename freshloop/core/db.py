@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import psycopg
@@ -13,7 +14,14 @@ from freshloop.core.exceptions import ConfigurationError
 from freshloop.core.scram import scram_sha256_verifier
 from freshloop.core.settings import Settings
 
-__all__ = ["POSTGRES_DOWN", "SQL_DIR", "connect", "init_database", "sql_params"]
+__all__ = [
+    "POSTGRES_DOWN",
+    "SQL_DIR",
+    "connect",
+    "init_database",
+    "publish_tables",
+    "sql_params",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +69,14 @@ def sql_params(settings: Settings) -> dict[str, sql.Composable]:
     }
 
 
-def init_database(settings: Settings) -> list[str]:
-    """Run every ``sql/*.sql`` file in order, in one transaction; returns the files applied."""
+def init_database(settings: Settings, *, capture: Iterable[str]) -> list[str]:
+    """Run every ``sql/*.sql`` file in order, then publish the ``capture`` tables and let the
+    CDC role read them (``publish_tables``), all in one transaction; returns the files applied.
+    ``capture``: the tables of the feature set in use and of the learning loop
+    (``feature_pipelines.definitions.tables_to_capture``)."""
     params = sql_params(settings)
     files = sorted(SQL_DIR.glob("*.sql"))
+    tables = list(capture)
     with connect(settings, autocommit=False) as conn:
         # One init at a time: concurrent CREATE ... IF NOT EXISTS can still collide.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('freshloop db init'))")
@@ -72,5 +84,66 @@ def init_database(settings: Settings) -> list[str]:
             statement = sql.SQL(path.read_text()).format(**params)
             conn.execute(statement)
             log.info("applied file=%s", path.name)
+        publish_tables(conn, settings, tables)
         conn.commit()
     return [p.name for p in files]
+
+
+def publish_tables(conn: psycopg.Connection, settings: Settings, tables: Iterable[str]) -> None:
+    """Add ``tables`` (schema ``public``) to the publication unless they are in it, and grant
+    the CDC role SELECT on them (Debezium's snapshot reads them); idempotent. A table that does
+    not exist is an error naming it, and nothing is changed."""
+    wanted = sorted(set(tables))
+    if not wanted:
+        return
+    found: dict[str, str] = dict(
+        conn.execute(
+            "SELECT c.relname, c.relreplident FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
+            (wanted,),
+        ).fetchall()
+    )
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        msg = (
+            f"cannot capture table{'s' if len(missing) > 1 else ''} {', '.join(missing)}: not in "
+            f"schema public of database {settings.postgres_db}. Create "
+            f"{'them' if len(missing) > 1 else 'it'} first (docs/own-schema.md), or name the "
+            "feature set that reads the tables you have (FRESHLOOP_FEATURE_DEFINITIONS)"
+        )
+        raise ConfigurationError(msg)
+    for table, identity in found.items():
+        if identity != "f":  # an update or delete would not carry the row as it was
+            log.warning(
+                "captured table %s is not REPLICA IDENTITY FULL: run ALTER TABLE %s REPLICA "
+                "IDENTITY FULL",
+                table,
+                table,
+            )
+    publication = sql.Identifier(settings.publication_name)
+    row = conn.execute(
+        "SELECT puballtables FROM pg_publication WHERE pubname = %s", (settings.publication_name,)
+    ).fetchone()
+    published = {
+        r[0]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_publication_tables "
+            "WHERE pubname = %s AND schemaname = 'public'",
+            (settings.publication_name,),
+        )
+    }
+    new = [t for t in wanted if t not in published]
+    if new and not (row and row[0]):  # a FOR ALL TABLES publication has them already
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                publication, sql.SQL(", ").join(sql.Identifier("public", t) for t in new)
+            )
+        )
+        log.info("published tables=%s publication=%s", ",".join(new), settings.publication_name)
+    conn.execute(
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", t) for t in wanted),
+            sql.Identifier(settings.cdc_user),
+        )
+    )

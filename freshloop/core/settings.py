@@ -23,6 +23,7 @@ from freshloop.core.exceptions import ConfigurationError
 __all__ = ["Settings", "load_settings"]
 
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,48}$")
+_DEFINITIONS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")  # a module path
 _PG_SIZE = re.compile(r"^(-1|[0-9]{1,12}(kB|MB|GB|TB)?)$")
 REDIS_ADMIN_USER = "freshloop_admin"  # the local stack's own Redis user (freshloop stack)
 
@@ -127,6 +128,14 @@ class Settings(BaseSettings):
     publication_name: str = Field(
         default="freshloop_pub",
         description="Postgres publication of the captured tables, created by 'freshloop db init'.",
+    )
+    feature_definitions: str = Field(
+        default="feature_pipelines.catalog:SCORING_FEATURES",
+        description="The feature set in use, as module:ATTRIBUTE (a FeatureSet; the default is "
+        "the sample set plus what the fraud model reads, the set 'serve' computes): what every "
+        "'features' command (run, plan, apply, verify, rebuild, get, list) uses unless given "
+        "--definitions, and whose tables 'db init' and 'connectors apply' capture (with those "
+        "the learning loop reads).",
     )
     topic_partitions: int = Field(
         default=4,
@@ -502,6 +511,18 @@ class Settings(BaseSettings):
             msg = (
                 f"topic_prefix {value!r} is not usable as a topic and slot name: use a letter "
                 "followed by letters, digits or '_' (set FRESHLOOP_TOPIC_PREFIX)"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("feature_definitions")
+    @classmethod
+    def _check_definitions(cls, value: str) -> str:
+        module, sep, attribute = value.partition(":")
+        if not _DEFINITIONS.match(module) or not sep or not attribute.isidentifier():
+            msg = (
+                f"feature_definitions {value!r} is not module:ATTRIBUTE: name a FeatureSet, e.g. "
+                "feature_pipelines.catalog:SAMPLE_FEATURES (set FRESHLOOP_FEATURE_DEFINITIONS)"
             )
             raise ValueError(msg)
         return value

@@ -8,6 +8,7 @@ from connectors import (
     ConnectClient,
     ConnectorValidationError,
     apply_connector,
+    captured_tables,
     render_config,
 )
 from freshloop.core.settings import Settings
@@ -17,9 +18,10 @@ pytestmark = pytest.mark.integration
 
 def test_apply_is_idempotent_and_lifecycle_works(isolated_connector: Settings) -> None:
     settings = isolated_connector
-    first = apply_connector(settings)
+    tables = captured_tables(())
+    first = apply_connector(settings, tables=tables)
     assert (first.action, first.state) == ("created", "RUNNING")
-    second = apply_connector(settings)
+    second = apply_connector(settings, tables=tables)
     assert (second.action, second.state) == ("unchanged", "RUNNING")
 
     with ConnectClient(settings.connect_url) as client:
@@ -36,7 +38,7 @@ def test_apply_is_idempotent_and_lifecycle_works(isolated_connector: Settings) -
         client.restart(settings.connector_name)
         assert client.wait_running(settings.connector_name) == "RUNNING"
 
-    changed = apply_connector(settings, overrides={"heartbeat.interval.ms": "5000"})
+    changed = apply_connector(settings, tables=tables, overrides={"heartbeat.interval.ms": "5000"})
     assert changed.action == "updated"
     with ConnectClient(settings.connect_url) as client:
         assert client.delete(settings.connector_name) is True
@@ -44,7 +46,7 @@ def test_apply_is_idempotent_and_lifecycle_works(isolated_connector: Settings) -
 
 
 def test_bad_config_is_rejected_field_by_field(isolated_connector: Settings) -> None:
-    config = render_config(isolated_connector)
+    config = render_config(isolated_connector, tables=captured_tables(()))
     config.update({"plugin.name": "wal2json_nope", "database.port": "not-a-port"})
     with ConnectClient(isolated_connector.connect_url) as client:
         with pytest.raises(ConnectorValidationError) as info:

@@ -1,28 +1,37 @@
 """The worked example of docs/own-schema.md end to end, through the real stack: tables of its
 own (orders, deliveries), a connector, topics and a namespace of its own, features declared
-over them (``own_schema``), the pipeline on the stream while rows are inserted, updated and
-deleted, a feature added with plan / apply (backfilled), and verify: 0 mismatches."""
+over them (``own_schema``) and named by FRESHLOOP_FEATURE_DEFINITIONS, the capture derived from
+them (``db init`` publishes and grants the tables, the connector's include list), the pipeline
+as ``freshloop features run --definitions ...`` on the stream while rows are inserted, updated
+and deleted, a feature added with plan / apply (backfilled), and verify: 0 mismatches."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from connectors import apply_connector
-from feature_pipelines import FeaturePipeline, FeatureSet, FeatureStore, verify_until_clean
+from feature_pipelines import FeatureSet, FeatureStore, verify_until_clean
 from feature_pipelines.backfill import apply_features, plan_features
+from feature_pipelines.definitions import feature_set, tables_to_capture
 from feature_pipelines.verify import verify
+from freshloop.core.db import init_database
 from freshloop.core.settings import Settings
 from freshloop.core.topics import ensure_topics
-from tests.feature_pipelines.own_schema import added_feature, create_tables, own_features
+from tests.feature_pipelines.own_schema import create_tables
 from tests.fixtures import drop_namespace, isolated_connector
 
 pytestmark = pytest.mark.integration
@@ -31,14 +40,17 @@ __all__ = ["isolated_connector"]
 
 _CUSTOMERS = range(1, 9)
 _COURIERS = range(1, 5)
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class Shop:
-    settings: Settings
+    settings: Settings  # FRESHLOOP_FEATURE_DEFINITIONS: <module>:FEATURES
     orders: str
     deliveries: str
     conn: psycopg.Connection
+    module: str  # the definitions' module: own_schema's, over this test's table names
+    folder: Path  # where it lives (on the path of this process and of the pipeline's)
 
     def order(self, rng: random.Random, minutes_ago: int = 0) -> int:
         row = self.conn.execute(
@@ -121,28 +133,38 @@ class Shop:
 
 
 @pytest.fixture
-def shop(isolated_connector: Settings, pg: psycopg.Connection) -> Iterator[Shop]:
-    """Tables of their own in the publication, captured by a connector of their own (its own
-    topic prefix and slot), a namespace of their own."""
+def shop(
+    isolated_connector: Settings,
+    pg: psycopg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Shop]:
+    """Tables of their own, a module declaring own_schema's features over them (named by the
+    settings), a connector of their own (its own topic prefix and slot), a namespace of its
+    own."""
     tag = uuid.uuid4().hex[:8]
     orders, deliveries = f"orders_{tag}", f"deliveries_{tag}"
+    module = f"own_schema_{tag}"
+    (tmp_path / f"{module}.py").write_text(
+        "from feature_pipelines import FeatureSet\n"
+        "from tests.feature_pipelines.own_schema import added_feature, own_features\n\n"
+        f"FEATURES = own_features({orders!r}, {deliveries!r})\n"
+        f"FEATURES_WITH_CANCELLED = FeatureSet.of([*FEATURES, added_feature({orders!r})])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     settings = isolated_connector.model_copy(
-        update={"redis_namespace": isolated_connector.topic_prefix, "metrics_port": 0}
+        update={
+            "redis_namespace": isolated_connector.topic_prefix,
+            "metrics_port": 0,
+            "feature_definitions": f"{module}:FEATURES",
+        }
     )
     for statement in create_tables(orders, deliveries):
         pg.execute(statement)
-    idents = sql.SQL(", ").join(sql.Identifier(t) for t in (orders, deliveries))
-    cdc = sql.Identifier(settings.cdc_user)
-    pg.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(idents, cdc))
-    pg.execute(
-        sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-            sql.Identifier(settings.publication_name), idents
-        )
-    )
     try:
-        yield Shop(settings, orders, deliveries, pg)
+        yield Shop(settings, orders, deliveries, pg, module, tmp_path)
     finally:
-        for table in (deliveries, orders):
+        for table in (deliveries, orders):  # leaves the publication with it
             pg.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
         for table in ("freshloop_feature_registry", "freshloop_feature_jobs"):
             pg.execute(
@@ -150,30 +172,74 @@ def shop(isolated_connector: Settings, pg: psycopg.Connection) -> Iterator[Shop]
                 (settings.namespace,),
             )
         drop_namespace(settings, settings.namespace)
+        sys.modules.pop(module, None)
+
+
+def _features_run(shop: Shop, definitions: str, log: Path) -> subprocess.Popen[bytes]:
+    """``freshloop features run --definitions ...`` in a process of its own."""
+    env = shop.settings.environment(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(shop.folder), str(_ROOT), os.environ.get("PYTHONPATH")) if p
+    )
+    with log.open("wb") as out:
+        return subprocess.Popen(  # noqa: S603 (this interpreter and module, fixed arguments)
+            [sys.executable, "-m", "freshloop.app.cli", "features", "run"]
+            + ["--definitions", definitions],
+            env=env,
+            cwd=_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _verify(shop: Shop, features: FeatureSet, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """0 mismatches, and the pipeline process still runs; else its output is in the failure."""
+    try:
+        shop.verify(features)
+        assert proc.poll() is None
+    except AssertionError as exc:
+        tail = log.read_text()[-4000:]
+        msg = f"{exc}\n--- features run (exit code {proc.poll()}), its last output:\n{tail}"
+        raise AssertionError(msg) from exc
 
 
 def test_own_schema_definitions_stream_apply_and_verify(shop: Shop) -> None:
     s = shop.settings
     rng = random.Random(7)
     shop.write(rng, 12)  # rows before the connector: its initial snapshot reads them
-    ensure_topics(
-        s.kafka_bootstrap, [s.topic(shop.orders), s.topic(shop.deliveries)], s.topic_partitions
-    )
-    apply_connector(
-        s, overrides={"table.include.list": f"public.{shop.orders},public.{shop.deliveries}"}
-    )
-    features = own_features(shop.orders, shop.deliveries)
-    pipeline = FeaturePipeline(s, features, max_batch=200)
-    worker = threading.Thread(target=pipeline.run, daemon=True)
-    worker.start()
+    # the capture follows the definitions in use: their tables and the learning loop's
+    tables = tables_to_capture(s)
+    assert set(tables) == {shop.orders, shop.deliveries, "payments", "payment_outcomes"}
+    init_database(s, capture=tables)  # 'freshloop db init': publication and grants
+    published = {
+        r[0]
+        for r in shop.conn.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = %s",
+            (s.publication_name,),
+        )
+    }
+    assert set(tables) <= published
+    features = feature_set(s)
+    # the pipeline starts while the connector is applied (its topics first: it subscribes)
+    ensure_topics(s.kafka_bootstrap, [s.topic(t) for t in features.tables()], s.topic_partitions)
+    log = shop.folder / "features-run.log"
+    proc = _features_run(shop, f"{shop.module}:FEATURES", log)
+    # 'freshloop connectors apply'; the rows the learning tables hold already (other tests')
+    # are not this test's: only its own tables are snapshotted
+    own = ",".join(f"public.{t}" for t in (shop.orders, shop.deliveries))
     try:
+        applied = apply_connector(
+            s, tables=tables, overrides={"snapshot.include.collection.list": own}
+        )
+        assert applied.state == "RUNNING"
         written = shop.write(rng, 30, pause_s=0.02)  # while the pipeline streams
         assert written["update"] > 0 and written["delete"] > 0, written
-        shop.verify(features)
+        _verify(shop, features, proc, log)
 
         # a feature added to the running namespace: planned, then applied (backfilled) while
         # rows keep changing
-        target = FeatureSet.of([*features, added_feature(shop.orders)])
+        target = feature_set(s, f"{shop.module}:FEATURES_WITH_CANCELLED")
+        assert {f.name for f in target} - {f.name for f in features} == {"cancelled_amount_sum_24h"}
         # not computed yet: the oracle has cancelled amounts the store does not (verify can fail)
         store = FeatureStore.connect(s.redis_conninfo(), target, s.namespace)
         before = verify(s.postgres_conninfo(), store)
@@ -192,13 +258,17 @@ def test_own_schema_definitions_stream_apply_and_verify(shop: Shop) -> None:
         report = apply_features(s, target, echo=lines.append, chunk_rows=20)
         writer.join(timeout=60)
         assert more and report.rows > 0, lines
-        deadline = time.monotonic() + 10
-        while pipeline.features != target and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pipeline.features == target and worker.is_alive()
-        shop.verify(target)
+        shop.write(random.Random(9), 5)  # computed by the switched pipeline from the stream
+        _verify(shop, target, proc, log)
         again, origin = plan_features(s, target)
         assert again.empty and origin == "registry"
     finally:
-        pipeline.stop.set()
-        worker.join(timeout=30)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    assert proc.returncode == 0, log.read_text()
+    assert "[features] stopped" in log.read_text()

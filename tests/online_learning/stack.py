@@ -58,7 +58,7 @@ class ScoringPipeline:
                     TopicPartition(topic, p), timeout=10
                 )
                 ends[f"{topic}:{p}"] = high
-        self.pipeline.writer.client.hset(self.pipeline.writer.offsets_key, mapping=ends)
+        self.pipeline.writer.set_offsets(ends)  # one Redis or a Redis Cluster (redis_layout)
         self.thread = threading.Thread(target=self.pipeline.run, daemon=True)
 
     def __enter__(self) -> ScoringPipeline:

@@ -134,3 +134,20 @@ def test_features_list_shows_every_feature_and_its_services(
     assert channels.endswith("[services: fraud_channels]")
     assert "service fraud (default, chosen): 13 features" in result.output
     assert "service fraud_channels: 14 features" in result.output
+
+
+def test_the_scoring_pipeline_computes_the_set_in_use_once_it_holds_the_services_inputs() -> None:
+    from freshloop.core.exceptions import ConfigurationError
+    from online_learning.services import scoring_feature_set
+
+    assert scoring_feature_set(Settings()) is SCORING_FEATURES  # the default set in use
+    chosen = Settings(feature_service="fraud_channels")
+    assert scoring_feature_set(chosen) is SCORING_FEATURES
+    sample = Settings(
+        feature_definitions="feature_pipelines.catalog:SAMPLE_FEATURES",
+        feature_service="fraud_channels",
+    )
+    with pytest.raises(ConfigurationError, match="reads distinct_channels_24h, which the feature"):
+        scoring_feature_set(sample)
+    # the fraud service's inputs are all in the sample set: it can be scored over it
+    assert scoring_feature_set(sample.model_copy(update={"feature_service": "fraud"})) is not None

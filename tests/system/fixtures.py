@@ -24,7 +24,8 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from feature_pipelines import FeatureStore, verify_until_clean
+from feature_pipelines import verify_until_clean
+from feature_pipelines.cluster_read import store_for
 from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 from freshloop.stack import Stack
@@ -147,10 +148,17 @@ class System:
         self.retired.append(proc)
 
     def sentinel_written(self) -> bool:
-        import redis
+        from redis.cluster import RedisCluster
 
-        client = redis.Redis.from_url(self.settings.redis_conninfo())
-        return bool(client.keys(f"{self.settings.namespace}:epoch:*"))
+        from feature_pipelines.cluster_read import layout_client
+
+        client = layout_client(self.settings, "writer")  # one Redis or every cluster primary
+        nodes = (
+            [n.redis_connection for n in client.get_primaries()]
+            if isinstance(client, RedisCluster)
+            else [client]
+        )
+        return any(node.keys(f"{self.settings.namespace}:epoch:*") for node in nodes)
 
     def procs(self) -> list[Proc]:
         return [*self.retired, *self.serving, *([self.learner] if self.learner else [])]
@@ -202,7 +210,7 @@ class System:
     # ---- the two end checks ----------------------------------------------------------------
     def assert_features_exact(self, report: SimulationReport, wait_s: float = 90) -> None:
         s = self.settings
-        store = FeatureStore.connect(s.redis_conninfo(), SCORING_FEATURES, s.namespace)
+        store = store_for(s, SCORING_FEATURES)  # one Redis or a Redis Cluster (redis_layout)
         result = verify_until_clean(
             self.settings.postgres_conninfo(),
             store,

@@ -120,7 +120,7 @@ def probe(isolated_connector: Settings, pg: psycopg.Connection) -> Iterator[Prob
         )
     )
     ensure_topics(settings.kafka_bootstrap, [settings.topic(table)], settings.topic_partitions)
-    apply_connector(settings, overrides={"table.include.list": f"public.{table}"})
+    apply_connector(settings, tables=[table])
     features = probe_features(table)
     pipeline = FeaturePipeline(settings, features, max_batch=200)
     worker = threading.Thread(target=pipeline.run, daemon=True)

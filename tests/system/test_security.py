@@ -59,8 +59,6 @@ def test_cdc_role_has_only_what_it_needs(pipeline: Settings) -> None:
     superuser, createdb, createrole, _inherit, replication, bypassrls = role
     assert replication and not (superuser or createdb or createrole or bypassrls)
     assert grants == {
-        ("customers", "SELECT"),
-        ("merchants", "SELECT"),
         ("payments", "SELECT"),
         ("payment_outcomes", "SELECT"),
         ("freshloop_signal", "SELECT"),

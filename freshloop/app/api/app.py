@@ -71,11 +71,12 @@ def _dashboard_html() -> str:
 
 
 def create_app(settings: Settings, features: FeatureSet | None = None) -> FastAPI:
-    """The API over ``settings.namespace``; ``features`` defaults to the scoring feature set."""
+    """The API over ``settings.namespace``; ``features`` defaults to the set in use
+    (``FRESHLOOP_FEATURE_DEFINITIONS``), the one the namespace's pipeline computes."""
     if features is None:
-        from online_learning import SCORING_FEATURES
+        from feature_pipelines.definitions import feature_set
 
-        features = SCORING_FEATURES
+        features = feature_set(settings)
     backends = Backends(settings, features)
 
     @asynccontextmanager
@@ -123,6 +124,8 @@ def create_app(settings: Settings, features: FeatureSet | None = None) -> FastAP
         DependencyUnavailable,
         redis.ConnectionError,
         redis.TimeoutError,
+        redis.exceptions.ClusterDownError,  # a Redis Cluster: a slot without its primary
+        redis.exceptions.RedisClusterException,  # a Redis Cluster: no node answers
         DBAPIError,
         psycopg.OperationalError,
     ):

@@ -14,11 +14,11 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import redis
-import redis.asyncio
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from feature_pipelines import AsyncFeatureStore, FeatureSet
+from feature_pipelines import FeatureSet
+from feature_pipelines.cluster_read import async_layout_client, async_store_for, layout_client
 from freshloop.app.api.exceptions import DependencyUnavailable
 from freshloop.app.api.models import DependencyState
 from freshloop.core.settings import Settings
@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 2.0
 _CHECK_TIMEOUT_S = 3.0
+# Redis unreachable, one Redis or a Redis Cluster (no node answers, a slot's primary is down)
+_REDIS_DOWN = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
+)
 
 
 def _where(settings: Settings, dependency: str) -> str:
@@ -51,7 +58,7 @@ def dependency_error(settings: Settings, exc: BaseException) -> DependencyUnavai
     """The ``DependencyUnavailable`` a failure means, or None when it is not a dependency's."""
     if isinstance(exc, DependencyUnavailable):
         return exc
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, _REDIS_DOWN):
         dep, reason = "redis", str(exc)
     elif isinstance(exc, ProgrammingError) and isinstance(exc.orig, psycopg.errors.UndefinedTable):
         dep = "postgres"
@@ -68,17 +75,41 @@ def dependency_error(settings: Settings, exc: BaseException) -> DependencyUnavai
     return DependencyUnavailable(dep, msg)
 
 
+class _Connecting:
+    """A Redis client made at its first use, and made again at the next use while that
+    fails: a Redis Cluster client asks a node for the cluster's layout when it is made and
+    raises when none answers, so the API still starts while the cluster is down and answers
+    503 naming Redis, as with one Redis (whose client connects at its first command)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 class Backends:
     """Connections of one app: a Redis client and a pooled engine, both with short timeouts."""
 
     def __init__(self, settings: Settings, features: FeatureSet) -> None:
         self.settings = settings
         self.ns = settings.namespace
-        # the API only reads: Redis's read-only user (settings.redis_read_user)
-        self.redis = redis.Redis.from_url(
-            settings.redis_conninfo("reader"),
-            socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            socket_timeout=_CONNECT_TIMEOUT_S,
+        # the API only reads: Redis's read-only user (settings.redis_read_user), of one Redis
+        # or a Redis Cluster (redis_layout; a cluster client asks for the layout when made)
+        self.redis: Any = _Connecting(
+            lambda: layout_client(
+                settings,
+                "reader",
+                socket_connect_timeout=_CONNECT_TIMEOUT_S,
+                socket_timeout=_CONNECT_TIMEOUT_S,
+            )
         )
         self.engine: Engine = create_engine(
             settings.sqlalchemy_url(),
@@ -94,14 +125,14 @@ class Backends:
         # Feature reads run on the event loop with their own asyncio client: a read is one
         # short Redis round trip, shorter than a hop to a worker thread and back. RESP2:
         # hashes come as flat lists, which parse faster than RESP3's maps.
-        self.aredis = redis.asyncio.Redis.from_url(
-            settings.redis_conninfo("reader"),
-            protocol=2,
+        self.aredis = async_layout_client(
+            settings,
+            "reader",
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_CONNECT_TIMEOUT_S,
         )
         self.features = features
-        self.astore = AsyncFeatureStore(self.aredis, features, self.ns)
+        self.astore = async_store_for(settings, features, self.aredis)
         self.registry = ModelRegistry(
             self.engine, self.ns, settings.model_signing_key.get_secret_value().encode()
         )

@@ -30,7 +30,7 @@ class _PipelineCollector(Collector):
 
         try:
             rows = pipeline_stats(self.client, self.ns)
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:  # a cluster too
             log.warning("pipeline stats not scraped error=%s", exc)
             rows = []
         rate = GaugeMetricFamily(

@@ -14,6 +14,7 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
+from feature_pipelines.definitions import tables_to_capture
 from freshloop.core.db import SQL_DIR, init_database, sql_params
 from freshloop.core.scram import scram_keys, scram_sha256_verifier
 from freshloop.core.settings import Settings
@@ -84,7 +85,7 @@ def test_postgres_accepts_the_password_set_by_its_verifier(stack_settings: Setti
     )
     owner = stack_settings.postgres_conninfo()
     try:
-        init_database(settings)
+        init_database(settings, capture=tables_to_capture(settings))
         with psycopg.connect(owner, autocommit=True) as conn:
             stored = conn.execute(
                 "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
