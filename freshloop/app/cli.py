@@ -485,18 +485,15 @@ def _add_stages() -> None:
 @definitions_option
 @friendly
 def features_list(definitions: str | None) -> None:
-    """Every feature definition, one line each, with the feature services that read it: the
-    set in use, then those only the scoring pipeline ('learn serve') computes."""
+    """Every feature definition of the set in use (the one 'features run', 'serve' and 'learn
+    serve' compute), one line each, with the feature services that read it."""
     from feature_pipelines import describe
     from feature_pipelines.definitions import feature_set
     from feature_pipelines.services import services_using
-    from online_learning.features import SCORING_FEATURES
     from online_learning.services import DEFAULT_SERVICE, SERVICES
 
     settings = _settings()
-    in_use = feature_set(settings, definitions)
-    names = {f.name for f in in_use}
-    for feature in (*in_use, *(f for f in SCORING_FEATURES if f.name not in names)):
+    for feature in feature_set(settings, definitions):
         users = services_using(SERVICES.values(), feature.name)
         click.echo(f"{describe(feature)} [services: {', '.join(users) or 'none'}]")
     chosen = settings.feature_service
