@@ -8,7 +8,7 @@ INSTALLED_DEV := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-tests venv demo test test-unit test-integration bench bench-peers lint up down status logs clean faults soak month
+.PHONY: help setup setup-tests venv demo test test-cluster test-unit test-integration bench bench-peers lint up down status logs clean faults soak month
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,8 +41,11 @@ demo: setup ## Bring the stack up, apply schema and connector, write sample data
 test: setup-tests ## Run every test but the long fault scenarios and the 10-min soak; starts the stack for them
 	@$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-faults: setup $(INSTALLED_DEV) ## Every fault scenario (restarts services, wipes Redis: give it a stack of its own)
-	@$(BIN)/pytest tests/system -m fault -s $(PYTEST_ARGS)
+test-cluster: setup-tests ## The feature, verify and fault tests again, on a Redis Cluster of three primaries
+	@FRESHLOOP_TEST_REDIS_LAYOUT=cluster $(BIN)/pytest -m "not slow" tests/feature_pipelines tests/system $(PYTEST_ARGS)
+
+faults: setup $(INSTALLED_DEV) ## Every fault scenario (restarts services, wipes Redis: give it a stack of its own; REDIS_LAYOUT=cluster on a cluster)
+	@FRESHLOOP_TEST_REDIS_LAYOUT=$${REDIS_LAYOUT:-single} $(BIN)/pytest tests/system -m fault -s $(PYTEST_ARGS)
 
 soak: setup $(INSTALLED_DEV) ## 10-min soak (SOAK_SECONDS, SOAK_RATE): lag, RSS, Redis bytes per entity, retained WAL
 	@SOAK_SECONDS=$${SOAK_SECONDS:-600} SOAK_RATE=$${SOAK_RATE:-120} \
@@ -79,8 +82,9 @@ bench: setup $(INSTALLED_DEV) $(BENCH_PEERS) ## Benchmarks with their peers (Qui
 	@$(BIN)/freshloop db init >/dev/null
 	@$(BIN)/freshloop connectors apply
 	@$(BIN)/python -m bench.replay --events $${BENCH_EVENTS:-1000000} --repeat $${BENCH_REPLAY_REPEAT:-1}
-	@$(BIN)/python -m bench.replay --events $${BENCH_SCALING_EVENTS:-300000} --processes $${BENCH_PROCESSES:-1,2,4} \
-		--redis-layout $${BENCH_REDIS_LAYOUT:-cluster}
+	@for layout in $${BENCH_REDIS_LAYOUTS:-single cluster}; do \
+		$(BIN)/python -m bench.replay --events $${BENCH_SCALING_EVENTS:-300000} --processes $${BENCH_PROCESSES:-1,2,4} \
+			--redis-layout $$layout || exit 1; done
 	@$(BIN)/python -m bench.replay_peers --events $${BENCH_PEER_EVENTS:-30000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.reads --reads $${BENCH_READS:-2000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.learning --payments $${BENCH_PAYMENTS:-20000} --repeat $${BENCH_REPEAT:-3}

@@ -228,6 +228,22 @@ def main() -> None:
 
 def _scaling(settings: Settings, events: int, processes: str, requested: str) -> None:
     """``--processes``: the same change events replayed by 1, 2, 4 ... processes."""
+
+    from bench.scaling import cluster_enabled
+
+    if requested == "cluster" and not cluster_enabled(settings):
+        # the stack runs one Redis: measure a Redis Cluster of three primaries of the bench's
+        # own on the same machine (loopback, stopped at the end), beside the stack's Kafka
+        from freshloop.stack.redis_cluster import private_cluster
+
+        print("[bench] starting a private Redis Cluster of three primaries", flush=True)
+        with private_cluster(settings) as cluster:
+            _measure_scaling(cluster, events, processes, requested)
+        return
+    _measure_scaling(settings, events, processes, requested)
+
+
+def _measure_scaling(settings: Settings, events: int, processes: str, requested: str) -> None:
     import math
 
     from bench.scaling import check_layout, scaling

@@ -465,8 +465,9 @@ def render(results: Path, settings: Settings) -> str:
         "`BENCH_PEER_EVENTS` (replay next to Quix), `BENCH_REPEAT`, `BENCH_RATES`, "
         "`BENCH_SECONDS`, `BENCH_READS`, `BENCH_PAYMENTS`; many consumers: "
         "`BENCH_SCALING_EVENTS` (per process count, default 300,000), `BENCH_PROCESSES` "
-        "(default 1,2,4), `BENCH_REDIS_LAYOUT` (default cluster: measured when the stack runs "
-        "one, else the single layout, saying so); highest load: `BENCH_LOAD_RATES`. Results: "
+        "(default 1,2,4), `BENCH_REDIS_LAYOUTS` (default `single cluster`: the cluster is the "
+        "stack's when it runs one, else three primaries the bench starts for the run); "
+        "highest load: `BENCH_LOAD_RATES`. Results: "
         "`bench/results/*.json`. Sizing from these figures: docs/scaling.md.",
         "",
     ]

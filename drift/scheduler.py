@@ -38,7 +38,6 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import redis
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -60,6 +59,7 @@ from freshloop.core.db import POSTGRES_DOWN
 from freshloop.core.exceptions import FencedError
 from freshloop.core.fencing import Ownership
 from freshloop.core.health import HEALTH, backoff_delay
+from freshloop.core.redis_errors import REDIS_DOWN
 from freshloop.core.settings import Settings
 
 __all__ = [
@@ -178,7 +178,7 @@ def _dependency_of(exc: BaseException) -> str:
     """Which dependency a job's error belongs to ("job": our own code failed)."""
     if isinstance(exc, POSTGRES_DOWN):
         return "postgres"
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, REDIS_DOWN):
         return "redis"
     return "job"
 

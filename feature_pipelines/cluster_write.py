@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -168,6 +169,9 @@ class ClusterBatchWriter:
         reply = self._apply(keys=keys, args=args)
         if isinstance(reply, list):
             rejection = parse_rejection(reply)
+            planned = {self.row_name(key, partition): key for key in plan.rows}
+            if rejection.key in planned:  # a row state: named as the planner traced it
+                rejection = replace(rejection, planned=planned[rejection.key])
             msg = f"the batch was not written: {rejection.describe()}"
             raise BatchRejectedError(msg, rejection)
         if int(reply) != 0:

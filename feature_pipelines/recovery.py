@@ -53,6 +53,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from feature_pipelines.exceptions import RedisStateLostError
 from feature_pipelines.loss import LOSSES, LossFinding, LossWatch
 from freshloop.core.health import HEALTH
+from freshloop.core.redis_errors import REDIS_DOWN
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -60,7 +61,14 @@ if TYPE_CHECKING:
     from feature_pipelines.consumer import FeaturePipeline
     from feature_pipelines.decode import ChangeEvent
 
-__all__ = ["RedisLossGuard", "Verdict", "assess", "restart_offsets", "run_id_of"]
+__all__ = [
+    "RedisLossGuard",
+    "Verdict",
+    "assess",
+    "restart_offsets",
+    "run_id_of",
+    "watch_connections",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +132,26 @@ def restart_offsets(committed: Mapping[str, int], partitions: Iterable[str]) -> 
     return {name: committed.get(name, OFFSET_BEGINNING) for name in partitions}
 
 
+def watch_connections(client: Any, on_connect: Callable[[Any], None]) -> None:
+    """Have every new connection of ``client`` call ``on_connect`` first: one Redis's pool, or
+    on a Redis Cluster every node's pool, those the client knows now and those it makes later
+    (a node found after a topology change)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pools = [pool]
+    else:
+        manager = client.nodes_manager  # RedisCluster: kwargs of the nodes it makes from now on
+        manager.connection_kwargs["redis_connect_func"] = on_connect
+        nodes = list(manager.nodes_cache.values())
+        pools = [n.redis_connection.connection_pool for n in nodes if n.redis_connection]
+    for each in pools:
+        each.connection_kwargs["redis_connect_func"] = on_connect
+        # a connection object keeps the hook it was made with: drop those made before (the
+        # cluster client's, made while it learned the layout), so every one goes through it
+        each.disconnect()
+        each.reset()
+
+
 def run_id_of(info: str) -> str | None:
     """The ``run_id`` line of ``INFO server`` text.
 
@@ -157,7 +185,10 @@ class RedisLossGuard:
         self.sentinel_key = f"{ns}:epoch:{{{group}}}"
         self.lock_key = f"{ns}:rebuild:{{{group}}}"
         self.epoch: str | None = None
-        self.run_id: str | None = None
+        # the run_id of each server (host:port) as the writer's connections found it: one entry
+        # on one Redis, one per primary on a Redis Cluster; a change is a restart (``_on_connect``)
+        self.run_ids: dict[str, str | None] = {}
+        self._new_run_ids: dict[str, str | None] = {}
         self.restarted = False
         self.rebuilds = 0
         self._rebuild: _Rebuild | None = None
@@ -176,9 +207,7 @@ class RedisLossGuard:
             shards=settings.redis_cluster_shards,  # a cluster's slots marked with the epoch
             partitions=settings.topic_partitions,
         )
-        pool = getattr(self.client, "connection_pool", None)
-        if pool is not None:  # a cluster client has a pool per node: no run_id watch there yet
-            pool.connection_kwargs["redis_connect_func"] = self._on_connect
+        watch_connections(self.client, self._on_connect)
         chained = pipeline.on_applied
         pipeline.on_applied = lambda events: self._applied(events, chained)
 
@@ -188,11 +217,16 @@ class RedisLossGuard:
         conn.send_command("INFO", "server")
         raw = conn.read_response()
         run_id = run_id_of(raw.decode() if isinstance(raw, bytes) else str(raw))
-        if self.run_id is None:
-            self.run_id = run_id
-        elif run_id != self.run_id and not self.restarted:
+        server = f"{conn.host}:{conn.port}"
+        known = self.run_ids.setdefault(server, run_id)
+        if run_id != known and self._new_run_ids.get(server) != run_id:
+            self._new_run_ids[server] = run_id  # accepted once the positions are re-read
             self.restarted = True
-            log.warning("redis_restarted run_id=%s: positions will be re-read from Redis", run_id)
+            log.warning(
+                "redis_restarted server=%s run_id=%s: positions will be re-read from Redis",
+                server,
+                run_id,
+            )
         if self.restarted:
             msg = "Redis restarted under a batch: the batch is dropped and positions re-read"
             raise redis.ConnectionError(msg)
@@ -229,7 +263,7 @@ class RedisLossGuard:
     def _write(self, step: Callable[[], None]) -> None:
         try:
             step()
-        except redis.ConnectionError as exc:
+        except REDIS_DOWN as exc:
             HEALTH.degraded("pipeline", "redis", exc)  # /healthz and metrics; healthy once back
             log.warning("redis_unreachable error=%s: batch dropped, positions re-read", exc)
             self.pipeline.drop_held()
@@ -270,7 +304,7 @@ class RedisLossGuard:
                 step()
                 HEALTH.healthy("pipeline", "redis")
                 return
-            except redis.ConnectionError as exc:
+            except REDIS_DOWN as exc:
                 HEALTH.degraded("pipeline", "redis", exc)
                 log.warning("redis_unreachable error=%s: retrying in 1 s", exc)
                 time.sleep(1.0)
@@ -312,7 +346,8 @@ class RedisLossGuard:
         else:  # a Redis Cluster client (docs/redis-cluster.md)
             self.client.disconnect_connection_pools()  # type: ignore[attr-defined]
         self.restarted = False
-        self.run_id = None  # the next connection records the new server's run_id
+        self.run_ids.update(self._new_run_ids)  # the restarted servers' new run_ids, from now on
+        self._new_run_ids.clear()
         self.client.ping()
         self._check()
         self._reseek()

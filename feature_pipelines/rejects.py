@@ -58,6 +58,9 @@ class Rejection:
     field: str
     found: str
     detail: str
+    # the planner's name of ``key`` when the writer keeps it under another (a row state in the
+    # Redis Cluster layout: ``cluster_write``); what the culprits are looked up by
+    planned: str = ""
 
     def describe(self) -> str:
         """One sentence: what came, what was expected, what to do."""
@@ -121,10 +124,11 @@ def culprits(trace: Trace, rejection: Rejection) -> dict[int, str]:
     >>> sorted(culprits({("e", "total"): [(0, 3), (1, 8), (2, 4), (3, -5)]}, r))
     [1]
     """
+    key = rejection.planned or rejection.key
     if rejection.kind == "type":
-        writers = dict.fromkeys(i for i, _n in trace.get((rejection.key, ""), ()))
+        writers = dict.fromkeys(i for i, _n in trace.get((key, ""), ()))
         return {i: rejection.describe() for i in writers}
-    entries = trace.get((rejection.key, rejection.field), ())
+    entries = trace.get((key, rejection.field), ())
     if rejection.kind != "overflow":
         return {i: rejection.describe() for i, _n in entries}
     by_event: dict[int, int] = {}

@@ -77,6 +77,7 @@ from freshloop.core.dead_letter import DeadLetters
 from freshloop.core.exceptions import DependencyRetryStopped, FencedError
 from freshloop.core.fencing import Ownership
 from freshloop.core.health import HEALTH, backoff_delay, retry
+from freshloop.core.redis_errors import REDIS_DOWN
 from freshloop.core.runner import Partition, Runner, partition_name
 from freshloop.core.settings import Settings
 from freshloop.core.topics import asking_again, ensure_topic
@@ -108,7 +109,7 @@ _CURSOR = "horizon:"
 # also prefetches little), so what it holds is bounded whatever the horizon and the rate.
 _HOLD_MAX = 2000
 _COMPONENT = "learner"
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_REDIS_DOWN = REDIS_DOWN  # one Redis or a Redis Cluster (freshloop.core.redis_errors)
 
 
 @dataclass

@@ -6,6 +6,9 @@
   session started;
 - ``external``: use the servers named by the ``FRESHLOOP_`` settings, start nothing;
 - ``containers``: start the same services with testcontainers (needs a Docker engine).
+
+``FRESHLOOP_TEST_REDIS_LAYOUT=cluster`` (``make test-cluster``) runs the same tests with the
+stack's Redis replaced by a Redis Cluster of three primaries (``tests/redis_layout.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,33 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from freshloop.core.settings import Settings
+from tests.redis_layout import SUITE_LAYOUT
+
+# Fixtures parametrized over the two Redis layouts: on a cluster run their single case would
+# be a second cluster case, so it is left out there (it runs in the single run).
+LAYOUT_FIXTURES = ("redis_layout", "ns_start")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a cluster run, skip the tests only one Redis can run (``single_redis``, with the
+    marker's reason) and deselect the single case of tests parametrized over layouts."""
+    if SUITE_LAYOUT != "cluster":
+        return
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(params.get(name) == "single" for name in LAYOUT_FIXTURES):
+            dropped.append(item)
+            continue
+        marker = item.get_closest_marker("single_redis")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "needs one Redis"
+            item.add_marker(pytest.mark.skip(reason=f"single Redis only: {why}"))
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 
 # cluster_fixtures: one Redis Cluster per session for every test that asks for it
 pytest_plugins = ["tests.fixtures", "tests.feature_pipelines.cluster_fixtures"]
@@ -49,8 +79,9 @@ def _local_backend(settings: Settings) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def stack_settings(base_settings: Settings) -> Iterator[Settings]:
-    """Settings of a running stack (Postgres, Redis, Kafka, Connect+Debezium), schema applied."""
+def stack_settings(base_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings of a running stack (Postgres, Redis, Kafka, Connect+Debezium), schema applied;
+    under ``FRESHLOOP_TEST_REDIS_LAYOUT=cluster`` its Redis is the session's Redis Cluster."""
     from feature_pipelines.definitions import tables_to_capture
     from freshloop.core.db import init_database
 
@@ -67,6 +98,11 @@ def stack_settings(base_settings: Settings) -> Iterator[Settings]:
         pytest.fail(f"FRESHLOOP_TEST_STACK={backend!r}: use local, external or containers")
     settings = next(gen)
     init_database(settings, capture=tables_to_capture(settings))
+    if SUITE_LAYOUT == "cluster":
+        cluster: Settings = request.getfixturevalue("redis_cluster")
+        settings = settings.model_copy(
+            update={"redis_layout": "cluster", "redis_url": cluster.redis_url}
+        )
     yield settings
     for _ in gen:  # run the backend's teardown
         pass

@@ -128,10 +128,14 @@ LEARNING_TABLES = (
 def drop_namespace(settings: Settings, tag: str) -> None:
     """Remove what a test namespace left: its Redis keys, its predictions topic, its rows in every
     learning table and its scheduler's job table."""
-    from bench.common import drop_keys
     from drift.scheduler import job_table
+    from tests.redis_layout import client_for, drop_keys
 
-    drop_keys(settings.redis_conninfo(), f"{tag}:*")
+    client = client_for(settings)
+    try:
+        drop_keys(client, f"{tag}:*")  # one Redis, or every primary of a cluster
+    finally:
+        client.close()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic = f"{tag}.predictions"
     if topic in admin.list_topics(timeout=10).topics:

@@ -12,8 +12,12 @@ data in its append-only file (docs/redis-cluster.md).
 
 from __future__ import annotations
 
+import shutil
+import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,7 @@ __all__ = [
     "cluster_nodes",
     "cluster_services",
     "form_cluster",
+    "private_cluster",
     "slot_ranges",
 ]
 
@@ -174,3 +179,62 @@ def cluster_services(settings: Settings, home: Path) -> list[Redis]:
         )
         for i, port in enumerate(ports)
     ]
+
+
+def _free_base(primaries: int) -> int | None:
+    """A loopback port p with p .. p+primaries-1 and their cluster bus ports free, or None."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + _BUS_OFFSET + primaries > 65535:
+            continue
+        ports = [base + i for i in range(primaries)]
+        ports += [port + _BUS_OFFSET for port in ports]
+        free = True
+        for port in ports:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return base
+    return None
+
+
+@contextmanager
+def private_cluster(settings: Settings) -> Iterator[Settings]:
+    """A Redis Cluster of three primaries of its own, on free loopback ports in a temporary
+    folder, for as long as the block runs: ``settings`` with ``redis_layout=cluster`` and
+    ``redis_url`` naming its first primary (the same users and passwords). The tests and the
+    scaling bench use it when the stack's Redis is one Redis; it is stopped and its folder
+    removed at the end, whatever happens in the block."""
+    from freshloop.stack.supervisor import Stack
+
+    if shutil.which("redis-server") is None:
+        msg = "redis-server is not installed: run 'make setup' (it installs it)"
+        raise StackError(msg)
+    base = _free_base(3)
+    if base is None:
+        msg = "no three consecutive free loopback ports (with their bus ports) for a Redis Cluster"
+        raise StackError(msg)
+    home = Path(tempfile.mkdtemp(prefix="freshloop-cluster-"))
+    cluster = settings.model_copy(
+        update={
+            "home": home,
+            "redis_layout": "cluster",
+            "redis_url": f"redis://127.0.0.1:{base}/0",
+            "redis_read_url": None,
+            "redis_cluster_ports": "",
+        }
+    )
+    stack = Stack(cluster)
+    stack.setup = lambda for_tests=False: None  # type: ignore[method-assign] # only redis-server
+    try:
+        stack.up(["redis"])
+        yield cluster
+    finally:
+        stack.down(["redis"])
+        shutil.rmtree(home, ignore_errors=True)

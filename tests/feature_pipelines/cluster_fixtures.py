@@ -10,13 +10,9 @@ shared Redis. ``tests/feature_pipelines/conftest.py`` makes them every feature t
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,26 +23,6 @@ from redis.cluster import RedisCluster
 from freshloop.core.settings import Settings
 
 __all__ = ["LayoutRedis", "cluster_client", "redis_cluster", "redis_layout"]
-
-
-def _free_base() -> int:
-    """A port p with p, p+1, p+2 and their cluster bus ports (+10000) free."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base > 50000:
-            continue
-        ok = True
-        for port in [base + i for i in range(3)] + [base + 10000 + i for i in range(3)]:
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-        if ok:
-            return base
-    pytest.skip("no three consecutive free ports for a private Redis Cluster")
 
 
 def cluster_client(settings: Settings) -> RedisCluster:
@@ -61,28 +37,14 @@ def redis_cluster(base_settings: Settings) -> Iterator[Settings]:
     if url:
         yield base_settings.model_copy(update={"redis_layout": "cluster", "redis_url": url})
         return
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed ('make setup' installs it)")
-    from freshloop.stack import Stack
+    from freshloop.core.exceptions import StackError
+    from freshloop.stack.redis_cluster import private_cluster
 
-    home = Path(tempfile.mkdtemp(prefix="freshloop-cluster-"))
-    base = _free_base()
-    settings = base_settings.model_copy(
-        update={
-            "home": home,
-            "redis_layout": "cluster",
-            "redis_url": f"redis://127.0.0.1:{base}/0",
-            "redis_cluster_ports": "",
-        }
-    )
-    stack = Stack(settings)
-    stack.setup = lambda: None  # type: ignore[method-assign] # redis-server is all it needs
     try:
-        stack.up(["redis"])
-        yield settings
-    finally:
-        stack.down(["redis"])
-        shutil.rmtree(home, ignore_errors=True)
+        with private_cluster(base_settings) as settings:
+            yield settings
+    except StackError as exc:
+        pytest.skip(str(exc))
 
 
 @dataclass

@@ -1,97 +1,256 @@
 """The write script expires in event time as ``MemoryStore`` does: the same plans of a month
 with updates of old rows, deletes and late outcomes, applied to a real Redis and in memory,
-leave the same row states, bucket fields, expiry indexes and watermarks."""
+leave the same row states, bucket fields, expiry indexes and watermarks.
+
+In the suite's Redis layout (``tests/redis_layout.py``): on one Redis each chunk is one script
+(``RedisBatchWriter``); on a Redis Cluster each chunk is written partition by partition, a
+control step and entity steps per shard (``ClusterBatchWriter``), and the twin in memory is
+planned partition by partition alike."""
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
-import redis
 
-from feature_pipelines.catalog import SAMPLE_FEATURES
-from feature_pipelines.planner import Planner, Watermarks
-from feature_pipelines.reference import MemoryStore
+from feature_pipelines.catalog import SAMPLE_FEATURES, FeatureSet
+from feature_pipelines.cluster_keys import split_entity_key
+from feature_pipelines.cluster_write import ClusterBatchWriter
+from feature_pipelines.decode import ChangeEvent
+from feature_pipelines.planner import Planner, Watermarks, WritePlan
+from feature_pipelines.reference import MemoryStore, read_values
 from feature_pipelines.store_write import RedisBatchWriter
 from freshloop.core.settings import Settings
-from tests.feature_pipelines.test_expiry import Month, _events
-from tests.fixtures import drop_namespace
+from tests.feature_pipelines.test_expiry import PARTITIONS, Month, _events
+from tests.redis_layout import client_for, drop_keys, key_layout, scan_keys
 
 pytestmark = pytest.mark.integration
 
 _BOOKKEEPING = {"_written_ms"}
 
 
+def _s(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class LayoutWriter:
+    """The pipeline's batch writer in ``settings``' layout, named as the planner names things
+    (``<ns>:r:{<table>:<pk>}``, ``<ns>:e:{<entity>:<key>}``): ``RedisBatchWriter`` writing a
+    chunk in one script, or ``ClusterBatchWriter`` writing it partition by partition."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        features: FeatureSet,
+        ns: str,
+        group: str = "g",
+        partitions: int = PARTITIONS,
+    ) -> None:
+        self.client = client
+        self.keys = key_layout(settings, ns, group)
+        self.cluster = self.keys.cluster
+        self.partitions = partitions
+        self.single = RedisBatchWriter(client, features, ns, group)
+        self.cw = ClusterBatchWriter(client, features, self.keys)
+
+    def units(self, chunk: Sequence[ChangeEvent]) -> list[tuple[int, list[ChangeEvent]]]:
+        """What one write takes: the whole chunk on one Redis (partition -1: any), each
+        partition's events on a cluster."""
+        if not self.cluster:
+            return [(-1, list(chunk))]
+        parts = sorted({ev.partition for ev in chunk})
+        return [(p, [ev for ev in chunk if ev.partition == p]) for p in parts]
+
+    def read_rows(self, keys: Sequence[str], partition: int) -> dict[str, Mapping[str, str]]:
+        if not self.cluster:
+            return self.single.read_rows(keys)
+        return self.cw.read_rows(keys, partition)
+
+    def position(self, partition: int, offset: int) -> dict[str, int]:
+        """The next offset of a unit's topic partition (``t:0`` on one Redis, the chunk's)."""
+        return {f"t:{max(partition, 0)}": offset}
+
+    def apply(self, plan: WritePlan, partition: int, offsets: Mapping[str, int]) -> bool:
+        """Write one unit's ``plan`` with its next offsets."""
+        if not self.cluster:
+            return self.single.apply(plan, offsets)
+        return self.cw.apply(plan, partition, offsets)
+
+    def row_name(self, planner_key: str, partition: int) -> str:
+        return self.cw.row_name(planner_key, partition)
+
+    def entity_name(self, planner_key: str) -> str:
+        return self.cw.entity_name(planner_key)[0] if self.cluster else planner_key
+
+    def index_key(self, partition: int) -> str:
+        """The expiry index of one partition's row states."""
+        return self.keys.expiry(partition)
+
+    def idle_keys(self, partition: int) -> list[str]:
+        """The idle-entity indexes of one partition: one, or one per shard on a cluster."""
+        if not self.cluster:
+            return [self.single.entity_index_key(partition)]
+        return [self.keys.idle(partition, k) for k in range(self.keys.shards)]
+
+    def offsets_key(self, partition: int = 0) -> str:
+        return self.keys.offsets(partition)
+
+    def set_offsets(self, offsets: Mapping[str, int]) -> None:
+        by: dict[int, dict[str, str]] = {}
+        for name, offset in offsets.items():
+            by.setdefault(int(name.rsplit(":", 1)[1]), {})[name] = str(offset)
+        for partition, mapping in by.items():
+            self.client.hset(self.offsets_key(partition), mapping=mapping)
+
+    def watermarks(self) -> dict[int, tuple[int, int]]:
+        if not self.cluster:
+            return self.single.watermarks()
+        return {p: m for q in range(self.partitions) for p, m in self.cw.watermarks(q).items()}
+
+    def offsets(self) -> dict[str, int]:
+        if not self.cluster:
+            return self.single.offsets()
+        return {k: v for p in range(self.partitions) for k, v in self.cw.offsets(p).items()}
+
+
+def _assert_entities_read_alike(
+    memory: MemoryStore,
+    writer: LayoutWriter,
+    stored: Mapping[str, Mapping[str, str]],
+    end_ms: int,
+) -> None:
+    """Every entity the reference keeps is kept with every field and count the reference has,
+    and reads as the reference at the end of the history and after it; what Redis keeps
+    besides are bucket fields only (or whole entities that read as none)."""
+    checked = 0
+    for key, fields in memory.hashes.items():
+        if ":e:{" not in key or not fields:
+            continue
+        got = stored[writer.entity_name(key)]
+        assert {f: got.get(f) for f in fields} == fields, key
+        assert all("@" in f for f in set(got) - set(fields)), key
+        entity, _key = split_entity_key(key)
+        feats = SAMPLE_FEATURES.for_entity(entity)
+        for days in (0, 1, 8, 40):
+            at = (end_ms + days * 86_400_000) * 1000
+            assert read_values(feats, got, at) == read_values(feats, fields, at), (key, days)
+        checked += 1
+    assert checked > 5
+    # an entity the reference dropped as idle that Redis keeps still reads as no state
+    kept = {writer.entity_name(k) for k, fields in memory.hashes.items() if ":e:{" in k and fields}
+    for name, got in stored.items():
+        if ":e:" in name and name not in kept:
+            entity = name.split("}:", 1)[1].partition(":")[0]
+            feats = SAMPLE_FEATURES.for_entity(entity)
+            at = end_ms * 1000
+            assert read_values(feats, got, at) == read_values(feats, {}, at), name
+
+
 @pytest.fixture
-def ns(stack_settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
+def ns(stack_settings: Settings) -> Iterator[tuple[Any, str]]:
     tag = f"exp{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(stack_settings.redis_conninfo(), decode_responses=True)
+    client = client_for(stack_settings, decode_responses=True)
     yield client, tag
-    drop_namespace(stack_settings, tag)
+    drop_keys(client, f"{tag}:*")
     client.close()
 
 
-def test_the_script_expires_as_memory_does(ns: tuple[redis.Redis, str]) -> None:
+def test_the_script_expires_as_memory_does(ns: tuple[Any, str], stack_settings: Settings) -> None:
     client, tag = ns
     rng = random.Random(11)
     month = Month(rng)
     month.run(days=30)
     events = _events(month.db.log, rng)
-    writer = RedisBatchWriter(client, SAMPLE_FEATURES, tag, "g")
+    writer = LayoutWriter(stack_settings, client, SAMPLE_FEATURES, tag)
     on_redis, in_memory = Planner(SAMPLE_FEATURES, tag), Planner(SAMPLE_FEATURES, tag)
     memory = MemoryStore(SAMPLE_FEATURES)
     for start in range(0, len(events), 40):
-        chunk = events[start : start + 40]
-        plan = on_redis.plan(chunk, writer.read_rows(on_redis.keys_needed(chunk)))
-        assert writer.apply(plan, {"t:0": start})
-        twin = in_memory.plan(chunk, memory.read(in_memory.keys_needed(chunk)))
-        assert memory.apply(twin)
+        for partition, chunk in writer.units(events[start : start + 40]):
+            states = writer.read_rows(on_redis.keys_needed(chunk), partition)
+            plan = on_redis.plan(chunk, states)
+            assert writer.apply(plan, partition, writer.position(partition, start))
+            twin = in_memory.plan(chunk, memory.read(in_memory.keys_needed(chunk)))
+            assert memory.apply(twin)
 
     stored = {}
-    for key in client.scan_iter(match=f"{tag}:[er]:*", count=1000):
+    for key in scan_keys(client, f"{tag}:[er]:*"):
         stored[key] = {k: v for k, v in client.hgetall(key).items() if k not in _BOOKKEEPING}
-    kept = {k: v for k, v in memory.hashes.items() if v}
-    assert stored == kept
+    partition_of = {key: p for p, index in memory.index.items() for key in index}
+
+    def name(key: str) -> str:
+        if ":r:{" in key:
+            return writer.row_name(key, partition_of[key])
+        return writer.entity_name(key)
+
+    kept = {name(k): v for k, v in memory.hashes.items() if v}
     rows = [k for k in stored if ":r:" in k]
     written = {(e.table, e.key) for e in events}
     assert rows and len(rows) < 0.6 * len(written), "the states of rows unchanged for long expired"
     for partition, index in memory.index.items():
         on_server = client.zrange(writer.index_key(partition), 0, -1, withscores=True)
-        assert {k: int(s) for k, s in on_server} == index
+        want = {writer.row_name(k, partition): s for k, s in index.items()}
+        if writer.cluster:
+            want[writer.keys.journal(partition)] = 2**62  # the journal never expires
+        assert {k: int(s) for k, s in on_server} == want
     assert memory.idle, "idle entities are indexed"
-    for partition, idle in memory.idle.items():
-        on_server = client.zrange(writer.entity_index_key(partition), 0, -1, withscores=True)
-        assert {k: int(s) for k, s in on_server} == idle
+    idle_on_server: dict[int, dict[str, float]] = {}
+    for partition in memory.idle:
+        for index_key in writer.idle_keys(partition):
+            found = client.zrange(index_key, 0, -1, withscores=True)
+            idle_on_server.setdefault(partition, {}).update(found)
+    if not writer.cluster:
+        assert stored == kept
+        for partition, idle in memory.idle.items():
+            want = {writer.entity_name(k): s for k, s in idle.items()}
+            assert {k: int(s) for k, s in idle_on_server[partition].items()} == want
+    else:
+        # row states exactly; an idle entity waits in its shard's index of the partition that
+        # wrote it last until that partition writes to that shard again (docs/redis-cluster.md,
+        # Expiry, loss and rebuild per slot): until then it may keep buckets the reference
+        # swept already, which no read counts any more
+        assert {k: v for k, v in stored.items() if ":r:" in k} == {
+            k: v for k, v in kept.items() if ":r:" in k
+        }
+        _assert_entities_read_alike(memory, writer, stored, max(e.commit_ms for e in events))
+        for partition, idle in memory.idle.items():
+            for key in idle:
+                assert writer.entity_name(key) in idle_on_server[partition], key
     # the watermarks come back from Redis as the planner left them
     assert Watermarks(writer.watermarks()).stored() == on_redis.marks.stored()
 
 
-def test_an_entity_sweep_drops_only_expired_buckets(ns: tuple[redis.Redis, str]) -> None:
+def test_an_entity_sweep_drops_only_expired_buckets(
+    ns: tuple[Any, str], stack_settings: Settings
+) -> None:
     """A hash with buckets at both sides of each feature's bound keeps exactly the live ones."""
     client, tag = ns
     rng = random.Random(5)
     month = Month(rng)
     month.run(days=3, customers=1, merchants=1)
     events = _events(month.db.log, rng, resend=0)
-    writer = RedisBatchWriter(client, SAMPLE_FEATURES, tag, "g")
+    writer = LayoutWriter(stack_settings, client, SAMPLE_FEATURES, tag)
     planner = Planner(SAMPLE_FEATURES, tag)
     swept = 0
     for event in events:
-        plan = planner.plan([event], writer.read_rows(planner.keys_needed([event])))
-        before = {key: client.hget(key, "_swept") for key in plan.increments}
-        assert writer.apply(plan, {})
+        ((partition, chunk),) = writer.units([event])
+        plan = planner.plan(chunk, writer.read_rows(planner.keys_needed(chunk), partition))
+        names = {key: writer.entity_name(key) for key in plan.increments}
+        before = {key: client.hget(names[key], "_swept") for key in plan.increments}
+        assert writer.apply(plan, partition, {})
         for key in plan.increments:
-            fields = client.hgetall(key)
+            fields = client.hgetall(names[key])
             if fields.get("_swept") == before[key]:
                 continue  # not swept by this write
             swept += 1
-            for name in fields:
-                head, at, rest = name.partition("@")
+            for field in fields:
+                head, at, rest = field.partition("@")
                 if not at:
                     continue
                 feature = head.split(":")[0]
                 bucket = int(rest.split("#")[0])
-                assert bucket > plan.expired_below[feature], (key, name)
+                assert bucket > plan.expired_below[feature], (key, field)
     assert swept > 10

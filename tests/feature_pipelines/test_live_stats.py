@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +14,7 @@ from redis.retry import Retry
 from feature_pipelines import pipeline_stats
 from feature_pipelines.live_stats import StatsPublisher, StatsWindow, stats_key
 from freshloop.core.settings import Settings
+from tests.redis_layout import client_for
 
 
 def test_window_rate_and_lag_percentiles_cover_only_the_last_window() -> None:
@@ -33,16 +35,23 @@ def test_window_rate_and_lag_percentiles_cover_only_the_last_window() -> None:
 
 
 @pytest.fixture
-def client(stack_settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
+def client(stack_settings: Settings) -> Iterator[tuple[Any, str]]:
+    """A writer client of the suite's layout (one Redis or a cluster) and a namespace."""
     ns = f"t{uuid.uuid4().hex[:10]}"
-    conn = redis.Redis.from_url(stack_settings.redis_conninfo())
+    conn = client_for(stack_settings)
     yield conn, ns
-    for space in (ns, f"{ns}x"):
-        conn.delete(*(f"{space}:stats:pipeline:{c}" for c in "abc"), f"{space}:stats:pipelines")
+    for space in (ns, f"{ns}x"):  # one key at a time: on a cluster they are in several slots
+        for key in (*(f"{space}:stats:pipeline:{c}" for c in "abc"), f"{space}:stats:pipelines"):
+            conn.delete(key)
+    conn.close()
+
+
+def _s(raw: str | bytes) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 @pytest.mark.integration
-def test_published_hash_is_read_back_typed_and_expires(client) -> None:
+def test_published_hash_is_read_back_typed_and_expires(client: tuple[Any, str]) -> None:
     conn, ns = client
     a = StatsPublisher(conn, ns, "a", interval_s=1.0, ttl_s=60)
     b = StatsPublisher(conn, ns, "b", interval_s=1.0, ttl_s=60)
@@ -52,7 +61,7 @@ def test_published_hash_is_read_back_typed_and_expires(client) -> None:
     b.publish(applied_total=0, dead_lettered_total=0, assigned_partitions=0)
     other.publish(applied_total=9, dead_lettered_total=0, assigned_partitions=1)
     try:
-        raw = {k.decode(): v.decode() for k, v in conn.hgetall(stats_key(ns, "a")).items()}
+        raw = {_s(k): _s(v) for k, v in conn.hgetall(stats_key(ns, "a")).items()}
         assert set(raw) == {
             "updated_at",
             "applied_total",

@@ -1,6 +1,10 @@
 """The store's overlapped exchange against a real Redis: one round trip reads the next batch's
 rows and then writes the held batch; the write is checked, refused or reloaded as a plain
-``apply`` would be."""
+``apply`` would be.
+
+The overlapped exchange is the single layout's (``cluster_pipeline``: on a Redis Cluster a
+batch is written at once, partition by partition, and nothing is held back), so these tests
+run on one Redis only."""
 
 from __future__ import annotations
 
@@ -19,7 +23,13 @@ from tests.feature_pipelines.harness import decode_all
 from tests.feature_pipelines.test_overlap import _history
 from tests.fixtures import drop_namespace
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.single_redis(
+        "the overlapped exchange (read_then_apply, process(hold=True)) is the single layout's:"
+        " a cluster writes each batch at once"
+    ),
+]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from feature_pipelines import FeatureSet
 from feature_pipelines.cluster_read import async_layout_client, async_store_for, layout_client
 from freshloop.app.api.exceptions import DependencyUnavailable
 from freshloop.app.api.models import DependencyState
+from freshloop.core.redis_errors import REDIS_DOWN
 from freshloop.core.settings import Settings
 from freshloop.core.wal import SlotState, read_slot
 from online_learning import ModelRegistry
@@ -32,12 +33,7 @@ log = logging.getLogger(__name__)
 _CONNECT_TIMEOUT_S = 2.0
 _CHECK_TIMEOUT_S = 3.0
 # Redis unreachable, one Redis or a Redis Cluster (no node answers, a slot's primary is down)
-_REDIS_DOWN = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.RedisClusterException,
-)
+_REDIS_DOWN = (*REDIS_DOWN, redis.exceptions.RedisClusterException)
 
 
 def _where(settings: Settings, dependency: str) -> str:
