@@ -12,6 +12,7 @@ overlapped write of ``FeaturePipeline.process`` is single-layout only).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
@@ -20,7 +21,7 @@ from redis.cluster import RedisCluster
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.cluster_keys import KeyLayout
-from feature_pipelines.cluster_read import cluster_client
+from feature_pipelines.cluster_read import cluster_client, layout_client_when_up
 from feature_pipelines.cluster_write import ClusterBatchWriter
 from feature_pipelines.planner import WritePlan
 from feature_pipelines.store_write import PendingApply, RedisBatchWriter
@@ -151,11 +152,17 @@ def batch_writer(
     return RedisBatchWriter(client, features, ns, group)
 
 
-def redis_client(settings: Settings) -> Any:
+def redis_client(settings: Settings, stop: threading.Event | None = None) -> Any:
     """The writer user's client of ``settings.redis_layout``: ``redis.Redis`` or a
-    ``RedisCluster``."""
+    ``RedisCluster``; with ``stop``, a cluster's is made once a node answers (the pipeline
+    started before its cluster waits: ``cluster_read.layout_client_when_up``)."""
     if settings.redis_layout == "cluster":
-        return cluster_client(settings.redis_conninfo())
+        url = settings.redis_conninfo()
+        if stop is None:
+            return cluster_client(url)
+        return layout_client_when_up(
+            settings, "writer", stop, "pipeline", make=lambda: cluster_client(url)
+        )
     return redis.Redis.from_url(settings.redis_conninfo())
 
 

@@ -9,6 +9,9 @@ key in one slot and is not offered here.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -17,10 +20,13 @@ import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from feature_pipelines.catalog import FeatureSet
 from feature_pipelines.cluster_keys import KeyLayout
 from feature_pipelines.store_read import AsyncFeatureStore, FeatureStore, _Read, _Reads
+from freshloop.core.health import HEALTH
+from freshloop.core.redis_errors import REDIS_DOWN
 from freshloop.core.settings import Settings
 
 __all__ = [
@@ -30,10 +36,14 @@ __all__ = [
     "async_store_for",
     "cluster_client",
     "layout_client",
+    "layout_client_when_up",
     "store_for",
 ]
 
 Role = Literal["writer", "reader", "admin"]
+# what a client's creation may raise while its cluster is down or still forming
+_WAITED: tuple[type[Exception], ...] = (*REDIS_DOWN, RedisClusterException)
+log = logging.getLogger(__name__)
 
 
 def _cluster_url(redis_url: str) -> str:
@@ -105,6 +115,47 @@ def layout_client(settings: Settings, role: Role = "reader", **kwargs: Any) -> A
     if settings.redis_layout == "cluster":
         return cluster_client(settings.redis_conninfo(role), **kwargs)
     return redis.Redis.from_url(settings.redis_conninfo(role), protocol=2, **kwargs)
+
+
+def layout_client_when_up(
+    settings: Settings,
+    role: Role,
+    stop: threading.Event,
+    component: str,
+    make: Callable[[], Any] | None = None,
+) -> Any:
+    """``layout_client`` for a long-running stage (the pipeline, the scorer, the learner): a
+    cluster client is made only once a node answers (one Redis's client connects at its first
+    command, where the stage's own retries take over), so a stage started before its Redis
+    Cluster waits, saying so every few seconds, instead of failing; ``stop`` ends the wait by
+    raising the last error. ``make`` makes the client instead (the writer's own)."""
+    waited = 0
+    while True:
+        try:
+            client = make() if make is not None else layout_client(settings, role)
+        except _WAITED as exc:
+            # nodes up but slots not yet all assigned: a cluster still forming; any other
+            # cluster error (cluster mode off on that node, a refused login) is not waited out
+            forming = "slots are not covered" in str(exc)
+            if not isinstance(exc, REDIS_DOWN) and not forming:
+                raise
+            if stop.is_set():
+                raise
+            HEALTH.degraded(component, "redis", exc)
+            if waited % 10 == 0:
+                log.warning(
+                    "redis_unreachable component=%s error=%s: the cluster does not answer "
+                    "(or is still forming), retrying every 1 s",
+                    component,
+                    exc,
+                )
+            waited += 1
+            stop.wait(1.0)
+            continue
+        if waited:
+            HEALTH.healthy(component, "redis")
+            log.warning("redis_reachable component=%s after %d s", component, waited)
+        return client
 
 
 def async_layout_client(settings: Settings, role: Role = "reader", **kwargs: Any) -> Any:

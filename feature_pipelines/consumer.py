@@ -183,7 +183,7 @@ class FeaturePipeline:
         )
         # redis_layout=cluster: batches are planned and written per partition (cluster_pipeline)
         self.writer = batch_writer(
-            settings, redis_client(settings), features, self.ns, self.group_id
+            settings, redis_client(settings, self.stop), features, self.ns, self.group_id
         )
         self.consumer = Consumer(consumer_config(settings, self.group_id))
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
@@ -312,6 +312,8 @@ class FeaturePipeline:
     # ---- the loop --------------------------------------------------------------------------
     def run(self, on_batch: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
         """Consume until ``stop`` (the shared runner's loop); ``on_batch`` after each batch."""
+        if self.settings.redis_layout == "cluster":
+            self.source.check_joins(self.features)  # lookups need co-partitioned tables there
         self.recovery.start()
         self.source.check("start")
         self.definitions.start()

@@ -234,9 +234,10 @@ class RedisLossGuard:
     # ---- called by the consumer --------------------------------------------------------------
     def start(self) -> None:
         """Before subscribing: refuse a Redis that may evict our keys unless allowed, create
-        the sentinel, or detect a loss and rebuild."""
-        self.watch.check_policy()
-        self._check(at_start=True)
+        the sentinel, or detect a loss and rebuild. A Redis not up yet is waited for (``stop``
+        ends the wait), as anywhere else in the loop."""
+        self._guarded(self.watch.check_policy)
+        self._guarded(lambda: self._check(at_start=True))
 
     def process(self, messages: list[Message]) -> None:
         """One batch through the pipeline; a Redis failure drops it and recovers positions."""
@@ -298,7 +299,7 @@ class RedisLossGuard:
             self._partial_loss(finding)
             self._reset = None
 
-    def _guarded(self, step: Callable[[], None]) -> None:
+    def _guarded(self, step: Callable[[], object]) -> None:
         while not self.pipeline.stop.is_set():
             try:
                 step()

@@ -52,7 +52,11 @@ import redis
 from prometheus_client import Counter
 from redis.cluster import RedisCluster
 
-from feature_pipelines.exceptions import FeaturePipelineError, SourceChangedError
+from feature_pipelines.exceptions import (
+    DefinitionError,
+    FeaturePipelineError,
+    SourceChangedError,
+)
 from feature_pipelines.lua import script
 from freshloop.core.health import HEALTH, retry
 
@@ -262,6 +266,23 @@ class SourceGuard:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    # ---- joins ---------------------------------------------------------------------------------
+    def check_joins(self, features: FeatureSet) -> None:
+        """On a Redis Cluster, refuse at start a lookup whose two tables are not keyed by the
+        join column (``unpartitioned_lookups``): it would count on the wrong rows, silently."""
+        tables = {t for f in features if f.lookup for t in (f.table, f.lookup.table)}
+        if not tables:
+            return
+        keys = self._postgres(lambda c: primary_keys(c, sorted(tables)))
+        problems = unpartitioned_lookups(features, keys)
+        if problems:
+            msg = (
+                "; ".join(problems)
+                + ". Run this feature set on one Redis (FRESHLOOP_REDIS_LAYOUT=single), or "
+                "leave the lookup feature out of the set (FRESHLOOP_FEATURE_DEFINITIONS)."
+            )
+            raise DefinitionError(msg)
 
     # ---- identity ------------------------------------------------------------------------------
     def check(self, when: str = "start") -> None:
@@ -515,3 +536,67 @@ def rebuild_namespace(
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+# ---- joins on a Redis Cluster ------------------------------------------------------------------
+_PRIMARY_KEY = """
+SELECT a.attname
+FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
+ORDER BY array_position(i.indkey, a.attnum)
+"""
+
+
+def primary_keys(
+    conn: psycopg.Connection[Any], tables: Iterable[str]
+) -> dict[str, tuple[str, ...]]:
+    """Each table's primary-key columns, in key order (Debezium's message key by default);
+    a table without one (or not found) maps to ``()``."""
+    return {
+        table: tuple(row[0] for row in conn.execute(_PRIMARY_KEY, (table,)).fetchall())
+        for table in tables
+    }
+
+
+def unpartitioned_lookups(features: FeatureSet, keys: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """The lookups whose two sides are not co-partitioned, one sentence each.
+
+    A lookup meets at the provider's row state (``planner._consume``): the consumer row is
+    parked there and the provider's value read from there. On a Redis Cluster row states live
+    in the slot of the partition their event came from, so both tables' change events must be
+    keyed alike: the consumer table's key is exactly the lookup column, and the provider's key
+    is exactly the lookup key, of the same name (Debezium's key is ``{"<column>": value}``, and
+    Kafka partitions by those bytes). On one Redis row states are shared by every partition, so
+    this holds without it.
+
+    >>> from feature_pipelines.catalog import SAMPLE_FEATURES
+    >>> keys = {"payment_outcomes": ("payment_id",), "payments": ("payment_id",)}
+    >>> unpartitioned_lookups(SAMPLE_FEATURES, keys)
+    []
+    >>> len(unpartitioned_lookups(SAMPLE_FEATURES, {**keys, "payment_outcomes": ("outcome_id",)}))
+    1
+    """
+    problems = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for feature in features:
+        lookup = feature.lookup
+        if lookup is None:
+            continue
+        pair = (feature.table, lookup.column, lookup.table, lookup.key)
+        if pair in seen:
+            continue
+        seen.add(pair)
+        consumer, provider = keys.get(feature.table, ()), keys.get(lookup.table, ())
+        same_key = lookup.column == lookup.key
+        if same_key and consumer == (lookup.column,) and provider == (lookup.key,):
+            continue
+        problems.append(
+            f"feature {feature.name} joins {feature.table}.{lookup.column} to "
+            f"{lookup.table}.{lookup.key}, but {feature.table}'s change events are keyed by "
+            f"({', '.join(consumer) or 'no primary key'}) and {lookup.table}'s by "
+            f"({', '.join(provider) or 'no primary key'}): on a Redis Cluster both sides of a "
+            f"lookup must be keyed by the join column, under the same name, so that they reach "
+            f"the same partition"
+        )
+    return problems

@@ -71,7 +71,7 @@ from confluent_kafka import (
 )
 from sqlalchemy import Engine, create_engine
 
-from feature_pipelines.cluster_read import layout_client
+from feature_pipelines.cluster_read import layout_client_when_up
 from freshloop.core.db import POSTGRES_DOWN
 from freshloop.core.dead_letter import DeadLetters
 from freshloop.core.exceptions import DependencyRetryStopped, FencedError
@@ -190,7 +190,8 @@ class LearnerService:
         )
         self._held: dict[str, deque[tuple[int, Prediction | None]]] = {}
         self._paused: set[str] = set()
-        self.redis = layout_client(settings, "writer")  # one Redis or a cluster (redis_layout)
+        # one Redis or a cluster (redis_layout); a cluster's once a node answers
+        self.redis = layout_client_when_up(settings, "writer", self.stop, _COMPONENT)
         # present while Redis holds every open prediction this learner logged (check_logs)
         self._sentinel = f"{self.ns}:learner:logs"
         self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)

@@ -39,7 +39,7 @@ from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
 
 from feature_pipelines import FeatureSet
-from feature_pipelines.cluster_read import layout_client, store_for
+from feature_pipelines.cluster_read import layout_client_when_up, store_for
 from feature_pipelines.decode import ChangeEvent
 from freshloop.core.db import POSTGRES_DOWN
 from freshloop.core.health import HEALTH, retry
@@ -96,8 +96,13 @@ class Scorer:
         self.flush_timeout_s = 10.0
         # features are read as the read-only user; predictions are written as the writer; on
         # one Redis or a Redis Cluster (redis_layout)
-        self.store = store_for(settings, features, ns=self.ns)
-        self.redis = layout_client(settings, "writer")
+        self.redis = layout_client_when_up(settings, "writer", self.stop, "scorer")
+        self.store = store_for(
+            settings,
+            features,
+            ns=self.ns,
+            client=layout_client_when_up(settings, "reader", self.stop, "scorer"),
+        )
         self.topic = settings.predictions_topic_name
         # the model's inputs: the settings' feature service unless given
         self.served_names = tuple(

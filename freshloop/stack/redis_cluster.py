@@ -34,6 +34,7 @@ __all__ = [
     "cluster_nodes",
     "cluster_services",
     "form_cluster",
+    "free_cluster_base",
     "private_cluster",
     "slot_ranges",
 ]
@@ -181,7 +182,7 @@ def cluster_services(settings: Settings, home: Path) -> list[Redis]:
     ]
 
 
-def _free_base(primaries: int) -> int | None:
+def free_cluster_base(primaries: int = 3) -> int | None:
     """A loopback port p with p .. p+primaries-1 and their cluster bus ports free, or None."""
     for _ in range(50):
         with socket.socket() as sock:
@@ -205,18 +206,19 @@ def _free_base(primaries: int) -> int | None:
 
 
 @contextmanager
-def private_cluster(settings: Settings) -> Iterator[Settings]:
+def private_cluster(settings: Settings, base: int | None = None) -> Iterator[Settings]:
     """A Redis Cluster of three primaries of its own, on free loopback ports in a temporary
     folder, for as long as the block runs: ``settings`` with ``redis_layout=cluster`` and
     ``redis_url`` naming its first primary (the same users and passwords). The tests and the
     scaling bench use it when the stack's Redis is one Redis; it is stopped and its folder
-    removed at the end, whatever happens in the block."""
+    removed at the end, whatever happens in the block. ``base``: its first port (the next two
+    and their bus ports must be free too; ``free_cluster_base`` finds one)."""
     from freshloop.stack.supervisor import Stack
 
     if shutil.which("redis-server") is None:
         msg = "redis-server is not installed: run 'make setup' (it installs it)"
         raise StackError(msg)
-    base = _free_base(3)
+    base = base or free_cluster_base(3)
     if base is None:
         msg = "no three consecutive free loopback ports (with their bus ports) for a Redis Cluster"
         raise StackError(msg)

@@ -14,19 +14,20 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-import redis
 from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 
-from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureStore, verify_until_clean
+from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, verify_until_clean
 from feature_pipelines.backfill import apply_features, plan_features
 from feature_pipelines.catalog import CUSTOMER, FeatureSet
+from feature_pipelines.cluster_pipeline import batch_writer, redis_client
+from feature_pipelines.cluster_read import store_for
 from feature_pipelines.registry import fingerprints_key
 from feature_pipelines.spec import Condition, Feature
-from feature_pipelines.store_write import RedisBatchWriter
 from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 from online_learning.features import SCORING_FEATURES
+from tests.redis_layout import client_for, drop_keys, entity_key, scan_keys
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +90,8 @@ def _start_at_end(settings: Settings) -> None:
             )[1]
     probe.close()
     group = f"{settings.namespace}-features"
-    client = redis.Redis.from_url(settings.redis_conninfo())
-    RedisBatchWriter(client, SAMPLE_FEATURES, settings.namespace, group).set_offsets(offsets)
+    client = redis_client(settings)  # the settings' layout: one Redis or the cluster
+    batch_writer(settings, client, SAMPLE_FEATURES, settings.namespace, group).set_offsets(offsets)
 
 
 @pytest.fixture
@@ -102,9 +103,7 @@ def ns(pipeline: Settings) -> Iterator[Settings]:
     )
     _start_at_end(settings)
     yield settings
-    client = redis.Redis.from_url(settings.redis_conninfo())
-    for key in client.scan_iter(match=f"{settings.namespace}:*", count=1000):
-        client.delete(key)
+    drop_keys(client_for(settings), f"{settings.namespace}:*")  # every primary of a cluster
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
         for table in ("freshloop_feature_registry", "freshloop_feature_jobs"):
             conn.execute(f"DELETE FROM {table} WHERE namespace = %s", (settings.namespace,))  # noqa: S608
@@ -121,10 +120,10 @@ def _runs(pipeline: FeaturePipeline, features: FeatureSet) -> bool:
 
 def _feature_names(settings: Settings) -> set[str]:
     """Names of the features that have fields in the namespace's entity hashes."""
-    client = redis.Redis.from_url(settings.redis_conninfo(), decode_responses=True)
+    client = client_for(settings, decode_responses=True)
     out: set[str] = set()
-    for key in client.scan_iter(match=f"{settings.namespace}:e:*", count=1000):
-        fields: list[str] = client.hkeys(key)  # type: ignore[assignment]
+    for key in scan_keys(client, f"{settings.namespace}:e:*"):  # every primary of a cluster
+        fields: list[str] = client.hkeys(key)
         out |= {re.split(r"[@#:]", f, maxsplit=1)[0] for f in fields}
     return out
 
@@ -181,14 +180,15 @@ def test_apply_while_the_generator_writes_gives_zero_mismatches(ns: Settings) ->
         writer.join(timeout=60)
         (sim,) = reports
         assert sim.count("payments", "u") > 0 and sim.count("payments", "d") > 0
-        store = FeatureStore.connect(ns.redis_conninfo(), target, ns.namespace)
+        store = store_for(ns, target)
         verified = verify_until_clean(ns.postgres_conninfo(), store, wait_s=60, only=_written(sim))
         assert verified.values_checked > 0
         assert verified.mismatches == []
         # the removed feature's fields are gone, the registry and its mirror hold the target
-        client = redis.Redis.from_url(ns.redis_conninfo(), decode_responses=True)
+        client = client_for(ns, decode_responses=True)
         merchant = sim.merchants[0]
-        fields: list[str] = client.hkeys(f"{ns.namespace}:e:{{merchant:{merchant}}}")  # type: ignore[assignment]
+        fields: list[str] = client.hkeys(entity_key(ns, "merchant", merchant))
+        assert fields  # the merchant has features: the check below looks at a real hash
         assert not [f for f in fields if f.startswith("merchant_payment_count_1h")]
         assert set(client.hkeys(fingerprints_key(ns.namespace))) == {f.name for f in target}
         again, origin = plan_features(ns, target)
@@ -256,7 +256,7 @@ def test_an_apply_killed_mid_backfill_is_superseded_by_the_next(ns: Settings) ->
         assert _runs(pipeline, _target()) and worker.is_alive()
         writer.join(timeout=60)
         (sim,) = reports
-        store = FeatureStore.connect(ns.redis_conninfo(), _target(), ns.namespace)
+        store = store_for(ns, _target())
         verified = verify_until_clean(ns.postgres_conninfo(), store, wait_s=60, only=_written(sim))
         assert verified.values_checked > 0
         assert verified.mismatches == []

@@ -5,6 +5,11 @@ would carry a field past int64 is dead-lettered with its reason, the rest of its
 nothing of the bad event is written (not even its row state), the offsets move past it, and a
 re-run from Redis's positions changes nothing: the online values equal the oracle over the rows
 that were not dead-lettered.
+
+On a Redis Cluster the row states (and their checks) are written by the partition's control
+step, the entity fields by the shards' steps after it: a refusal of a row state or a position
+is handled as on one Redis, one found in an entity field stops the writer with the entry left
+in the journal (docs/redis-cluster.md, What a refusal means).
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from feature_pipelines import Entity, Feature, FeaturePipeline, FeatureSet, FeatureStore
+from feature_pipelines import Entity, Feature, FeaturePipeline, FeatureSet
+from feature_pipelines.cluster_read import store_for
+from feature_pipelines.cluster_write import ShardRejectedError
 from feature_pipelines.exceptions import BatchRejectedError
-from feature_pipelines.planner import entity_key, row_key
 from freshloop.core.settings import Settings
 from tests.feature_pipelines.fixtures import T0, envelope, iso
 from tests.fixtures import drop_namespace
+from tests.redis_layout import client_for, drop_keys, entity_key, key_layout
 from tests.system.fixtures import read_to_end
 
 pytestmark = pytest.mark.integration
@@ -117,6 +124,7 @@ def settings(stack_settings: Settings) -> Iterator[Settings]:
     yield stack_settings.model_copy(
         update={"redis_namespace": tag, "topic_prefix": tag, "metrics_port": 0}
     )
+    drop_keys(client_for(stack_settings), f"{tag}:*")  # every primary of a cluster, key by key
     drop_namespace(stack_settings, tag)
     admin = AdminClient({"bootstrap.servers": stack_settings.kafka_bootstrap})
     topic = f"{tag}.dead-letter"
@@ -130,9 +138,15 @@ def _pipeline(settings: Settings) -> FeaturePipeline:
 
 
 def _values(settings: Settings, accounts: list[int]) -> dict[int, dict[str, object]]:
-    store = FeatureStore.connect(settings.redis_conninfo(), LEDGER, settings.namespace)
+    store = store_for(settings, LEDGER)
     read = store.get_many("account", accounts, at=T0 + timedelta(minutes=5))
     return {int(f.key): dict(f.values) for f in read if f.found}
+
+
+def _row_key(settings: Settings, pk: int) -> str:
+    """The Redis key of a ledger row's state in the settings' layout (partition 0: the test's
+    messages are all of partition 0)."""
+    return key_layout(settings).row("ledger", str(pk), 0)
 
 
 def _letters(settings: Settings) -> dict[int, str]:
@@ -163,11 +177,18 @@ def _ledger() -> tuple[_Ledger, set[int]]:
     return ledger, {5, 7, 9}
 
 
+_ENTITY_REFUSAL = (
+    "an entity field's refusal dead-letters the events behind it on one Redis; on a cluster it "
+    "is found by a shard's step after the commit point and stops the writer"
+)
+
+
+@pytest.mark.single_redis(_ENTITY_REFUSAL)
 def test_an_overflowing_event_is_dead_lettered_and_the_rest_of_its_batch_lands(
     settings: Settings,
 ) -> None:
     ledger, bad = _ledger()
-    client = redis.Redis.from_url(settings.redis_conninfo())
+    client = client_for(settings)
     first = _pipeline(settings)
     try:
         first.process(ledger.messages)
@@ -186,7 +207,7 @@ def test_an_overflowing_event_is_dead_lettered_and_the_rest_of_its_batch_lands(
     assert _values(settings, accounts) == ledger.expected(bad)
     assert again.writer.offsets() == {"ledger:0": len(ledger.messages)}
     for pk in bad:  # nothing of a dead-lettered event is written
-        assert not client.exists(row_key(settings.namespace, "ledger", str(pk)))
+        assert not client.exists(_row_key(settings, pk))
     letters = _letters(settings)
     assert set(letters) == bad
     assert first.stats.dead_lettered == len(bad) == first.dead_letters.count
@@ -202,6 +223,7 @@ def test_an_overflowing_event_is_dead_lettered_and_the_rest_of_its_batch_lands(
     client.close()
 
 
+@pytest.mark.single_redis("held batches (process(hold=True)) are of the single layout only")
 def test_a_held_batch_that_overflows_is_written_without_the_event_and_the_next_replanned(
     settings: Settings,
 ) -> None:
@@ -228,6 +250,7 @@ def test_a_held_batch_that_overflows_is_written_without_the_event_and_the_next_r
     assert set(_letters(settings)) == bad
 
 
+@pytest.mark.single_redis(_ENTITY_REFUSAL)
 def test_events_on_a_field_changed_outside_the_pipeline_are_dead_lettered(
     settings: Settings,
 ) -> None:
@@ -240,10 +263,9 @@ def test_events_on_a_field_changed_outside_the_pipeline_are_dead_lettered(
     ledger.change(2, 2, "2.00")
     ledger.change(3, 1, "3.00")
     ledger.change(5, 2, "5.00")
-    client = redis.Redis.from_url(settings.redis_conninfo())
-    ns = settings.namespace
-    client.hset(entity_key(ns, "account", 1), "total", "12abc")
-    client.set(row_key(ns, "ledger", "5"), "not a hash")
+    client = client_for(settings)
+    client.hset(entity_key(settings, "account", 1), "total", "12abc")
+    client.set(_row_key(settings, 5), "not a hash")
     pipeline = _pipeline(settings)
     try:
         pipeline.process(ledger.messages[:4])
@@ -252,7 +274,7 @@ def test_events_on_a_field_changed_outside_the_pipeline_are_dead_lettered(
         assert "not an integer" in letters[1] and "is a string, not a hash" in letters[5]
         assert _values(settings, [2]) == ledger.expected({1, 3, 5})
         assert pipeline.writer.offsets() == {"ledger:0": 4}
-        assert client.get(row_key(ns, "ledger", "5")) == b"not a hash"
+        assert client.get(_row_key(settings, 5)) == b"not a hash"
         client.delete(pipeline.writer.offsets_key)
         client.set(pipeline.writer.offsets_key, "not a hash")
         ledger.change(4, 2, "4.00")
@@ -261,4 +283,74 @@ def test_events_on_a_field_changed_outside_the_pipeline_are_dead_lettered(
     finally:
         pipeline.consumer.close()
         client.delete(pipeline.writer.offsets_key)
+        client.close()
+
+
+def test_events_on_a_row_state_changed_outside_the_pipeline_are_dead_lettered(
+    settings: Settings,
+) -> None:
+    """In either layout: a row state that is no hash is refused before anything of the batch
+    is written (on a cluster by the partition's control step, the commit point), so the events
+    writing it are dead-lettered and the rest lands; the pipeline's positions of another type
+    stop it with a sentence naming them."""
+    ledger = _Ledger()
+    ledger.change(1, 1, "1.00")
+    ledger.change(2, 2, "2.00")
+    ledger.change(3, 1, "3.00")
+    ledger.change(5, 2, "5.00")
+    client = client_for(settings)
+    client.set(_row_key(settings, 5), "not a hash")
+    pipeline = _pipeline(settings)
+    offsets = key_layout(settings, group=pipeline.group_id).offsets(0)  # partition 0's
+    try:
+        pipeline.process(ledger.messages[:4])
+        letters = _letters(settings)
+        assert set(letters) == {5}
+        assert "is a string, not a hash" in letters[5]
+        assert _values(settings, [1, 2]) == ledger.expected({5})
+        assert pipeline.writer.offsets() == {"ledger:0": 4}
+        assert client.get(_row_key(settings, 5)) == b"not a hash"
+        client.delete(offsets)
+        client.set(offsets, "not a hash")
+        ledger.change(4, 2, "4.00")
+        with pytest.raises(BatchRejectedError, match="offsets.*is a string, not a hash"):
+            pipeline.process(ledger.messages[4:])
+    finally:
+        pipeline.consumer.close()
+        client.delete(offsets)
+        client.close()
+
+
+def test_an_entity_field_refused_on_a_cluster_stops_the_writer_and_keeps_the_entry(
+    settings: Settings, redis_cluster: Settings
+) -> None:
+    """On a Redis Cluster (in both runs) the overflows of ``_ledger`` (accounts 3 and 4) are
+    found by their shards' steps, after the control step committed: the writer stops naming
+    the key and the field, the entry stays in the partition's journal, the refused shards
+    wrote none of it and the other shards applied their part."""
+    cluster = settings.model_copy(
+        update={"redis_layout": "cluster", "redis_url": redis_cluster.redis_url}
+    )
+    ledger, _bad = _ledger()
+    client = client_for(cluster)
+    pipeline = _pipeline(cluster)
+    keys = key_layout(cluster, group=pipeline.group_id)
+    field = keys.applied_field(0)
+    refused = {keys.shard_of("account", a) for a in (3, 4)}
+    try:
+        with pytest.raises(ShardRejectedError, match=r"field total of .*account:[34].*int64"):
+            pipeline.process(ledger.messages)
+        assert client.hexists(keys.journal(0), "q1")  # committed, not acknowledged
+        assert pipeline.writer.offsets() == {"ledger:0": len(ledger.messages)}
+        for shard in refused:
+            assert client.hget(keys.applied(shard), field) is None
+        for account in (3, 4):
+            assert not client.exists(keys.entity("account", account))
+        others = {keys.shard_of("account", a) for a in (1, 2, 5)} - refused
+        assert others  # (the shards of the five accounts are fixed: CRC-32)
+        for shard in others:
+            assert client.hget(keys.applied(shard), field) == b"1"
+    finally:
+        pipeline.consumer.close()
+        drop_keys(client, f"{cluster.namespace}:*")
         client.close()

@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from feature_pipelines import SAMPLE_FEATURES, FeatureStore, pipeline_stats, verify_until_clean
-from feature_pipelines.store_write import RedisBatchWriter
+from feature_pipelines.cluster_pipeline import batch_writer, redis_client
+from feature_pipelines.cluster_read import store_for
 from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
+from tests.redis_layout import client_for, drop_keys
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +56,17 @@ def two_namespaces(pipeline: Settings) -> Iterator[list[Settings]]:
     """Two namespaces (and consumer groups) of the test's own, both at the topics' end."""
     ends = _ends(pipeline)
     out = []
-    client = redis.Redis.from_url(pipeline.redis_conninfo())
+    client = redis_client(pipeline)  # the settings' layout: one Redis or the cluster
     for _ in range(2):
         ns = pipeline.model_copy(
             update={"redis_namespace": f"t{uuid.uuid4().hex[:10]}", "metrics_port": 0}
         )
         group = f"{ns.namespace}-features"
-        RedisBatchWriter(client, SAMPLE_FEATURES, ns.namespace, group).set_offsets(ends)
+        batch_writer(ns, client, SAMPLE_FEATURES, ns.namespace, group).set_offsets(ends)
         out.append(ns)
     yield out
     for ns in out:
-        for key in client.scan_iter(match=f"{ns.namespace}:*", count=1000):
-            client.delete(key)
+        drop_keys(client, f"{ns.namespace}:*")  # every primary of a cluster
 
 
 def _spawn(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
@@ -81,7 +81,7 @@ def _spawn(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
 
 
 def _store(settings: Settings) -> FeatureStore:
-    return FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, settings.namespace)
+    return store_for(settings, SAMPLE_FEATURES)
 
 
 def test_two_processes_in_one_group_give_the_values_of_one(
@@ -91,7 +91,7 @@ def test_two_processes_in_one_group_give_the_values_of_one(
     assert one.topic_partitions >= 2  # partitioned topics: the group can share them
     # one process, and ``features run --processes 2``: two processes in one group
     procs = [_spawn(one), _spawn(two, "--processes", "2")]
-    client = redis.Redis.from_url(one.redis_conninfo())
+    client = client_for(one)
     try:
         # both processes of the second group own partitions before anything is written
         deadline = time.monotonic() + 120

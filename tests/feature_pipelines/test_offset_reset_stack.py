@@ -9,11 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
-import redis
 from confluent_kafka.admin import AdminClient
+from redis.cluster import RedisCluster
 
 from feature_pipelines import FeaturePipeline
-from feature_pipelines.planner import entity_key
 from feature_pipelines.recovery import _QUIESCE_S
 from freshloop.core.settings import Settings
 from tests.feature_pipelines.fixtures import Db
@@ -28,6 +27,7 @@ from tests.feature_pipelines.test_source_stack import (
     _run_until,
     own,
 )
+from tests.redis_layout import client_for, entity_key
 
 __all__ = ["own"]
 
@@ -38,8 +38,8 @@ class _Watch:
 
     def __init__(self, settings: Settings, entities: list[str]) -> None:
         ns = settings.namespace
-        self.client = redis.Redis.from_url(settings.redis_conninfo())
-        self.sentinel = f"{ns}:epoch:{{{ns}-features}}"
+        self.client = client_for(settings)
+        self.sentinel = f"{ns}:epoch:{{{ns}-features}}"  # one key in either layout
         self.entities = entities
         self.sentinel_gone: float | None = None
         self.state_gone: float | None = None
@@ -49,15 +49,25 @@ class _Watch:
     def _run(self) -> None:
         while not self.done.is_set() and self.state_gone is None:
             now = time.monotonic()
-            pipe = self.client.pipeline(transaction=True)
-            pipe.exists(self.sentinel)
-            pipe.exists(*self.entities)
-            sentinel, entities = pipe.execute()
+            sentinel, entities = self._look()
             if not sentinel and self.sentinel_gone is None:
                 self.sentinel_gone = now
             if not entities:
                 self.state_gone = now
             time.sleep(0.01)
+
+    def _look(self) -> tuple[int, int]:
+        """Whether the sentinel exists, and how many of the entities do: in one transaction on
+        one Redis; on a cluster (keys of many slots) the sentinel first, then the entities, so
+        that state dropped while the sentinel was still there is seen as such."""
+        if isinstance(self.client, RedisCluster):
+            sentinel = self.client.exists(self.sentinel)
+            return sentinel, self.client.exists(*self.entities)  # split by slot by the client
+        pipe = self.client.pipeline(transaction=True)
+        pipe.exists(self.sentinel)
+        pipe.exists(*self.entities)
+        sentinel, entities = pipe.execute()
+        return sentinel, entities
 
     def __enter__(self) -> _Watch:
         self.thread.start()
@@ -75,9 +85,8 @@ def test_an_offset_reset_drops_the_state_only_after_the_quiet_period(own: Settin
     _pay(db, 2, 9, 2000, offset=30)
     _produce(own, _items(db))
     _run_until(own, _at(own, "payments", 2))
-    ns = own.namespace
-    entities = [entity_key(ns, "customer", 9), entity_key(ns, "merchant", 1)]
-    assert redis.Redis.from_url(own.redis_conninfo()).exists(*entities) == 2
+    entities = [entity_key(own, "customer", 9), entity_key(own, "merchant", 1)]
+    assert client_for(own).exists(*entities) == 2
 
     # the payments topic recreated: the stored position (2) is past its new end (1)
     admin = AdminClient({"bootstrap.servers": own.kafka_bootstrap})

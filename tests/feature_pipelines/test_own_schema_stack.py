@@ -7,6 +7,7 @@ and deleted, a feature added with plan / apply (backfilled), and verify: 0 misma
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -24,8 +25,9 @@ import pytest
 from psycopg import sql
 
 from connectors import apply_connector
-from feature_pipelines import FeatureSet, FeatureStore, verify_until_clean
+from feature_pipelines import FeatureSet, verify_until_clean
 from feature_pipelines.backfill import apply_features, plan_features
+from feature_pipelines.cluster_read import store_for
 from feature_pipelines.definitions import feature_set, tables_to_capture
 from feature_pipelines.verify import verify
 from freshloop.core.db import init_database
@@ -33,6 +35,7 @@ from freshloop.core.settings import Settings
 from freshloop.core.topics import ensure_topics
 from tests.feature_pipelines.own_schema import create_tables
 from tests.fixtures import drop_namespace, isolated_connector
+from tests.redis_layout import client_for, drop_keys, scan_keys
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +128,7 @@ class Shop:
 
     def verify(self, features: FeatureSet) -> None:
         s = self.settings
-        store = FeatureStore.connect(s.redis_conninfo(), features, s.namespace)
+        store = store_for(s, features)
         report = verify_until_clean(s.postgres_conninfo(), store, wait_s=60)
         assert report.by_entity.get("customer") and report.by_entity.get("courier"), report
         assert report.values_checked > 0
@@ -171,6 +174,7 @@ def shop(
                 sql.SQL("DELETE FROM {} WHERE namespace = %s").format(sql.Identifier(table)),
                 (settings.namespace,),
             )
+        drop_keys(client_for(settings), f"{settings.namespace}:*")  # every primary, key by key
         drop_namespace(settings, settings.namespace)
         sys.modules.pop(module, None)
 
@@ -203,6 +207,10 @@ def _verify(shop: Shop, features: FeatureSet, proc: subprocess.Popen[bytes], log
         raise AssertionError(msg) from exc
 
 
+@pytest.mark.single_redis(
+    "its lookup crosses partitions (deliveries keyed by delivery_id join orders by order_id): "
+    "a cluster refuses it at start (test_a_lookup_across_partitions_is_refused_on_a_cluster)"
+)
 def test_own_schema_definitions_stream_apply_and_verify(shop: Shop) -> None:
     s = shop.settings
     rng = random.Random(7)
@@ -241,7 +249,7 @@ def test_own_schema_definitions_stream_apply_and_verify(shop: Shop) -> None:
         target = feature_set(s, f"{shop.module}:FEATURES_WITH_CANCELLED")
         assert {f.name for f in target} - {f.name for f in features} == {"cancelled_amount_sum_24h"}
         # not computed yet: the oracle has cancelled amounts the store does not (verify can fail)
-        store = FeatureStore.connect(s.redis_conninfo(), target, s.namespace)
+        store = store_for(s, target)
         before = verify(s.postgres_conninfo(), store)
         assert {m.feature for m in before.mismatches} == {"cancelled_amount_sum_24h"}
         plan, origin = plan_features(s, target)
@@ -272,3 +280,34 @@ def test_own_schema_definitions_stream_apply_and_verify(shop: Shop) -> None:
                 proc.wait(timeout=10)
     assert proc.returncode == 0, log.read_text()
     assert "[features] stopped" in log.read_text()
+
+
+def test_a_lookup_across_partitions_is_refused_on_a_cluster(
+    shop: Shop, redis_cluster: Settings
+) -> None:
+    """On a Redis Cluster the same definitions stop ``features run`` at start with a sentence
+    naming the lookup and both tables' keys, before anything is written: row states live per
+    partition slot there, so a join of tables keyed differently would count on the wrong rows
+    (on one Redis they are shared, and the test above verifies it exact)."""
+    s = shop.settings.model_copy(
+        update={"redis_layout": "cluster", "redis_url": redis_cluster.redis_url}
+    )
+    features = feature_set(shop.settings)
+    ensure_topics(s.kafka_bootstrap, [s.topic(t) for t in features.tables()], s.topic_partitions)
+    log = shop.folder / "features-run-cluster.log"
+    proc = _features_run(dataclasses.replace(shop, settings=s), f"{shop.module}:FEATURES", log)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert code != 0, out[-2000:]
+    assert f"joins {shop.deliveries}.order_id to {shop.orders}.order_id" in out, out[-2000:]
+    assert "keyed by (delivery_id)" in out and "FRESHLOOP_REDIS_LAYOUT=single" in out
+    client = client_for(s)
+    try:  # refused before the group's first positions: nothing of the namespace was written
+        assert scan_keys(client, f"{s.namespace}:*") == []
+    finally:
+        client.close()

@@ -14,17 +14,18 @@ from collections.abc import Callable, Iterator
 import orjson
 import psycopg
 import pytest
-import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline, FeatureStore
+from feature_pipelines import SAMPLE_FEATURES, FeaturePipeline
+from feature_pipelines.cluster_read import store_for
 from feature_pipelines.exceptions import SourceChangedError
 from feature_pipelines.source import source_key
 from freshloop.core.health import HEALTH
 from freshloop.core.settings import Settings
 from tests.feature_pipelines.fixtures import Db, amount, envelope, iso, moment, oracle
 from tests.fixtures import drop_namespace
+from tests.redis_layout import client_for, drop_keys
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +71,7 @@ def own(stack_settings: Settings) -> Iterator[Settings]:
     yield settings
     HEALTH.clear()
     _delete(admin, topics)
+    drop_keys(client_for(settings), f"{tag}:*")  # every primary of a cluster, key by key
     drop_namespace(settings, tag)
 
 
@@ -121,7 +123,7 @@ def _at(settings: Settings, table: str, offset: int) -> Callable[[FeaturePipelin
 
 
 def _assert_oracle(settings: Settings, db: Db, customers: list[int]) -> None:
-    store = FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, settings.namespace)
+    store = store_for(settings, SAMPLE_FEATURES)
     expected = oracle(SAMPLE_FEATURES, db, _READ_AT)
     for customer in customers:
         got = store.get("customer", customer, at=_READ_AT).values
@@ -189,7 +191,7 @@ def test_the_source_is_recorded_once_and_another_cluster_stops_the_start(own: Se
     _pay(db, 1, 1, 1000)
     _produce(own, _items(db))
     _run_until(own, _at(own, "payments", 1))
-    client = redis.Redis.from_url(own.redis_conninfo())
+    client = client_for(own)
     key = source_key(own.namespace, f"{own.namespace}-features")
     record = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
     assert record["system_id"] == _live_system_id(own)
@@ -206,7 +208,7 @@ def test_the_source_is_recorded_once_and_another_cluster_stops_the_start(own: Se
 
 
 def test_a_source_behind_the_positions_applied_stops_the_start(own: Settings) -> None:
-    client = redis.Redis.from_url(own.redis_conninfo())
+    client = client_for(own)
     key = source_key(own.namespace, f"{own.namespace}-features")
     client.hset(
         key,

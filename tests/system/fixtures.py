@@ -5,6 +5,9 @@ every outcome of a scored payment learned exactly once.
 Namespaces, topics and registry rows come from ``learn_ns`` (tests/online_learning/stack.py);
 the group starts at the change topics' end (``_start_at_end``), so a scenario checks exactly
 what its own workload wrote, however long the shared topics' history is.
+
+Both Redis layouts (``settings.redis_layout``): a scenario that breaks "Redis" breaks one Redis or
+every primary of the Redis Cluster the run names (``redis_stack``, ``wipe_namespace``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from online_learning import SCORING_FEATURES
 from online_learning.messages import decode_prediction
 from tests.feature_pipelines.test_pipeline_stack import _start_at_end
 from tests.online_learning.stack import learn_ns, wait_for
+from tests.redis_layout import client_for, drop_keys, scan_keys
 
 __all__ = [
     "WORKLOAD",
@@ -40,10 +44,12 @@ __all__ = [
     "System",
     "learn_ns",
     "read_to_end",
+    "redis_stack",
     "run_with_fault",
     "settings_env",
     "system",
     "wait_for",
+    "wipe_namespace",
 ]
 
 WORKLOAD = WorkloadConfig(
@@ -102,10 +108,19 @@ class Proc:
 
 
 class System:
-    """Scorers, a learner and their logs for one scenario's namespace."""
+    """Scorers, a learner and their logs for one scenario's namespace. ``redis_cluster``: on a
+    cluster layout, the settings the cluster was started with (its folder), for the scenarios
+    that stop, kill or wipe its primaries (``redis_stack``)."""
 
-    def __init__(self, settings: Settings, logdir: Path, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        logdir: Path,
+        log_level: str = "INFO",
+        redis_cluster: Settings | None = None,
+    ) -> None:
         self.settings = settings
+        self.redis_cluster = redis_cluster
         self.logdir = logdir
         self.env = settings_env(settings)
         self.log_level = log_level  # the CLI's --log-level
@@ -148,17 +163,11 @@ class System:
         self.retired.append(proc)
 
     def sentinel_written(self) -> bool:
-        from redis.cluster import RedisCluster
-
-        from feature_pipelines.cluster_read import layout_client
-
-        client = layout_client(self.settings, "writer")  # one Redis or every cluster primary
-        nodes = (
-            [n.redis_connection for n in client.get_primaries()]
-            if isinstance(client, RedisCluster)
-            else [client]
-        )
-        return any(node.keys(f"{self.settings.namespace}:epoch:*") for node in nodes)
+        client = client_for(self.settings, "writer")  # one Redis or every cluster primary
+        try:
+            return bool(scan_keys(client, f"{self.settings.namespace}:epoch:*"))
+        finally:
+            client.close()
 
     def procs(self) -> list[Proc]:
         return [*self.retired, *self.serving, *([self.learner] if self.learner else [])]
@@ -312,18 +321,75 @@ def run_with_fault(
 
 
 def stack_of(settings: Settings) -> Stack:
-    """The local stack, for scenarios that restart services; skips on servers it did not start."""
+    """The local stack, for scenarios that restart services; skips on servers it did not start.
+    On a cluster layout its Redis is not the one the scenario uses: ``redis_stack`` acts on that."""
     stack = Stack(settings, echo=lambda m: print(f"[stack] {m}", flush=True))
-    foreign = [s.name for s in stack.status() if s.pid is None]
+    foreign = [
+        s.name
+        for s in stack.status()
+        if s.pid is None and not (settings.redis_layout == "cluster" and s.name.startswith("redis"))
+    ]
     if foreign:
         pytest.skip(f"services {foreign} were not started by freshloop stack: cannot restart them")
     return stack
 
 
+def redis_stack(system: System) -> Stack:
+    """The stack whose ``redis`` services are the scenario's Redis: the local stack's one Redis,
+    or the primaries of the run's Redis Cluster (``redis``, ``redis-2``, ``redis-3``: the name
+    ``redis`` in ``up``/``down`` means all of them, in ``kill`` the first). Skips when the
+    cluster was not started by this session (``FRESHLOOP_TEST_REDIS_CLUSTER_URL``)."""
+    settings = system.settings
+    if settings.redis_layout != "cluster":
+        return stack_of(settings)
+    if system.redis_cluster is None:
+        pytest.skip("the Redis Cluster's folder is unknown: cannot restart its primaries")
+    stack = Stack(system.redis_cluster, echo=lambda m: print(f"[cluster] {m}", flush=True))
+    stack.setup = lambda for_tests=False: None  # type: ignore[method-assign] # redis-server only
+    foreign = [svc.name for svc in stack.select(["redis"]) if stack.pid_of(svc) is None]
+    if foreign:
+        pytest.skip(f"cluster primaries {foreign} were not started by this session")
+    return stack
+
+
+# Every key of a namespace in one atomic step per Redis server. The flag lets the script touch
+# keys of several slots (of the node it runs on: KEYS lists only those) on a Redis Cluster.
+_WIPE = """#!lua flags=allow-cross-slot-keys
+local n = 0
+for _, key in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', key) end
+return n
+"""
+
+
+def wipe_namespace(settings: Settings) -> int:
+    """Delete every key of the namespace, atomically on each Redis server, as a FLUSHALL or a
+    lost disk would (a SCAN-then-DEL could interleave with a batch and keep half of it, which no
+    real loss does); on a cluster every primary, one after the other. How many keys went."""
+    client = client_for(settings, "writer")
+    try:
+        nodes = (
+            [n.redis_connection for n in client.get_primaries()]
+            if settings.redis_layout == "cluster"
+            else [client]
+        )
+        return sum(int(node.eval(_WIPE, 0, f"{settings.namespace}:*")) for node in nodes)
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def system(learn_ns: Settings, tmp_path: Path) -> Iterator[System]:
+def system(learn_ns: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
     """A System on the test's own namespace, its group starting at the change topics' end."""
+    cluster: Settings | None = None
+    if learn_ns.redis_layout == "cluster":  # the run's cluster: the same session fixture
+        cluster = request.getfixturevalue("redis_cluster")
+        if cluster.home.resolve() == learn_ns.home.resolve():
+            cluster = None  # a running cluster named by URL: its folder is not known here
     _start_at_end(learn_ns)
-    sys_ = System(learn_ns, tmp_path)
+    sys_ = System(learn_ns, tmp_path, redis_cluster=cluster)
     yield sys_
     sys_.stop()
+    if learn_ns.redis_layout == "cluster":  # learn_ns's cleanup reaches one Redis server only
+        client = client_for(learn_ns, "writer")
+        drop_keys(client, f"{learn_ns.namespace}:*")
+        client.close()

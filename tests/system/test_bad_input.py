@@ -26,9 +26,9 @@ from feature_pipelines import (
     Feature,
     FeaturePipeline,
     FeatureSet,
-    FeatureStore,
     verify_until_clean,
 )
+from feature_pipelines.cluster_read import store_for
 from freshloop.core.settings import Settings
 from freshloop.core.topics import ensure_topics
 from tests.fixtures import isolated_connector
@@ -78,8 +78,7 @@ class Probe:
         return int(row[0])
 
     def assert_exact(self, owners: list[int]) -> None:
-        s = self.settings
-        store = FeatureStore.connect(s.redis_conninfo(), self.features, s.namespace)
+        store = store_for(self.settings, self.features)  # one Redis or a Redis Cluster
         report = verify_until_clean(
             self.settings.postgres_conninfo(), store, wait_s=60, only={"owner": owners}
         )

@@ -3,7 +3,9 @@ then checks that the features equal the SQL oracle and every outcome of a scored
 learned exactly once. Scenarios that stop a service start it again and wait for its health,
 so the tests after them find the stack as it was.
 
-``make test`` runs the Redis wipe (the new recovery path); ``make faults`` runs them all.
+``make test`` runs the Redis wipe (the new recovery path); ``make faults`` runs them all. On a
+Redis Cluster run (``FRESHLOOP_TEST_REDIS_LAYOUT=cluster``) what happens to "Redis" happens to
+every primary of the cluster (``redis_stack``, ``wipe_namespace``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import re
 import time
 
 import pytest
-import redis
 
 from connectors import ConnectClient
 from freshloop.stack import Stack
-from tests.system.fixtures import System, run_with_fault, stack_of, wait_for
+from tests.system.fixtures import (
+    System,
+    redis_stack,
+    run_with_fault,
+    stack_of,
+    wait_for,
+    wipe_namespace,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -33,26 +41,14 @@ def _connector_running(system: System) -> None:
         client.wait_running(system.settings.connector_name, wait_s=120)
 
 
-_WIPE = """
-local n = 0
-for _, key in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', key) end
-return n
-"""
-
-
-def _wipe_namespace(system: System) -> int:
-    """Every key of the namespace, in one atomic step, as a FLUSHALL or a lost disk would: a
-    SCAN-then-DEL could interleave with a batch and keep half of it, which no real loss does."""
-    client = redis.Redis.from_url(system.settings.redis_conninfo())
-    return int(client.eval(_WIPE, 0, f"{system.settings.namespace}:*"))
-
-
 def test_redis_wipe_is_detected_and_rebuilt(system: System) -> None:
     """Every key of the namespace deleted under a running scorer: detected, rebuilt by an
     incremental snapshot, logged with progress, and exact afterwards."""
     system.start(serve=1)
     deleted: list[int] = []
-    report = run_with_fault(system, lambda: deleted.append(_wipe_namespace(system)), seconds=10)
+    report = run_with_fault(
+        system, lambda: deleted.append(wipe_namespace(system.settings)), seconds=10
+    )
     assert deleted[0] > 0
     # the snapshot re-reads every row of the tables: its length follows the database's size
     wait_for(lambda: "redis_rebuild_finished" in system.logs(), 900, "the rebuild to finish")
@@ -84,8 +80,8 @@ def test_kill_9_of_the_scorer_many_times(system: System) -> None:
 @pytest.mark.parametrize("service", ["connect", "kafka", "redis"])
 def test_service_restarted_mid_stream(system: System, service: str) -> None:
     """Connect (Debezium sends events again), the broker, Redis (its append-only file keeps
-    the features; the scorer re-reads its positions)."""
-    stack = stack_of(system.settings)
+    the features; the scorer re-reads its positions; on a cluster every primary restarts)."""
+    stack = redis_stack(system) if service == "redis" else stack_of(system.settings)
     system.start(serve=1)
     report = run_with_fault(system, lambda: _restart(stack, service), seconds=12)
     _connector_running(system)
@@ -111,19 +107,23 @@ def test_postgres_restarted_between_writes(system: System) -> None:
 
 @pytest.mark.slow
 def test_redis_wiped_by_a_restart_without_its_files(system: System) -> None:
-    """A new, empty Redis server (its append-only file gone). Wipes EVERY namespace of the
-    stack's Redis: run it on a stack of its own (``make faults``)."""
-    stack = stack_of(system.settings)
+    """A new, empty Redis server (its append-only file gone; on a cluster every primary, each
+    keeping its node file: the same slots, no data). Wipes EVERY namespace of the stack's Redis:
+    run it on a stack of its own (``make faults``)."""
+    stack = redis_stack(system)
     system.start(serve=1)
-    redis_root = system.settings.home.resolve() / "redis"
+    roots = [svc.root.resolve() for svc in stack.select(["redis"])]
 
     def wipe() -> None:
         stack.down(["redis"])
-        for path in redis_root.glob("appendonlydir/*"):
-            path.unlink()
+        for root in roots:
+            for path in root.glob("appendonlydir/*"):
+                path.unlink()
         stack.up(["redis"])
 
     report = run_with_fault(system, wipe, seconds=12)
+    # the loss is found once Redis answers again (a cluster's three primaries take longer)
+    wait_for(lambda: "redis_rebuild_started" in system.logs(), 120, "the rebuild to start")
     logs = system.logs()
     assert "redis_state_lost" in logs and "redis_rebuild_started" in logs, logs[-3000:]
     # the rebuild re-reads every captured row: on a database grown by earlier runs that takes

@@ -16,6 +16,9 @@ the ``default`` user at each EXEC it loads from the file, so with that user allo
 every batch in the file is dropped on load, whole but silently (redis/redis#14541), and the
 pipeline then replays from older positions (the scenario's features still match: the topics
 hold that history; a longer-lived namespace's would not).
+
+On a Redis Cluster run the primary killed is the first one (``redis``, the one ``redis_url``
+names): its scripts are the batches of the partitions and shards whose slots it holds.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig
 from freshloop.stack import Stack
-from tests.system.fixtures import WORKLOAD, System, run_with_fault, stack_of, wait_for
+from tests.redis_layout import client_for, key_layout
+from tests.system.fixtures import WORKLOAD, System, redis_stack, run_with_fault, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -45,8 +48,9 @@ _PAUSE_S = 4.0  # the scorer stopped (SIGSTOP) this long before each kill: a bac
 
 
 def kill_inside_a_script(stack: Stack, settings: Settings, wait_s: float = 30.0) -> bool:
-    """kill -9 Redis at a moment it does not answer a PING for ``_BUSY_S`` (it is running a
-    script), or after ``wait_s`` anyway; True if it was caught busy."""
+    """kill -9 Redis (a cluster's first primary: the one ``redis_url`` names) at a moment it does
+    not answer a PING for ``_BUSY_S`` (it is running a script), or after ``wait_s`` anyway; True
+    if it was caught busy."""
     url = urlsplit(settings.redis_url)
     deadline = time.monotonic() + wait_s
     busy = False
@@ -77,18 +81,22 @@ def _aof_warnings(stack: Stack, since: int) -> list[str]:
 
 
 def test_redis_killed_inside_batch_scripts_keeps_every_batch_whole(system: System) -> None:
-    stack = stack_of(system.settings)
+    stack = redis_stack(system)
     log_at = stack.log_path("redis").stat().st_size
     system.start(serve=1)
     caught: list[bool] = []
     kept: list[bool] = []  # every position Redis held before a kill, there after its restart
     scorer = system.serving[0]
-    client = redis.Redis.from_url(system.settings.redis_conninfo())
-    ns = system.settings.namespace
-    offsets_key = f"{ns}:offsets:{{{ns}-features}}"
+    client = client_for(system.settings, "writer")  # one Redis or a Redis Cluster
+    s = system.settings
+    keys = key_layout(s, group=f"{s.namespace}-features")
+    # one hash of every partition's position (single), or one per partition (cluster)
+    offsets_keys = sorted({keys.offsets(p) for p in range(s.topic_partitions)})
 
-    def positions() -> dict[bytes, int]:
-        return {k: int(v) for k, v in client.hgetall(offsets_key).items()}
+    def positions() -> dict[tuple[str, bytes], int]:
+        return {
+            (key, field): int(v) for key in offsets_keys for field, v in client.hgetall(key).items()
+        }
 
     def outage() -> None:
         wait_for(lambda: "assigned partitions" in scorer.log(), 60, "the scorer's partitions")

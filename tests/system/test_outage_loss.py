@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from feature_pipelines import SAMPLE_FEATURES, FeatureStore, verify_until_clean
+from feature_pipelines import SAMPLE_FEATURES, verify_until_clean
+from feature_pipelines.cluster_read import store_for
 from freshloop.core.settings import Settings
 from tests.feature_pipelines.test_pipeline_stack import _start_at_end
+from tests.redis_layout import client_for, key_layout
 from tests.system.fixtures import System, run_with_fault, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
@@ -36,23 +37,40 @@ def sampling_system(learn_ns: Settings, tmp_path: Path) -> Iterator[System]:
     system.stop()
 
 
+def _table_of(settings: Settings, row_key: str) -> str:
+    """The table of a row state's key, in either layout (``<ns>:r:{<table>:<pk>}`` or
+    ``<ns>:r:{<ns>/p<p>}:<table>:<pk>``)."""
+    rest = row_key[len(f"{settings.namespace}:r:") :]
+    if settings.redis_layout == "cluster":
+        rest = rest.split("}:", 1)[1]
+    return rest.lstrip("{").split(":", 1)[0]
+
+
 def _drop_live_row_states(settings: Settings, n: int) -> list[str]:
-    """Delete ``n`` row states their index says must still exist, in one step."""
-    client = redis.Redis.from_url(settings.redis_conninfo(), decode_responses=True)
-    ns, group = settings.namespace, f"{settings.namespace}-features"
+    """Delete ``n`` row states their index says must still exist (one step on one Redis; on a
+    cluster, where they live in the slots of several partitions, one DEL each)."""
+    client = client_for(settings, "writer", decode_responses=True)
+    keys = key_layout(settings, group=f"{settings.namespace}-features")
+    partitions = range(settings.topic_partitions)
     marks = {
         int(p): int(v.partition(":")[0])
-        for p, v in client.hgetall(f"{ns}:watermarks:{{{group}}}").items()
+        for key in sorted({keys.watermarks(p) for p in partitions})
+        for p, v in client.hgetall(key).items()
     }
     live = [
         key
-        for p in range(settings.topic_partitions)
-        for key, score in client.zrange(f"{ns}:expiry:{{{group}}}:{p}", 0, -1, withscores=True)
-        if score > marks.get(p, 0) and ":r:{payments:" in key
+        for p in partitions
+        for key, score in client.zrange(keys.expiry(p), 0, -1, withscores=True)
+        if score > marks.get(p, 0) and _table_of(settings, key) == "payments"
     ]
     victims = live[:: max(1, len(live) // n)][:n]
     assert victims, "the workload wrote row states before the fault"
-    client.delete(*victims)
+    if settings.redis_layout == "cluster":
+        for victim in victims:
+            assert client.delete(victim) == 1
+    else:
+        assert client.delete(*victims) == len(victims)
+    client.close()
     return victims
 
 
@@ -77,7 +95,7 @@ def test_row_states_lost_under_load_are_found_and_rebuilt(sampling_system: Syste
     system.check(report, wait_s=180)
     # every entity kind, sampled over the whole database (the rebuild re-read every row)
     s = system.settings
-    store = FeatureStore.connect(s.redis_conninfo(), SAMPLE_FEATURES, s.namespace)
+    store = store_for(s, SAMPLE_FEATURES)  # one Redis or a Redis Cluster
     whole = verify_until_clean(s.postgres_conninfo(), store, wait_s=120, sample=40)
     assert set(whole.by_entity) == set(SAMPLE_FEATURES.entities())
     assert all(n > 0 for n in whole.by_entity.values()), whole.by_entity

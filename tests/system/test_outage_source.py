@@ -19,15 +19,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 
 from connectors import ConnectClient
 from feature_pipelines import SAMPLE_FEATURES, FeatureStore, verify_until_clean
+from feature_pipelines.cluster_read import store_for
 from feature_pipelines.source import source_key
 from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from tests.feature_pipelines.test_pipeline_stack import _start_at_end
 from tests.fixtures import drop_namespace
+from tests.redis_layout import client_for, drop_keys
 from tests.system.fixtures import Proc, settings_env, stack_of, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
@@ -44,6 +45,7 @@ def own(pipeline: Settings) -> Iterator[Settings]:
     settings = pipeline.model_copy(update={"redis_namespace": tag, "metrics_port": 0})
     _start_at_end(settings)
     yield settings
+    drop_keys(client_for(settings), f"{tag}:*")  # every primary of a cluster too
     drop_namespace(settings, tag)
 
 
@@ -57,7 +59,7 @@ def _run(settings: Settings, tmp: Path, name: str) -> Proc:
 
 
 def _store(settings: Settings) -> FeatureStore:
-    return FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, settings.namespace)
+    return store_for(settings, SAMPLE_FEATURES)  # one Redis or a Redis Cluster
 
 
 def _wal(settings: Settings) -> int:
@@ -73,7 +75,7 @@ def _connector_running(settings: Settings) -> None:
 
 
 def _recorded_lsn(settings: Settings) -> int:
-    client = redis.Redis.from_url(settings.redis_conninfo())
+    client = client_for(settings)
     raw = client.hget(source_key(settings.namespace, f"{settings.namespace}-features"), "lsn")
     return int(raw or 0)
 
@@ -162,7 +164,7 @@ def test_a_truncate_of_a_captured_table_is_refused_loudly(own: Settings, tmp_pat
         proc.stop()
     log = proc.log()
     assert "table payment_outcomes at" in log and "freshloop features rebuild" in log
-    client = redis.Redis.from_url(own.redis_conninfo())
+    client = client_for(own)
     key = source_key(own.namespace, f"{own.namespace}-features")
     assert (client.hget(key, "truncated") or b"").startswith(b"payment_outcomes at ")
 

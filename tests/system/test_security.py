@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from freshloop.core.settings import Settings
 from freshloop.simulate import WorkloadConfig, run_simulation
 from freshloop.stack import Stack
+from tests.redis_layout import client_for
 from tests.system.fixtures import WORKLOAD, System, read_to_end, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -219,6 +220,12 @@ def test_every_service_listens_on_loopback_only(pipeline: Settings, tmp_path: Pa
         "kafka controller": s.kafka_controller_port,
         "connect REST": s.connect_port,
     }
+    if s.redis_layout == "cluster":  # every primary of the Redis Cluster, and its cluster bus
+        cluster = client_for(s)
+        for node in cluster.get_primaries():
+            ports[f"redis primary {node.name}"] = int(node.port)
+            ports[f"redis primary {node.name} bus"] = int(node.port) + 10_000
+        cluster.close()
     listeners = _listeners()
     by_port: dict[int, list[str]] = {}
     for sockets in listeners.values():

@@ -4,7 +4,8 @@ Connect with only the environment and config providers its connector needs.
 The first tests only read (and try commands that are refused), so they run on any stack whose
 Redis has the users (``freshloop stack up`` adds them to a running one). Those marked ``fault``
 restart Connect or check what only a stack started with this code has (the ``default`` user
-off): give them a stack of their own (``make faults``).
+off): give them a stack of their own (``make faults``). On a Redis Cluster run every primary has
+the same users: the commands go through the cluster's clients, the dry runs to every primary.
 """
 
 from __future__ import annotations
@@ -13,26 +14,42 @@ import os
 import stat
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from freshloop.core.settings import Settings
 from freshloop.stack import Stack
+from tests.redis_layout import client_for, scan_keys
 
 pytestmark = pytest.mark.integration
 
 _DEBEZIUM = "io.debezium.connector.postgresql.PostgresConnector"
 
 
+def _servers(client: Any) -> list[Any]:
+    """The one Redis, or a connection to every primary of a cluster (each has its own users)."""
+    if isinstance(client, RedisCluster):
+        return [node.redis_connection for node in client.get_primaries()]
+    return [client]
+
+
 def _dry_run(settings: Settings, user: str, *command: str) -> str:
-    """Whether ``user`` may run ``command``: Redis answers without running it (ACL DRYRUN)."""
-    admin = redis.Redis.from_url(settings.redis_conninfo("admin"), decode_responses=True)
+    """Whether ``user`` may run ``command``: Redis answers without running it (ACL DRYRUN); on a
+    cluster every primary must give the same answer (the one returned)."""
+    admin = client_for(settings, "admin", decode_responses=True)
     try:
-        return str(admin.execute_command("ACL", "DRYRUN", user, *command))
-    except redis.ResponseError as exc:
-        return str(exc)
+        answers = set()
+        for server in _servers(admin):
+            try:
+                answers.add(str(server.execute_command("ACL", "DRYRUN", user, *command)))
+            except redis.ResponseError as exc:
+                answers.add(str(exc))
+        assert len(answers) == 1, (command, answers)  # the same users on every primary
+        return answers.pop()
     finally:
         admin.close()
 
@@ -41,13 +58,14 @@ def _dry_run(settings: Settings, user: str, *command: str) -> str:
 def test_the_reader_reads_and_cannot_write(stack_settings: Settings) -> None:
     s = stack_settings
     ns = f"acl{uuid.uuid4().hex[:8]}"
-    writer = redis.Redis.from_url(s.redis_conninfo())
-    reader = redis.Redis.from_url(s.redis_conninfo("reader"))
+    writer = client_for(s, "writer")  # one Redis or a Redis Cluster
+    reader = client_for(s, "reader")
     try:
         writer.hset(f"{ns}:h", mapping={"a": "1"})
         assert reader.hgetall(f"{ns}:h") == {b"a": b"1"}
-        assert f"{ns}:h".encode() in set(reader.scan_iter(match=f"{ns}:*"))
-        assert reader.info("server")["redis_version"]
+        assert f"{ns}:h" in scan_keys(reader, f"{ns}:*")  # on every primary of a cluster
+        for server in _servers(reader):
+            assert server.info("server")["redis_version"]
         for attempt in (
             lambda: reader.hset(f"{ns}:h", "b", "2"),
             lambda: reader.delete(f"{ns}:h"),
@@ -79,12 +97,13 @@ def test_the_reader_reads_and_cannot_write(stack_settings: Settings) -> None:
 def test_the_writer_writes_and_cannot_administer(stack_settings: Settings) -> None:
     s = stack_settings
     ns = f"acl{uuid.uuid4().hex[:8]}"
-    writer = redis.Redis.from_url(s.redis_conninfo())
+    writer = client_for(s, "writer")  # one Redis or a Redis Cluster
     try:
         assert writer.eval("return redis.call('hset', KEYS[1], 'a', 1)", 1, f"{ns}:h") == 1
         writer.expire(f"{ns}:h", 60)
-        assert writer.info("memory")["maxmemory_policy"]
-        assert "maxmemory-policy" in writer.config_get("maxmemory-policy")
+        for server in _servers(writer):
+            assert server.info("memory")["maxmemory_policy"]
+            assert "maxmemory-policy" in server.config_get("maxmemory-policy")
         for attempt in (
             lambda: writer.config_set("maxmemory-policy", "noeviction"),  # harmless if it ran
             lambda: writer.acl_list(),
@@ -115,6 +134,10 @@ def test_the_writer_writes_and_cannot_administer(stack_settings: Settings) -> No
 # ---- only on a stack started with this code (its own, for make faults) -------------------------
 @pytest.mark.slow
 @pytest.mark.fault
+@pytest.mark.single_redis(
+    "tries FLUSHALL in database 15 (a cluster has database 0 only) and reads the one Redis's "
+    "ACL file (what each user may run is checked on every primary by the tests above)"
+)
 def test_redis_lets_no_one_in_without_a_user(stack_settings: Settings) -> None:
     s = stack_settings
     anonymous = redis.Redis.from_url(s.redis_url)

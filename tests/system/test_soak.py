@@ -19,12 +19,13 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
+from redis.cluster import RedisCluster
 
 from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
 from freshloop.stack import Stack
+from tests.redis_layout import client_for, key_layout
 from tests.system.fixtures import WORKLOAD, System, settings_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
@@ -51,6 +52,24 @@ def _rss_kb(pid: int) -> int | None:
     return None
 
 
+def _servers(client: Any) -> list[Any]:
+    """The one Redis, or a connection to every primary of a Redis Cluster."""
+    if isinstance(client, RedisCluster):
+        return [node.redis_connection for node in client.get_primaries()]
+    return [client]
+
+
+def _service_pids(system: System) -> dict[str, int | None]:
+    """The stack's server processes; on a cluster layout its Redis is the cluster's primaries."""
+    stack = Stack(system.settings)
+    pids = {svc.name: stack.pid_of(svc) for svc in stack.services if svc.group != "redis"}
+    redis_settings = system.redis_cluster or system.settings
+    if system.settings.redis_layout != "cluster" or system.redis_cluster is not None:
+        redis_stack = Stack(redis_settings)
+        pids.update({s.name: redis_stack.pid_of(s) for s in redis_stack.select(["redis"])})
+    return pids
+
+
 class Sampler:
     """Lag, RSS per process, Redis memory and retained WAL every few seconds, in a thread."""
 
@@ -62,16 +81,18 @@ class Sampler:
         self.kafka = Consumer(
             {"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "soak-probe"}
         )
-        self.redis = redis.Redis.from_url(self.settings.redis_conninfo())
-        stack = Stack(self.settings)
-        self.services = {svc.name: stack.pid_of(svc) for svc in stack.services}
+        self.redis = client_for(self.settings, "writer")  # one Redis or a Redis Cluster
+        keys = key_layout(self.settings, group=f"{self.settings.namespace}-features")
+        # one hash of every partition's position (single), or one per partition (cluster)
+        self.offsets_keys = sorted({keys.offsets(p) for p in range(self.settings.topic_partitions)})
+        self.services = _service_pids(system)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def lag(self) -> int:
-        ns = self.settings.namespace
         stored = {
             k.decode(): int(v)
-            for k, v in self.redis.hgetall(f"{ns}:offsets:{{{ns}-features}}").items()
+            for key in self.offsets_keys
+            for k, v in self.redis.hgetall(key).items()
         }
         total = 0
         for table in ("payments", "payment_outcomes"):
@@ -101,7 +122,9 @@ class Sampler:
             "t": time.monotonic(),
             "lag": self.lag(),
             "rss_kb": {name: _rss_kb(pid) for name, pid in procs.items()},
-            "redis_used_bytes": int(self.redis.info("memory")["used_memory"]),
+            "redis_used_bytes": sum(
+                int(server.info("memory")["used_memory"]) for server in _servers(self.redis)
+            ),
             "retained_wal_bytes": retained,
             "confirmed_flush": flushed,
         }
@@ -118,20 +141,26 @@ class Sampler:
 
 
 def redis_memory_by_kind(settings: Settings) -> dict[str, dict[str, float]]:
-    """MEMORY USAGE of every key of the namespace, by kind: entity hashes, row states, ..."""
-    client = redis.Redis.from_url(settings.redis_conninfo())
+    """MEMORY USAGE of every key of the namespace, by kind: entity hashes, row states, ...
+    (on a cluster, of every primary; its keys carry a hash tag after the kind, which is skipped)"""
+    client = client_for(settings, "writer")
     sizes: dict[str, list[int]] = defaultdict(list)
     ns = settings.namespace
-    keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.memory_usage(key, samples=0)
-    for key, used in zip(keys, pipe.execute(), strict=True):
-        rest = key.decode()[len(ns) + 1 :]
-        kind = rest.split(":", 1)[0]
-        if kind in ("e", "r"):
-            kind += ":" + rest.split("{", 1)[1].split(":", 1)[0]
-        sizes[kind].append(int(used or 0))
+    cluster = settings.redis_layout == "cluster"
+    for server in _servers(client):
+        keys = list(server.scan_iter(match=f"{ns}:*", count=1000))
+        pipe = server.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        for key, used in zip(keys, pipe.execute(), strict=True):
+            rest = key.decode()[len(ns) + 1 :]
+            kind = rest.split(":", 1)[0]
+            if kind in ("e", "r"):
+                # single: e:{customer:12}; cluster: e:{<ns>/s3}:customer:12
+                inner = rest.split("}:", 1)[1] if cluster else rest.split("{", 1)[1]
+                kind += ":" + inner.split(":", 1)[0]
+            sizes[kind].append(int(used or 0))
+    client.close()
     return {
         kind: {"keys": len(v), "mean": sum(v) / len(v), "max": max(v)}
         for kind, v in sorted(sizes.items())
