@@ -252,6 +252,7 @@ def run(
                             *([] if with_http else ["--no-http"]),
                         ],
                         timeout=900,
+                        redis_url=settings.redis_conninfo(),
                     )
                     feast.append(peer)
                     feast_meta = {

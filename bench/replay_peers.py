@@ -130,6 +130,7 @@ def quix_rate(settings: Settings, topic: str, prefix: str, total: int) -> dict[s
             str(total),
         ],
         timeout=max(600.0, total / 500),
+        redis_url=settings.redis_conninfo(),
     )
 
 

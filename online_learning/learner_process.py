@@ -192,7 +192,8 @@ class LearnerService:
         self._paused: set[str] = set()
         # one Redis or a cluster (redis_layout); a cluster's once a node answers
         self.redis = layout_client_when_up(settings, "writer", self.stop, _COMPONENT)
-        # present while Redis holds every open prediction this learner logged (check_logs)
+        # present while Redis holds every open prediction this learner logged (check_logs):
+        # one key on one Redis, one on every primary of a cluster (``logs_sentinels``)
         self._sentinel = f"{self.ns}:learner:logs"
         self._relog_ttl_ms = int(self.join_config.memory.total_seconds() * 1000)
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
@@ -256,7 +257,8 @@ class LearnerService:
         open predictions are those between the horizon cursor and the head of the topic, read
         again from it, and outcomes parked meanwhile join them. Returns how many were put back.
         """
-        if self.redis.exists(self._sentinel):
+        sentinels = logs_sentinels(self.redis, self._sentinel)
+        if all(self.redis.exists(key) for key in sentinels):
             return 0
         learner = self._require()
         stream = learner.stream
@@ -310,7 +312,8 @@ class LearnerService:
             stored = self.checkpoints.labelled({p.payment_id for p in waiting})
             for prediction in waiting:
                 self._learned(stream.on_prediction(prediction, stored.get(prediction.payment_id)))
-        self.redis.set(self._sentinel, "1")
+        for key in sentinels:
+            self.redis.set(key, "1")
         if found:
             log.warning(
                 "logged predictions lost from redis: %d open ones put back from the topic, "
@@ -696,6 +699,26 @@ class LearnerService:
         self.redis.close()
         self.dead_letters.flush()
         self.ownership.release()
+
+
+def logs_sentinels(client: Any, base: str) -> list[str]:
+    """The keys that say "Redis holds every logged prediction": ``base`` on one Redis; on a
+    Redis Cluster one per primary (``<base>:{<n>}``, the first ``n`` whose slot that primary
+    serves), since the logged predictions (``pred:{<payment_id>}``) spread over every primary
+    and one of them can lose its data alone. Worked out again at every look, so a slot moved
+    to another primary moves its sentinel's duty with it."""
+    if not hasattr(client, "get_primaries"):
+        return [base]
+    manager = client.nodes_manager
+    primaries = {node.name for node in client.get_primaries()}
+    keys: dict[str, str] = {}
+    for n in range(64 * max(len(primaries), 1)):
+        key = f"{base}:{{{n}}}"
+        node = manager.get_node_from_slot(client.keyslot(key))
+        keys.setdefault(node.name, key)
+        if len(keys) == len(primaries):
+            break
+    return list(keys.values())
 
 
 def _from_redis(payment_id: int, raw: dict[Any, Any]) -> Prediction | None:

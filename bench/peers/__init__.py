@@ -32,10 +32,16 @@ def peer_python() -> Path:
     return path
 
 
-def run_peer(script: str, args: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``bench/peers/<script>`` with the peers' interpreter; its last stdout line is JSON."""
+def run_peer(
+    script: str, args: list[str], timeout: float, redis_url: str | None = None
+) -> dict[str, Any]:
+    """Run ``bench/peers/<script>`` with the peers' interpreter; its last stdout line is JSON.
+    ``redis_url`` (with the user and password Redis asks for) goes in the environment as
+    ``BENCH_REDIS_URL``, not on the command line, where every process could read it."""
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url} if redis_url else None
     proc = subprocess.run(
         [str(peer_python()), str(PEERS / script), *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

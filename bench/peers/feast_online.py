@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import redis
@@ -59,6 +59,11 @@ def _free_port() -> int:
 def _repo(root: Path, project: str, redis_url: str) -> None:
     url = urlparse(redis_url)
     db = int((url.path or "/0").lstrip("/") or 0)
+    login = ""  # Redis's ACL: the user and password of the URL, as Feast's redis kwargs
+    if url.username:
+        login += f",username={unquote(url.username)}"
+    if url.password:
+        login += f",password={unquote(url.password)}"
     (root / "feature_store.yaml").write_text(
         "\n".join(
             [
@@ -67,7 +72,7 @@ def _repo(root: Path, project: str, redis_url: str) -> None:
                 "provider: local",
                 "online_store:",
                 "  type: redis",
-                f'  connection_string: "{url.hostname}:{url.port or 6379},db={db}"',
+                f'  connection_string: "{url.hostname}:{url.port or 6379},db={db}{login}"',
                 "offline_store:",
                 "  type: file",
                 "entity_key_serialization_version: 3",
@@ -102,11 +107,12 @@ def main() -> None:
     keys = [int(r["customer_id"]) for r in rows]
     project = f"fb{uuid.uuid4().hex[:10]}"
     root = Path(tempfile.mkdtemp(prefix="feast-repo-"))
-    client = redis.Redis.from_url(args.redis_url)
+    redis_url = os.environ.get("BENCH_REDIS_URL") or args.redis_url  # with the ACL's login
+    client = redis.Redis.from_url(redis_url)
     result: dict[str, Any] = {"feast": version("feast"), "project": project}
     server: subprocess.Popen[bytes] | None = None
     try:
-        _repo(root, project, args.redis_url)
+        _repo(root, project, redis_url)
         now = datetime.now(UTC)
         frame = pd.DataFrame(rows)
         frame["event_timestamp"] = now

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from datetime import datetime
 from importlib.metadata import version
 from typing import Any
-from urllib.parse import urlparse
 
 import redis
 from quixstreams import Application
@@ -103,12 +103,8 @@ def main() -> None:
     parser.add_argument("--grace-days", type=float, default=4.0)
     args = parser.parse_args()
 
-    url = urlparse(args.redis_url)
-    client = redis.Redis(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 6379,
-        db=int((url.path or "/0").lstrip("/") or 0),
-    )
+    # the URL with the writer's user and password, when the bench passes one (Redis's ACL)
+    client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL") or args.redis_url)
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state_dir:
         app = Application(
             broker_address=args.bootstrap,
