@@ -474,12 +474,39 @@ def render(results: Path, settings: Settings) -> str:
     return "\n".join(head + body + tail)
 
 
+# Sections of the page measured by a command of their own, not by ``make bench`` (a month of
+# training data takes a simulated month's writes first): kept as they are when it is rewritten.
+BY_HAND = ("## 5. Point-in-time training sets",)
+
+
+def keep_measured_by_hand(old: str, new: str) -> str:
+    r"""``new`` with the ``BY_HAND`` sections of ``old`` put back before "How to run".
+
+    >>> old = "# P\n## 1. A\nold a\n## 5. Point-in-time training sets\nkept\n## How to run\nx\n"
+    >>> keep_measured_by_hand(old, "# P\n## 1. A\nnew a\n## How to run\ny\n")
+    '# P\n## 1. A\nnew a\n## 5. Point-in-time training sets\nkept\n## How to run\ny\n'
+    """
+    tail = "## How to run"
+    kept = []
+    for heading in BY_HAND:
+        if heading in old and heading not in new:
+            start = old.index(heading)
+            ends = [i for i in (old.find("\n## ", start + 1), old.find(tail, start)) if i >= 0]
+            kept.append(old[start : min(ends) + 1 if ends else len(old)])
+    if not kept or tail not in new:
+        return new
+    at = new.index(tail)
+    return new[:at] + "".join(kept) + new[at:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
     text = render(args.results, Settings())
+    if args.out.exists():
+        text = keep_measured_by_hand(args.out.read_text(), text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"[bench] wrote {args.out}")

@@ -396,15 +396,7 @@ class RedisLossGuard:
         if not self.client.set(self.lock_key, str(uuid.uuid4()), nx=True, px=_LOCK_MS):
             self._wait_for_other_rebuild()
             return
-        from feature_pipelines.source import drop_state, source_key
-
-        self.pipeline.drop_held()  # its messages come again from the restart offsets
-        self.client.delete(self.sentinel_key)
-        self.epoch = None
-        time.sleep(_QUIESCE_S)
-        ns, group = self.pipeline.ns, self.pipeline.group_id
-        gone = drop_state(self.client, ns, group, keep=[self.lock_key, source_key(ns, group)])
-        log.warning("redis_state_dropped keys=%d: rebuilding from nothing", gone)
+        self._drop_survivors()
         self._begin_rebuild(at_start=False)
 
     def _lost(self, at_start: bool) -> None:
@@ -420,7 +412,27 @@ class RedisLossGuard:
         if not self.client.set(self.lock_key, str(uuid.uuid4()), nx=True, px=_LOCK_MS):
             self._wait_for_other_rebuild()
             return
+        if self.pipeline.settings.redis_layout == "cluster":
+            # A cluster's primaries lose their data one at a time (each restart, each FLUSHALL),
+            # and a batch is a control step and entity steps on different primaries: what was
+            # written between two of those losses can hold a row's position without the entity
+            # counts it stood for, and the snapshot would skip that row. So what survived is
+            # dropped, as after a partial loss (one Redis loses all at once, every batch whole).
+            self._drop_survivors()
         self._begin_rebuild(at_start)
+
+    def _drop_survivors(self) -> None:
+        """The group's state on every primary but the rebuild lock and the source record,
+        after the quiet period in which the group's other consumers stop writing."""
+        from feature_pipelines.source import drop_state, source_key
+
+        self.pipeline.drop_held()  # its messages come again from the restart offsets
+        self.client.delete(self.sentinel_key)
+        self.epoch = None
+        time.sleep(_QUIESCE_S)
+        ns, group = self.pipeline.ns, self.pipeline.group_id
+        gone = drop_state(self.client, ns, group, keep=[self.lock_key, source_key(ns, group)])
+        log.warning("redis_state_dropped keys=%d: rebuilding from nothing", gone)
 
     def _begin_rebuild(self, at_start: bool) -> None:
         """With the rebuild lock held: restart offsets, snapshot signal, new epoch."""

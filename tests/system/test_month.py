@@ -33,6 +33,14 @@ def _config(days: float) -> MonthConfig:
     return MonthConfig(days=days, rate=50, customers=500, merchants=50)
 
 
+ONE_REDIS = pytest.mark.single_redis(
+    "bench.month's state census sorts keys by their single-layout names and reads one "
+    "server's INFO memory; the cluster's expiry over a month is checked per slot against the "
+    "reference by tests/feature_pipelines/test_cluster_write.py"
+)
+
+
+@ONE_REDIS
 def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
     result = run_month(_config(3), pipeline, tmp_path / "results", tmp_path / "docs")
     days = [s["day"] for s in result["samples"]]
@@ -64,6 +72,7 @@ def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "state" / "rss.png").stat().st_size > 1000
 
 
+@ONE_REDIS
 @pytest.mark.slow
 def test_month_30_days(pipeline: Settings, tmp_path: Path) -> None:
     result = run_month(_config(30), pipeline, tmp_path / "results", tmp_path / "docs")
