@@ -23,24 +23,28 @@ from hypothesis import settings as hypothesis_settings
 from freshloop.core.settings import Settings
 from tests.redis_layout import SUITE_LAYOUT
 
-# Fixtures parametrized over the two Redis layouts: on a cluster run their single case would
-# be a second cluster case, so it is left out there (it runs in the single run).
+# Fixtures parametrized over the two Redis layouts: each case runs in the run of its layout
+# (``make test`` the single case, ``make test-cluster`` the cluster one; CI runs both), so
+# neither run repeats what the other covers. Outside tests/feature_pipelines and tests/system
+# (which the cluster run does not collect) both cases run in ``make test``.
 LAYOUT_FIXTURES = ("redis_layout", "ns_start")
+CLUSTER_RUN_DIRS = ("tests/feature_pipelines/", "tests/system/")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a cluster run, skip the tests only one Redis can run (``single_redis``, with the
-    marker's reason) and deselect the single case of tests parametrized over layouts."""
-    if SUITE_LAYOUT != "cluster":
-        return
+    """Deselect the other layout's case of tests parametrized over layouts (see above); on a
+    cluster run, skip the tests only one Redis can run (``single_redis``, with the marker's
+    reason)."""
+    other = "single" if SUITE_LAYOUT == "cluster" else "cluster"
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if any(params.get(name) == "single" for name in LAYOUT_FIXTURES):
+        in_both_runs = item.nodeid.startswith(CLUSTER_RUN_DIRS)
+        if in_both_runs and any(params.get(name) == other for name in LAYOUT_FIXTURES):
             dropped.append(item)
             continue
         marker = item.get_closest_marker("single_redis")
-        if marker is not None:
+        if marker is not None and SUITE_LAYOUT == "cluster":
             why = marker.args[0] if marker.args else "needs one Redis"
             item.add_marker(pytest.mark.skip(reason=f"single Redis only: {why}"))
         kept.append(item)
