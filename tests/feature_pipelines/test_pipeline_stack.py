@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from redis.cluster import RedisCluster
 
 from feature_pipelines import (
     SAMPLE_FEATURES,
@@ -31,6 +30,7 @@ from feature_pipelines.cluster_pipeline import batch_writer, redis_client
 from feature_pipelines.cluster_read import store_for
 from freshloop.core.settings import Settings
 from freshloop.simulate import SimulationReport, WorkloadConfig, run_simulation
+from tests.redis_layout import drop_keys as drop_matching
 
 pytestmark = pytest.mark.integration
 
@@ -71,15 +71,7 @@ def ns_start(
 
 def drop_keys(client: Any, ns: str) -> None:
     """Delete namespace ``ns``'s keys: of one Redis, or of every primary of a cluster."""
-    if isinstance(client, RedisCluster):
-        for node in client.get_primaries():
-            conn = node.redis_connection
-            keys = list(conn.scan_iter(match=f"{ns}:*", count=1000))
-            for key in keys:
-                conn.delete(key)
-        return
-    for key in client.scan_iter(match=f"{ns}:*", count=1000):
-        client.delete(key)
+    drop_matching(client, f"{ns}:*")
 
 
 def _start_at_end(settings: Settings) -> dict[str, int]:

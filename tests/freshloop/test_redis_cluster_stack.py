@@ -6,7 +6,6 @@ cluster of its own on free ports, in a state folder of its own."""
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,30 +14,17 @@ from redis.cluster import RedisCluster
 
 from freshloop.core.settings import REDIS_ADMIN_USER, Settings
 from freshloop.stack import Stack
-from freshloop.stack.redis_cluster import slot_ranges
+from freshloop.stack.redis_cluster import free_cluster_base, slot_ranges
 
 pytestmark = pytest.mark.integration
 
 
 def _free_base() -> int:
-    """A port p with p, p+1, p+2 and their bus ports (+10000) free."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base > 50000:
-            continue
-        ports = [base + i for i in range(3)] + [base + 10000 + i for i in range(3)]
-        free = True
-        for port in ports:
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-        if free:
-            return base
-    pytest.skip("no three consecutive free ports")
+    """A port p with p, p+1, p+2 and their cluster bus ports (+10000) free."""
+    base = free_cluster_base(3)
+    if base is None:
+        pytest.skip("no three consecutive free ports")
+    return base
 
 
 def _admin(settings: Settings, port: int) -> redis.Redis:
