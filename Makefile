@@ -85,6 +85,7 @@ bench: setup $(INSTALLED_DEV) $(BENCH_PEERS) ## Benchmarks with their peers (Qui
 	@for layout in $${BENCH_REDIS_LAYOUTS:-single cluster}; do \
 		$(BIN)/python -m bench.replay --events $${BENCH_SCALING_EVENTS:-300000} --processes $${BENCH_PROCESSES:-1,2,4} \
 			--redis-layout $$layout || exit 1; done
+	@$(BIN)/python -m bench.batch_script --events $${BENCH_SCRIPT_EVENTS:-100000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.replay_peers --events $${BENCH_PEER_EVENTS:-30000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.reads --reads $${BENCH_READS:-2000} --repeat $${BENCH_REPEAT:-3}
 	@$(BIN)/python -m bench.learning --payments $${BENCH_PAYMENTS:-20000} --repeat $${BENCH_REPEAT:-3}

@@ -415,6 +415,7 @@ def render(results: Path, settings: Settings) -> str:
             "replay_peers",
             "replay_scaling_single",
             "replay_scaling_cluster",
+            "batch_script",
             "reads",
             "learning",
         )
@@ -431,6 +432,10 @@ def render(results: Path, settings: Settings) -> str:
             from bench.scaling import render as scaling_lines
 
             body += scaling_lines(loaded[f"replay_scaling_{layout}"])
+    if loaded["batch_script"]:
+        from bench.batch_script import render as script_lines
+
+        body += script_lines(loaded["batch_script"])
     if loaded["reads"]:
         body += _reads(loaded["reads"], aims)
     if loaded["learning"]:
@@ -465,7 +470,8 @@ def render(results: Path, settings: Settings) -> str:
         "`BENCH_PEER_EVENTS` (replay next to Quix), `BENCH_REPEAT`, `BENCH_RATES`, "
         "`BENCH_SECONDS`, `BENCH_READS`, `BENCH_PAYMENTS`; many consumers: "
         "`BENCH_SCALING_EVENTS` (per process count, default 300,000), `BENCH_PROCESSES` "
-        "(default 1,2,4), `BENCH_REDIS_LAYOUTS` (default `single cluster`: the cluster is the "
+        "(default 1,2,4), `BENCH_SCRIPT_EVENTS` (the batch script alone, default 100,000), "
+        "`BENCH_REDIS_LAYOUTS` (default `single cluster`: the cluster is the "
         "stack's when it runs one, else three primaries the bench starts for the run); "
         "highest load: `BENCH_LOAD_RATES`. Results: "
         "`bench/results/*.json`. Sizing from these figures: docs/scaling.md.",

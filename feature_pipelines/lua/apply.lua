@@ -19,7 +19,7 @@
 -- {kind, key, field, found, detail} (``rejects.Rejection``), and the shell dead-letters the
 -- events behind it and writes the rest.
 local LIMIT = 9007199254740992
-local find, sub, match = string.find, string.sub, string.match
+local find, sub, byte = string.find, string.sub, string.byte
 local tonumber, abs, floor, unpack = tonumber, math.abs, math.floor, unpack
 local function split(s)
   local out = {}
@@ -143,15 +143,26 @@ local function stale(key)
   local fields = redis.pcall('HKEYS', key)
   if fields.err then return out, 1, nil end  -- not the pipeline's: left alone
   for _, field in ipairs(fields) do
-    local name, bucket = match(field, '^([%w_]+)[^@#]*@(%-?%d+)')
-    local bound = name and below[name]
-    if bound and tonumber(bucket) <= bound then
+    -- plain finds, not a pattern with captures: this runs for every field of every entity swept
+    local name, bound, bucket
+    local at = find(field, '@', 1, true)
+    if at then
+      local hash = find(field, '#', 1, true)
+      if not hash or hash > at then  -- '@' of a bucket, not inside a keyed kind's value
+        local colon = find(field, ':', 1, true)
+        name = sub(field, 1, (colon and colon < at and colon or at) - 1)
+        bound = below[name]
+        if bound then bucket = tonumber(sub(field, at + 1, (hash or 0) - 1)) end
+        if not bucket then bound = nil end
+      end
+    end
+    if bound and bucket <= bound then
       out[#out + 1] = field
-    elseif sub(field, 1, 1) ~= '_' then
+    elseif byte(field) ~= 95 then  -- not '_': a feature field
       kept = kept + 1
       if bound then
-        local at = tonumber(bucket) * width[name] + window[name]
-        if not next_at or at < next_at then next_at = at end
+        local leaves = bucket * width[name] + window[name]
+        if not next_at or leaves < next_at then next_at = leaves end
       end
     end
   end

@@ -55,7 +55,7 @@ def _positive(stat: dict[str, Any]) -> None:
 def test_replay_reads_and_learning(
     pipeline: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bench import learning, reads, replay, replay_peers
+    from bench import batch_script, learning, reads, replay, replay_peers
 
     run = lambda main, name, *args: _run(monkeypatch, pipeline, tmp_path, main, name, *args)  # noqa: E731
     mixed = run(replay.main, "replay", "--events", "1000", "--repeat", "1")
@@ -90,6 +90,15 @@ def test_replay_reads_and_learning(
             assert read["latency"][name][q]["freshloop_ms"]["median"] > 0
             assert read["latency"][name][q]["feast_ms"]["median"] is None
     assert read["features_per_entity"] == 11
+
+    script = run(batch_script.main, "batch_script", "--events", "1000", "--repeat", "1")
+    assert script["events"] == 1000
+    assert script["per_event"]["rows"] > 0 and script["per_event"]["entity_fields"] > 0
+    whole = script["variants"]["whole script"]
+    # the whole script runs every step, and a step's commands are part of its script's time
+    assert whole["script_us"] > script["variants"]["call and arguments"]["script_us"]
+    assert 0 < whole["commands_us"] < whole["script_us"]
+    assert any("whole script" in line for line in batch_script.render(script))
 
     learn = run(learning.main, "learning", "--payments", "1000", "--repeat", "1")
     _positive(learn["freshloop_scored_learned_per_s"])

@@ -254,3 +254,48 @@ def test_an_entity_sweep_drops_only_expired_buckets(
                 bucket = int(rest.split("#")[0])
                 assert bucket > plan.expired_below[feature], (key, field)
     assert swept > 10
+
+
+def test_a_sweep_reads_the_bucket_after_the_first_at_sign_before_any_value(
+    ns: tuple[Any, str], stack_settings: Settings
+) -> None:
+    """The sweep takes a field's bucket from the ``@`` that comes before any ``#``: a keyed
+    kind's value may itself hold ``@``, ``:`` or ``#`` (a distinct count of e-mail addresses),
+    and a field whose only ``@`` is inside its value has no bucket and stays."""
+    client, tag = ns
+    writer = LayoutWriter(stack_settings, client, SAMPLE_FEATURES, tag)
+    at_us = 1_800_000_000_000_000
+    plan = WritePlan()
+    plan.sweep_at_us = at_us
+    plan.expired_below = {
+        f.name: (at_us - f.window_seconds * 1_000_000) // (f.bucket_seconds * 1_000_000)
+        for f in SAMPLE_FEATURES
+        if f.window is not None
+    }
+    key = f"{tag}:e:{{customer:7}}"
+    plan.increments = {key: {"payment_count_lifetime": 1}}
+    plan.entity_of = {key: "customer"}
+    plan.commit_ms = {key: at_us // 1000}
+    plan.marks = {0: (at_us, at_us)}
+    hour = plan.expired_below["payment_count_1h"]
+    day = plan.expired_below["distinct_merchants_24h"]
+    gone = {
+        f"payment_count_1h@{hour}",
+        f"payment_count_1h@{hour - 3}",
+        f"amount_sum_1h:s@{hour}",
+        f"distinct_merchants_24h@{day}#a@{day + 5}",
+        f"distinct_merchants_24h@{day}#x:y#z",
+    }
+    stays = {
+        f"payment_count_1h@{hour + 1}",
+        f"amount_sum_1h:s@{hour + 1}",
+        f"distinct_merchants_24h@{day + 1}#a@{day - 5}",
+        f"distinct_merchants_24h#someone@{day - 5}",  # '@' inside the value only: no bucket
+        "payment_count_lifetime",
+    }
+    name = writer.entity_name(key)
+    client.hset(name, mapping={field: 1 for field in gone | stays})
+    assert writer.apply(plan, 0, {})
+    kept = {f for f in client.hkeys(name) if not f.startswith("_")}
+    assert kept == stays
+    assert client.hget(name, "payment_count_lifetime") == "2"
