@@ -171,7 +171,7 @@ def render(d: dict[str, Any]) -> list[str]:
         "",
         f"`python -m bench.batch_script` ({d['at']}): the {d['batches']} batch writes of one "
         f"replay of {d['events']:,} change events, recorded and sent again in order to an empty "
-        "namespace of the same Redis with nothing else running, the fastest of "
+        "namespace of the same Redis with no other client, the fastest of "
         f"{d['repeat']}. Per change event the batches held {per['rows']:.2f} row states "
         f"({per['row_fields']:.2f} fields) and {per['entities']:.2f} entity writes "
         f"({per['entity_fields']:.2f} feature fields, besides the freshness fields). Script: "

@@ -29,8 +29,9 @@ def _config(days: float) -> MonthConfig:
     if days >= 30:
         return MonthConfig(days=days)
     # fewer entities than the month: 2,000 payments a day reach every customer within a day,
-    # so the customer curves settle (and can be judged) in three
-    return MonthConfig(days=days, rate=50, customers=500, merchants=50)
+    # so the customer curves settle (and can be judged) in three; twice the month's time scale
+    # (a simulated day in 20 s, at 100 payments/s) keeps it to about a minute of writing
+    return MonthConfig(days=days, scale=4320.0, rate=100, customers=500, merchants=50)
 
 
 ONE_REDIS = pytest.mark.single_redis(
