@@ -92,6 +92,32 @@ def drop_keys(redis_url: str, pattern: str) -> int:
     return int(dropped)
 
 
+def redis_servers(settings: Any) -> list[Any]:
+    """A writer client per server of ``settings``' Redis layout: the one Redis, or each primary
+    of a Redis Cluster (connections of the cluster client's nodes). A key read through one of
+    them must live on that server: what a SCAN of it found does."""
+    from feature_pipelines.cluster_read import layout_client
+
+    client = layout_client(settings, "writer")
+    if settings.redis_layout != "cluster":
+        return [client]
+    return [node.redis_connection for node in client.get_primaries()]
+
+
+def drop_layout_keys(settings: Any, pattern: str) -> int:
+    """``drop_keys`` in ``settings``' Redis layout: every server scanned, each key deleted on
+    its own server one at a time (a cluster's keys of one server span slots)."""
+    dropped = 0
+    for server in redis_servers(settings):
+        batch = list(server.scan_iter(match=pattern, count=5000))
+        for i in range(0, len(batch), 1000):
+            pipe = server.pipeline(transaction=False)
+            for key in batch[i : i + 1000]:
+                pipe.delete(key)
+            dropped += sum(pipe.execute())
+    return dropped
+
+
 def bulk_producer(bootstrap: str) -> Any:
     """A producer tuned to pre-fill a topic fast (large batches, deep local queue)."""
     from confluent_kafka import Producer

@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from bench.common import drop_keys, machine, save
+from bench.common import drop_layout_keys, machine, redis_servers, save
 from bench.month_curves import (
     DAY_S,
     curves_of,
@@ -140,7 +139,7 @@ def isolated_loop(base: Settings, keep: bool = False) -> Iterator[Settings]:
             if mine:
                 for future in admin.delete_topics(mine).values():
                     future.result(timeout=30)
-            drop_keys(settings.redis_conninfo(), f"{settings.namespace}:*")
+            drop_layout_keys(settings, f"{settings.namespace}:*")
             with psycopg.connect(base.postgres_conninfo(), autocommit=True) as conn:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -200,8 +199,13 @@ def start_processes(month: Month) -> None:
     _spawn(month, "learner", "learn", "run")
     _wait(lambda: _checkpoint(s) is not None, 120, "the learner's first checkpoint", month)
     _spawn(month, "pipeline", "learn", "serve")
-    client = redis.Redis.from_url(s.redis_conninfo())
-    _wait(lambda: bool(client.keys(f"{s.namespace}:epoch:*")), 120, "the scorer", month)
+    servers = redis_servers(s)
+    _wait(
+        lambda: any(server.keys(f"{s.namespace}:epoch:*") for server in servers),
+        120,
+        "the scorer",
+        month,
+    )
     _spawn(month, "drift", "drift", "run")
 
 
@@ -278,16 +282,43 @@ def _windows(entity: str) -> dict[str, tuple[int, int]]:
 
 
 def _redis(s: Settings, event_s: float) -> dict[str, float]:
-    """used_memory, keys and bytes per class, the largest hashes, bucket fields past window."""
-    client = redis.Redis.from_url(s.redis_conninfo())
+    """used_memory, keys and bytes per class, the largest hashes, bucket fields past window;
+    on a Redis Cluster, summed over its primaries (each key read on the primary that holds it)."""
     ns = s.namespace
-    out: dict[str, float] = {"redis.used_memory": int(client.info("memory")["used_memory"])}
-    keys = [k.decode() for k in client.scan_iter(match=f"{ns}:*", count=2000)]
+    servers = redis_servers(s)
+    out: dict[str, float] = {
+        "redis.used_memory": sum(int(c.info("memory")["used_memory"]) for c in servers)
+    }
     counts: Counter[str] = Counter()
     used: Counter[str] = Counter()
     largest: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
     stale: Counter[str] = Counter()
     windows = {e: _windows(e) for e in ("customer", "merchant")}
+    for client in servers:
+        keys = [k.decode() for k in client.scan_iter(match=f"{ns}:*", count=2000)]
+        _census(client, ns, keys, windows, event_s, (counts, used, largest, stale))
+    out["redis.namespace_bytes"] = sum(used.values())
+    for cls in counts:
+        out[f"redis.keys.{cls}"] = counts[cls]
+        out[f"redis.bytes.{cls}"] = used[cls]
+    for entity in ("customer", "merchant"):
+        b, n = largest[entity]
+        out[f"hash.{entity}.max_bytes"] = b
+        out[f"hash.{entity}.max_fields"] = n
+        out[f"hash.{entity}.expired_fields"] = stale[entity]
+    return out
+
+
+def _census(
+    client: Any,
+    ns: str,
+    keys: list[str],
+    windows: dict[str, dict[str, tuple[int, int]]],
+    event_s: float,
+    into: tuple[Counter[str], Counter[str], dict[str, tuple[int, int]], Counter[str]],
+) -> None:
+    """Add the sizes and fields of ``keys`` (all on ``client``'s server) to ``into``."""
+    counts, used, largest, stale = into
     for i in range(0, len(keys), 1000):
         chunk = keys[i : i + 1000]
         pipe = client.pipeline(transaction=False)
@@ -310,16 +341,6 @@ def _redis(s: Settings, event_s: float) -> dict[str, float]:
                 largest[entity] = (max(b, int(size or 0)), max(n, len(names)))
                 # a day of slack: the sweeper works in batches, a sample is a snapshot
                 stale[entity] += expired_fields(names, windows.get(entity, {}), event_s, DAY_S)
-    out["redis.namespace_bytes"] = sum(used.values())
-    for cls in counts:
-        out[f"redis.keys.{cls}"] = counts[cls]
-        out[f"redis.bytes.{cls}"] = used[cls]
-    for entity in ("customer", "merchant"):
-        b, n = largest[entity]
-        out[f"hash.{entity}.max_bytes"] = b
-        out[f"hash.{entity}.max_fields"] = n
-        out[f"hash.{entity}.expired_fields"] = stale[entity]
-    return out
 
 
 def sample(month: Month, day: float, clock: EventClock | None, wall_s: float) -> dict[str, Any]:
@@ -388,10 +409,16 @@ class DailySampler:
 # ---- the end checks ---------------------------------------------------------------------------
 def lag(s: Settings) -> int:
     """Change events on the topics not yet applied by the pipeline (its offsets in Redis)."""
-    client = redis.Redis.from_url(s.redis_conninfo())
+    from feature_pipelines.cluster_keys import KeyLayout
+    from feature_pipelines.cluster_read import layout_client
+
+    client = layout_client(s, "writer")
+    keys = KeyLayout(s.namespace, f"{s.namespace}-features", s.redis_layout)
     stored = {
         k.decode(): int(v)
-        for k, v in client.hgetall(f"{s.namespace}:offsets:{{{s.namespace}-features}}").items()
+        # one hash on one Redis, one per partition's slot on a cluster
+        for name in dict.fromkeys(keys.offsets(p) for p in range(s.topic_partitions))
+        for k, v in client.hgetall(name).items()
     }
     probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "month-probe"})
     total = 0
@@ -408,10 +435,11 @@ def lag(s: Settings) -> int:
 
 def verify_features(s: Settings, clock: EventClock | None) -> dict[str, Any]:
     """``features verify`` over every entity of the run's database, at event time if it can."""
-    from feature_pipelines import FeatureStore, verify_until_clean
+    from feature_pipelines import verify_until_clean
+    from feature_pipelines.cluster_read import store_for
     from online_learning import SCORING_FEATURES
 
-    store = FeatureStore.connect(s.redis_conninfo(), SCORING_FEATURES, s.namespace)
+    store = store_for(s, SCORING_FEATURES)
     # at the event-time watermark (the newest event time written), retried while the pipeline
     # catches up with the last writes
     at = _watermark(s) if clock is not None else None

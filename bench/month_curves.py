@@ -39,9 +39,19 @@ def key_class(namespace: str, key: str) -> str:
     'pred'
     >>> key_class("m1", "m1:expiry:{m1-features}:3")
     'expiry'
+
+    On a Redis Cluster (``cluster_keys.KeyLayout``) the slot's tag comes first; the class is
+    the same as on one Redis:
+
+    >>> key_class("m1", "m1:e:{m1/s12}:customer:42")
+    'e:{customer'
+    >>> key_class("m1", "m1:r:{m1/p3}:payments:7")
+    'r:{payments'
     """
     rest = key[len(namespace) + 1 :] if key.startswith(f"{namespace}:") else key
     head, _, tail = rest.partition(":")
+    if head in ("e", "r") and tail.startswith(f"{{{namespace}/"):
+        return f"{head}:{{{tail.split(':', 2)[1]}"
     if head in ("e", "r") and tail.startswith("{"):
         return f"{head}:{tail.split(':', 1)[0]}"
     return head

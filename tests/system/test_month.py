@@ -1,5 +1,7 @@
-"""``make month`` in the small: three simulated days at 2,160x through the whole system
-(``bench.month``), asserting the shapes a month asserts where three days can judge them.
+"""``make month`` in the small: three simulated days at 4,320x through the whole system
+(``bench.month``), asserting the shapes a month asserts where three days can judge them, on
+the suite's Redis layout (one Redis in ``make test``, a Redis Cluster in ``make test-cluster``:
+the census reads every primary and names keys by class alike in both).
 
 What three days can judge: customer state (24 h windows + one bucket: settled after ~1 day),
 bucket fields dropped once their window passed (event time), features equal to the SQL oracle
@@ -17,12 +19,23 @@ import pytest
 
 from bench.month import MonthConfig, failures, run_month
 from freshloop.core.settings import Settings
+from tests.redis_layout import SUITE_LAYOUT
 
 pytestmark = pytest.mark.integration
 
 # Documented in README ("Redis memory") and asserted by the soak: a customer's hash is bounded
 # by its features, not by its traffic.
 CUSTOMER_HASH_BYTES_BOUND = 65_536
+
+# On a Redis Cluster an idle entity is swept by the partition that wrote it last, when that
+# partition next writes to the entity's shard (one of 64) with a moved watermark
+# (docs/redis-cluster.md, Expiry); one Redis sweeps a partition's idle entities on any write of
+# it. Once the payments stop, only the last outcomes come, to few shards: two runs here ended
+# with one customer of 500 holding one 10-minute bucket a day past its window by the newest
+# event time of any partition (the partitions' own watermarks lag it by up to half a day at the
+# end), its idle entries due in every partition's index of its shard. No read counts such a
+# bucket (the oracle check below holds); the bound still fails a sweeper that stops sweeping.
+CLUSTER_SWEEP = 5
 
 
 def _config(days: float) -> MonthConfig:
@@ -34,14 +47,6 @@ def _config(days: float) -> MonthConfig:
     return MonthConfig(days=days, scale=4320.0, rate=100, customers=500, merchants=50)
 
 
-ONE_REDIS = pytest.mark.single_redis(
-    "bench.month's state census sorts keys by their single-layout names and reads one "
-    "server's INFO memory; the cluster's expiry over a month is checked per slot against the "
-    "reference by tests/feature_pipelines/test_cluster_write.py"
-)
-
-
-@ONE_REDIS
 def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
     result = run_month(_config(3), pipeline, tmp_path / "results", tmp_path / "docs")
     days = [s["day"] for s in result["samples"]]
@@ -53,8 +58,12 @@ def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
             assert values.get(name), (s["day"], name)
         assert values["redis.keys.e:{customer"] > 0 and values["redis.keys.e:{merchant"] > 0
         assert values["hash.customer.max_bytes"] <= CUSTOMER_HASH_BYTES_BOUND, values
-        # a day after a bucket left its window, an event-time sweeper has dropped it
-        assert values["hash.customer.expired_fields"] == 0, (s["day"], values)
+        # a day after a bucket left its window, an event-time sweeper has dropped it (one
+        # Redis; on a cluster, see CLUSTER_SWEEP below)
+        if SUITE_LAYOUT != "cluster":
+            assert values["hash.customer.expired_fields"] == 0, (s["day"], values)
+        else:
+            assert values["hash.customer.expired_fields"] <= CLUSTER_SWEEP, (s["day"], values)
     verdicts = result["verdicts"]
     # judged where three days can; the rest say why not
     for name in ("redis.bytes.e:{merchant", "redis.used_memory"):
@@ -73,7 +82,6 @@ def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "state" / "rss.png").stat().st_size > 1000
 
 
-@ONE_REDIS
 @pytest.mark.slow
 def test_month_30_days(pipeline: Settings, tmp_path: Path) -> None:
     result = run_month(_config(30), pipeline, tmp_path / "results", tmp_path / "docs")
