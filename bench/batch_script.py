@@ -68,8 +68,9 @@ def variants() -> dict[str, str]:
 Call = tuple[list[str], list[Any]]  # one batch write: its keys and arguments
 
 
-def record(settings: Settings, events: int) -> tuple[list[Call], dict[str, int]]:
-    """Run the pipeline over ``events`` filled change events; its batch writes and plan counts."""
+def record(settings: Settings, events: int) -> tuple[str, list[Call], dict[str, int]]:
+    """Run the pipeline over ``events`` filled change events in a namespace of its own: the
+    namespace, its batch writes and plan counts."""
     total = fill(settings, events)
     ns = f"bench{uuid.uuid4().hex[:8]}"
     pipeline = FeaturePipeline(settings.model_copy(update={"redis_namespace": ns}), max_batch=5000)
@@ -103,7 +104,7 @@ def record(settings: Settings, events: int) -> tuple[list[Call], dict[str, int]]
     for future in admin.delete_topics(topics).values():
         future.result(timeout=30)
     counts["events"] = total
-    return calls, counts
+    return ns, calls, counts
 
 
 def _stats(client: redis.Redis) -> tuple[float, float, float]:
@@ -136,8 +137,7 @@ def run_calls(
 
 
 def measure(settings: Settings, events: int, repeat: int) -> dict[str, Any]:
-    calls, counts = record(settings, events)
-    namespace = calls[0][0][0].split(":", 1)[0] if calls else ""
+    namespace, calls, counts = record(settings, events)
     client = redis.Redis.from_url(settings.redis_conninfo())
     results: dict[str, dict[str, float]] = {}
     try:

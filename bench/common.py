@@ -78,17 +78,21 @@ def drop_keys(redis_url: str, pattern: str) -> int:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    dropped, batch = 0, []
     try:
-        for key in client.scan_iter(match=pattern, count=5000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                dropped += client.delete(*batch)
-                batch.clear()
-        if batch:
-            dropped += client.delete(*batch)
+        return _drop_matching(client, pattern)
     finally:
         client.close()
+
+
+def _drop_matching(client: Any, pattern: str) -> int:
+    dropped, batch = 0, []
+    for key in client.scan_iter(match=pattern, count=5000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            dropped += client.delete(*batch)
+            batch.clear()
+    if batch:
+        dropped += client.delete(*batch)
     return int(dropped)
 
 
@@ -105,17 +109,15 @@ def redis_servers(settings: Any) -> list[Any]:
 
 
 def drop_layout_keys(settings: Any, pattern: str) -> int:
-    """``drop_keys`` in ``settings``' Redis layout: every server scanned, each key deleted on
-    its own server one at a time (a cluster's keys of one server span slots)."""
-    dropped = 0
-    for server in redis_servers(settings):
-        batch = list(server.scan_iter(match=pattern, count=5000))
-        for i in range(0, len(batch), 1000):
-            pipe = server.pipeline(transaction=False)
-            for key in batch[i : i + 1000]:
-                pipe.delete(key)
-            dropped += sum(pipe.execute())
-    return dropped
+    """``drop_keys`` in ``settings``' Redis layout (a cluster client scans every primary and
+    sends a delete per slot)."""
+    from feature_pipelines.cluster_read import layout_client
+
+    client = layout_client(settings, "writer")
+    try:
+        return _drop_matching(client, pattern)
+    finally:
+        client.close()
 
 
 def bulk_producer(bootstrap: str) -> Any:
