@@ -5,7 +5,8 @@ Features for 2,000 customers and 200 merchants are first built in Redis by the r
 code (planner + atomic batch writes, then the sweep of expired bucket fields a running pipeline
 does) under a namespace of the bench's own. Then, per batch of
 500 payments: two ``get_many`` reads (customers, merchants), ``score`` for each, the label join
-and ``learn`` for each. Usage: python -m bench.learning [--payments N] [--repeat R]
+and ``learn`` for each; then the same loop again with a clock around each call, for where a
+payment's time goes. Usage: python -m bench.learning [--payments N] [--repeat R]
 """
 
 from __future__ import annotations
@@ -111,6 +112,37 @@ def freshloop_rate(store: FeatureStore, payments: list[tuple[Payment, bool]]) ->
     return len(payments) / (time.perf_counter() - started)
 
 
+PHASES = ("read", "score", "on_prediction", "on_outcome")
+
+
+def phases_us(store: FeatureStore, payments: list[tuple[Payment, bool]]) -> dict[str, float]:
+    """``freshloop_rate``'s loop with a clock around each call: microseconds per payment in
+    the two feature reads (``read``), ``score`` (vector and River's predict), ``on_prediction``
+    (the logged record into the join) and ``on_outcome`` (the join, River's learn, the metrics
+    and the drift detector)."""
+    learner = OnlineLearner(OnlineModel(), KEY)
+    clock = time.perf_counter
+    spent = dict.fromkeys(PHASES, 0.0)
+    for start in range(0, len(payments), BATCH):
+        batch = payments[start : start + BATCH]
+        t0 = clock()
+        customers = store.get_many("customer", [p.customer_id for p, _ in batch])
+        merchants = store.get_many("merchant", [p.merchant_id for p, _ in batch])
+        spent["read"] += clock() - t0
+        for (payment, label), c, m in zip(batch, customers, merchants, strict=True):
+            t1 = clock()
+            prediction = learner.score(payment, {**c.values, **m.values})
+            t2 = clock()
+            learner.on_prediction(prediction)
+            t3 = clock()
+            learner.on_outcome(payment.payment_id, label, payment.created_at)
+            t4 = clock()
+            spent["score"] += t2 - t1
+            spent["on_prediction"] += t3 - t2
+            spent["on_outcome"] += t4 - t3
+    return {name: seconds / len(payments) * 1e6 for name, seconds in spent.items()}
+
+
 def river_rate(store: FeatureStore, payments: list[tuple[Payment, bool]]) -> float:
     """The same vectors, already built: River's predict_proba_one + learn_one only."""
     from online_learning import build_vector
@@ -141,10 +173,12 @@ def main() -> None:
     _build_features(settings, ns, payments)
     store = FeatureStore.connect(settings.redis_conninfo(), SAMPLE_FEATURES, ns)
     ours, river = [], []
+    phases: list[dict[str, float]] = []
     try:
         for i in range(args.repeat):
             ours.append(freshloop_rate(store, payments))
             river.append(river_rate(store, payments))
+            phases.append(phases_us(store, payments))
             print(
                 f"[bench] run {i + 1}: freshloop score+learn with reads {ours[-1]:,.0f}/s, "
                 f"river predict+learn alone {river[-1]:,.0f}/s",
@@ -157,6 +191,9 @@ def main() -> None:
         "freshloop_scored_learned_per_s": spread(ours),
         "river_alone_per_s": spread(river),
         "ratio_freshloop_to_river": statistics.median(ours) / statistics.median(river),
+        # the same loop with a clock around each call, µs per payment (a run of its own)
+        "phases_us": {name: spread(p[name] for p in phases) for name in PHASES},
+        "river_alone_us": spread(1e6 / r for r in river),
     }
     print(f"[bench] saved {save('learning', result)}")
     print(

@@ -401,6 +401,34 @@ def _learning(d: dict[str, Any]) -> list[str]:
         f"{_s(d['river_alone_per_s'], 0)} |",
         f"| ratio Freshloop / River alone | {_r(d.get('ratio_freshloop_to_river'))} |",
         "",
+        *_learning_phases(d),
+    ]
+
+
+_PHASE_NAMES = {
+    "read": "feature reads (two `get_many` per 500 payments: HGETALL, fold, values)",
+    "score": "`score`: the vector and River's `predict_proba_one`",
+    "on_prediction": "`on_prediction`: the logged record into the label join",
+    "on_outcome": "`on_outcome`: the join, River's `learn_one`, metrics, drift detector",
+}
+
+
+def _learning_phases(d: dict[str, Any]) -> list[str]:
+    phases = d.get("phases_us")
+    if not phases:
+        return []
+    rows = [f"| {_PHASE_NAMES.get(name, name)} | {_s(v, 1)} |" for name, v in phases.items()]
+    total = sum(v["median"] for v in phases.values() if v.get("median") is not None)
+    return [
+        "Where a payment's time goes: the same loop with a clock around each call (a run of its "
+        "own, so the sum differs a little from the rate above), µs per payment:",
+        "",
+        "| part | µs per payment |",
+        "| --- | --- |",
+        *rows,
+        f"| **sum of the medians** | {total:,.1f} |",
+        f"| River alone, predict + learn, same vectors | {_s(d.get('river_alone_us'), 1)} |",
+        "",
     ]
 
 

@@ -42,6 +42,10 @@ _READ = script("read_rows")
 _TTL_REFRESH_MS = 60_000  # as store_write: an entity's PEXPIRE is renewed once per minute
 _NEVER_US = 2**62  # the journal's ``exp``: it never leaves the partition's expiry index
 _POP_LIMIT = 2000
+# Shards no entity of a batch touches whose idle entities of the partition a batch with a moved
+# watermark sweeps as well, taken in turn: every shard's idle index is swept within
+# shards / _IDLE_VISITS such batches of the partition, whatever shards its entities fall in
+_IDLE_VISITS = 4
 
 
 class ShardRejectedError(BatchRejectedError):
@@ -86,6 +90,9 @@ class ClusterBatchWriter:
         self._journal_ver: dict[int, str | None] = {}
         self._acked: dict[int, list[str]] = {}
         self._loaded = False
+        # per partition: the shard its next batch starts looking from for idle sweeps of its own
+        self._next_visit: dict[int, int] = {}
+        self._settles = any(self._settle_us.values())
 
     # ---- names ---------------------------------------------------------------------------
     def row_name(self, single: str, partition: int) -> str:
@@ -236,12 +243,32 @@ class ClusterBatchWriter:
                 ]
             )
         mark = plan.marks.get(partition)
+        if mark and self._settles and self.keys.cluster:
+            self._visit_idle(partition, shards)
         return {
             "at": plan.sweep_at_us,
             "below": below,
             "mark": mark[0] if mark else 0,
             "shards": shards,
         }
+
+    def _visit_idle(self, partition: int, shards: dict[str, list[list[Any]]]) -> None:
+        """Add to ``shards`` (an entry's, by shard) up to ``_IDLE_VISITS`` shards it lacks, in
+        turn from where the partition's last batch stopped, as steps with no entity: they sweep
+        the partition's idle entities of that shard with its watermark. Otherwise an idle
+        entity would wait for its partition's next write to its shard, which may not come (the
+        payments stop, only outcomes to a few merchants' shards follow)."""
+        count = self.keys.shards
+        start = self._next_visit.get(partition, 0)
+        added, at = 0, start
+        for step in range(count):
+            if added == _IDLE_VISITS:
+                break
+            at = (start + step) % count
+            if str(at) not in shards:
+                shards[str(at)] = []
+                added += 1
+        self._next_visit[partition] = (at + 1) % count
 
     def _entity_steps(self, partition: int, seq: int, entry: Mapping[str, Any]) -> None:
         """One script per shard of the entry, sent through a pipeline: a cluster client sends

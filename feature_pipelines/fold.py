@@ -157,9 +157,15 @@ class FoldRead:
         table = self._codes_for(names[0])
         codes = table.code_array(names)
         vals = _integers(values)
-        if vals is None or int(np.abs(vals).max()) > _INT64_SAFE // len(vals):
+        if vals is None:
             return [self.fold_fields(fields) for fields in hashes]
+        counted = codes >= 2
         dist = codes <= _DISTINCT
+        # only what is summed bounds the sums: the freshness times (assigned) and the fields
+        # no feature counts (``_swept``, micros since the epoch) do not
+        summed = vals[counted | dist]
+        if summed.size and int(np.abs(summed).max()) > _INT64_SAFE // summed.size:
+            return [self.fold_fields(fields) for fields in hashes]
         numbers = None
         if table.reducers and dist.any():
             numbers = table.numbers()
@@ -168,7 +174,6 @@ class FoldRead:
         key = np.repeat(np.arange(n_keys), lengths)
         rows = np.zeros((n_keys, 2 + 2 * len(self.plan.features)), dtype=np.int64)
         rows[:, :2] = -1
-        counted = codes >= 2
         np.add.at(rows, (key[counted], codes[counted]), vals[counted])
         for at in (0, 1):  # commit and written times
             found = codes == at

@@ -104,6 +104,9 @@ def test_replay_reads_and_learning(
     _positive(learn["freshloop_scored_learned_per_s"])
     _positive(learn["river_alone_per_s"])
     assert learn["ratio_freshloop_to_river"] > 0
+    for phase in learning.PHASES:
+        _positive(learn["phases_us"][phase])
+    _positive(learn["river_alone_us"])
 
 
 @pytest.mark.integration

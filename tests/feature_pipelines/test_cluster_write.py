@@ -12,21 +12,23 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from redis.cluster import RedisCluster
 
 from feature_pipelines import SAMPLE_FEATURES
 from feature_pipelines.cluster_keys import KeyLayout, split_entity_key
 from feature_pipelines.cluster_write import ClusterBatchWriter
-from feature_pipelines.decode import ChangeEvent
+from feature_pipelines.decode import ChangeEvent, decode
 from feature_pipelines.planner import Planner, Watermarks
 from feature_pipelines.reference import MemoryStore, read_values
 from feature_pipelines.source import drop_state
 from feature_pipelines.store_write import RedisBatchWriter
 from tests.feature_pipelines.cluster_fixtures import LayoutRedis
+from tests.feature_pipelines.fixtures import envelope, iso
 from tests.feature_pipelines.harness import decode_all, micros
 from tests.feature_pipelines.test_expiry import Month
 from tests.feature_pipelines.test_expiry import _events as _month_events
@@ -201,6 +203,60 @@ def test_a_consumer_that_lost_its_partition_writes_nothing(redis_layout: LayoutR
     assert old.cw.apply(plan, 0, {"t:0": 30}) is False  # the journal's version moved
     assert {k: new.entity_hash(k) for k in _entity_keys(new, events[:20])} == before
     assert new.offsets()["t:0"] == 20
+
+
+def _payment(pk: int, customer: int, merchant: int, at: datetime) -> ChangeEvent:
+    """An insert of a payment made at ``at`` and committed then, on partition 0."""
+    row = {
+        "payment_id": pk,
+        "customer_id": customer,
+        "merchant_id": merchant,
+        "amount": "1.00",
+        "status": "approved",
+        "created_at": iso(at),
+    }
+    commit_ms = micros(at) // 1000
+    value = envelope("payments", "c", None, row, 1000 + 8 * pk, commit_ms=commit_ms)
+    event = decode(value, orjson.dumps({"payment_id": pk}), SAMPLE_FEATURES)
+    assert event is not None
+    return event
+
+
+@cluster_only
+def test_an_idle_entity_is_swept_though_its_partition_never_writes_its_shard_again(
+    redis_layout: LayoutRedis,
+) -> None:
+    """An idle entity's buckets go once its windows passed even when no later batch of the
+    partition that wrote it has an entity in its shard: each batch that moves the watermark
+    also sweeps a few shards it does not write, in turn, so all 64 within 16 batches."""
+    keys = KeyLayout(redis_layout.ns, GROUP, "cluster")
+    writer = ClusterBatchWriter(redis_layout.client, SAMPLE_FEATURES, keys)
+    planner = Planner(SAMPLE_FEATURES, redis_layout.ns)
+
+    def write(events: list[ChangeEvent]) -> None:
+        plan = planner.plan(events, writer.read_rows(planner.keys_needed(events), 0))
+        assert writer.apply(plan, 0, {"t:0": events[-1].position[1]})
+
+    idle = keys.entity("customer", 1)
+    shard = keys.shard_of("customer", 1)
+    write([_payment(1, 1, 1, T)])
+
+    def buckets() -> list[str]:
+        return sorted(f for f in map(_s, redis_layout.client.hkeys(idle)) if "@" in f)
+
+    assert buckets(), "the payment wrote its customer's window buckets"
+    others = [n for n in range(2, 400) if keys.shard_of("customer", n) != shard]
+    merchant = next(n for n in range(2, 400) if keys.shard_of("merchant", n) != shard)
+    batches = 0
+    while buckets():
+        batches += 1
+        assert batches <= keys.shards // 4, "a shard's idle index was not swept in its turn"
+        at = T + timedelta(days=2, minutes=batches)  # every window of customer 1 has passed
+        write([_payment(1 + batches, others[batches], merchant, at)])
+    assert batches >= 1
+    lifetime = {f.name for f in SAMPLE_FEATURES.for_entity("customer") if f.window is None}
+    kept = set(map(_s, redis_layout.client.hkeys(idle)))
+    assert lifetime <= {f.split("@")[0] for f in kept}, kept  # lifetime values stay
 
 
 def _entity_keys(driver: Driver, events: list[ChangeEvent]) -> list[str]:

@@ -128,6 +128,32 @@ def test_sums_past_int64_stay_exact() -> None:
     assert got[0][0]["amount_sum_lifetime"] == Decimal(2**63 - 1).scaleb(-2)
 
 
+def test_large_fields_no_feature_sums_keep_the_fold_vectorized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline's sweep mark ``_swept`` (micros since the epoch) and the freshness times are
+    far larger than any count, but no fold sums them: a read of hundreds of such hashes still
+    folds with numpy (it went hash by hash in Python once a read held ~2,500 fields) and gives
+    the reference's answer."""
+    rng = random.Random(12)
+    plan = ReadPlan(FEATURES.for_entity("customer"), T_US)
+    fold = FoldRead(plan)
+    hashes = [random_hash(rng, "customer") for _ in range(300)]
+    for h in hashes:
+        h["_swept"] = T_US - rng.randint(0, 10**9)
+        h[COMMIT_FIELD] = T_US // 1000
+    as_bytes = [[x for k, v in h.items() for x in (k.encode(), str(v).encode())] for h in hashes]
+    assert sum(len(h) for h in hashes) * T_US > 2**62  # the bound the whole read would break
+    want = [_reference(plan, h) for h in hashes]
+
+    def by_hash(_self: FoldRead, _fields: object) -> list[int]:
+        msg = "folded hash by hash"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(FoldRead, "fold_fields", by_hash)
+    assert fold.unfold(fold.fold_hashes(as_bytes)) == want
+
+
 def test_a_field_that_is_not_an_integer_is_an_error() -> None:
     rng = random.Random(4)
     fold = FoldRead(ReadPlan(FEATURES.for_entity("customer"), T_US))

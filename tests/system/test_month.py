@@ -19,23 +19,12 @@ import pytest
 
 from bench.month import MonthConfig, failures, run_month
 from freshloop.core.settings import Settings
-from tests.redis_layout import SUITE_LAYOUT
 
 pytestmark = pytest.mark.integration
 
 # Documented in README ("Redis memory") and asserted by the soak: a customer's hash is bounded
 # by its features, not by its traffic.
 CUSTOMER_HASH_BYTES_BOUND = 65_536
-
-# On a Redis Cluster an idle entity is swept by the partition that wrote it last, when that
-# partition next writes to the entity's shard (one of 64) with a moved watermark
-# (docs/redis-cluster.md, Expiry); one Redis sweeps a partition's idle entities on any write of
-# it. Once the payments stop, only the last outcomes come, to few shards: two runs here ended
-# with one customer of 500 holding one 10-minute bucket a day past its window by the newest
-# event time of any partition (the partitions' own watermarks lag it by up to half a day at the
-# end), its idle entries due in every partition's index of its shard. No read counts such a
-# bucket (the oracle check below holds); the bound still fails a sweeper that stops sweeping.
-CLUSTER_SWEEP = 5
 
 
 def _config(days: float) -> MonthConfig:
@@ -58,12 +47,9 @@ def test_three_simulated_days(pipeline: Settings, tmp_path: Path) -> None:
             assert values.get(name), (s["day"], name)
         assert values["redis.keys.e:{customer"] > 0 and values["redis.keys.e:{merchant"] > 0
         assert values["hash.customer.max_bytes"] <= CUSTOMER_HASH_BYTES_BOUND, values
-        # a day after a bucket left its window, an event-time sweeper has dropped it (one
-        # Redis; on a cluster, see CLUSTER_SWEEP below)
-        if SUITE_LAYOUT != "cluster":
-            assert values["hash.customer.expired_fields"] == 0, (s["day"], values)
-        else:
-            assert values["hash.customer.expired_fields"] <= CLUSTER_SWEEP, (s["day"], values)
+        # a day after a bucket left its window, an event-time sweeper has dropped it (on a
+        # cluster too: a partition's batches visit, in turn, the shards they do not write)
+        assert values["hash.customer.expired_fields"] == 0, (s["day"], values)
     verdicts = result["verdicts"]
     # judged where three days can; the rest say why not
     for name in ("redis.bytes.e:{merchant", "redis.used_memory"):
