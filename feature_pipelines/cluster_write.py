@@ -42,9 +42,11 @@ _READ = script("read_rows")
 _TTL_REFRESH_MS = 60_000  # as store_write: an entity's PEXPIRE is renewed once per minute
 _NEVER_US = 2**62  # the journal's ``exp``: it never leaves the partition's expiry index
 _POP_LIMIT = 2000
-# Shards no entity of a batch touches whose idle entities of the partition a batch with a moved
-# watermark sweeps as well, taken in turn: every shard's idle index is swept within
-# shards / _IDLE_VISITS such batches of the partition, whatever shards its entities fall in
+# Shards no entity of a batch touches whose idle entities of the partition a batch sweeps as
+# well, taken in turn, once the partition's watermark moved a sweep step (a quarter of the
+# shortest window) since the last such visit: every shard's idle index is swept within
+# shards / _IDLE_VISITS sweep steps of the partition's event time, whatever shards its entities
+# fall in, at a cost of a few scripts per sweep step instead of per batch
 _IDLE_VISITS = 4
 
 
@@ -92,7 +94,9 @@ class ClusterBatchWriter:
         self._loaded = False
         # per partition: the shard its next batch starts looking from for idle sweeps of its own
         self._next_visit: dict[int, int] = {}
-        self._settles = any(self._settle_us.values())
+        self._visited_at: dict[int, int] = {}  # per partition: its watermark at the last visit
+        steps = [step for step in self._sweep_step_us.values() if step > 0]
+        self._visit_step_us = min(steps) if steps else 0
 
     # ---- names ---------------------------------------------------------------------------
     def row_name(self, single: str, partition: int) -> str:
@@ -243,8 +247,11 @@ class ClusterBatchWriter:
                 ]
             )
         mark = plan.marks.get(partition)
-        if mark and self._settles and self.keys.cluster:
-            self._visit_idle(partition, shards)
+        if mark and self._visit_step_us and self.keys.cluster:
+            last = self._visited_at.get(partition)
+            if last is None or mark[0] - last >= self._visit_step_us:
+                self._visited_at[partition] = mark[0]
+                self._visit_idle(partition, shards)
         return {
             "at": plan.sweep_at_us,
             "below": below,
@@ -254,7 +261,7 @@ class ClusterBatchWriter:
 
     def _visit_idle(self, partition: int, shards: dict[str, list[list[Any]]]) -> None:
         """Add to ``shards`` (an entry's, by shard) up to ``_IDLE_VISITS`` shards it lacks, in
-        turn from where the partition's last batch stopped, as steps with no entity: they sweep
+        turn from where the partition's last visit stopped, as steps with no entity: they sweep
         the partition's idle entities of that shard with its watermark. Otherwise an idle
         entity would wait for its partition's next write to its shard, which may not come (the
         payments stop, only outcomes to a few merchants' shards follow)."""

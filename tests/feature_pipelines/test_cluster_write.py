@@ -227,8 +227,9 @@ def test_an_idle_entity_is_swept_though_its_partition_never_writes_its_shard_aga
     redis_layout: LayoutRedis,
 ) -> None:
     """An idle entity's buckets go once its windows passed even when no later batch of the
-    partition that wrote it has an entity in its shard: each batch that moves the watermark
-    also sweeps a few shards it does not write, in turn, so all 64 within 16 batches."""
+    partition that wrote it has an entity in its shard: each time the partition's watermark
+    moves a sweep step (a quarter of the shortest window, 10 minutes), a batch also sweeps a few
+    shards it does not write, in turn, so all 64 within 16 steps; not on every batch."""
     keys = KeyLayout(redis_layout.ns, GROUP, "cluster")
     writer = ClusterBatchWriter(redis_layout.client, SAMPLE_FEATURES, keys)
     planner = Planner(SAMPLE_FEATURES, redis_layout.ns)
@@ -247,13 +248,23 @@ def test_an_idle_entity_is_swept_though_its_partition_never_writes_its_shard_aga
     assert buckets(), "the payment wrote its customer's window buckets"
     others = [n for n in range(2, 400) if keys.shard_of("customer", n) != shard]
     merchant = next(n for n in range(2, 400) if keys.shard_of("merchant", n) != shard)
-    batches = 0
+    step = timedelta(minutes=10) / 4
+    visits = 0
     while buckets():
-        batches += 1
-        assert batches <= keys.shards // 4, "a shard's idle index was not swept in its turn"
-        at = T + timedelta(days=2, minutes=batches)  # every window of customer 1 has passed
-        write([_payment(1 + batches, others[batches], merchant, at)])
-    assert batches >= 1
+        visits += 1
+        assert visits <= keys.shards // 4, "a shard's idle index was not swept in its turn"
+        # every window of customer 1 has passed; a batch within the step visits no shard
+        at = T + timedelta(days=2) + visits * step
+        write([_payment(2 * visits, others[2 * visits], merchant, at)])
+        within = at + step / 2
+        write([_payment(2 * visits + 1, others[2 * visits + 1], merchant, within)])
+    assert visits >= 1
+    # later in the same step: the batch's steps are its own entities' shards only
+    pk = 2 * visits + 2
+    event = _payment(pk, others[pk], merchant, at + step * 3 / 4)
+    plan = planner.plan([event], writer.read_rows(planner.keys_needed([event]), 0))
+    own = {keys.shard_of("customer", others[pk]), keys.shard_of("merchant", merchant)}
+    assert {int(s) for s in writer._entry(plan, 0)["shards"]} == own
     lifetime = {f.name for f in SAMPLE_FEATURES.for_entity("customer") if f.window is None}
     kept = set(map(_s, redis_layout.client.hkeys(idle)))
     assert lifetime <= {f.split("@")[0] for f in kept}, kept  # lifetime values stay
