@@ -420,8 +420,7 @@ def _learning_phases(d: dict[str, Any]) -> list[str]:
     rows = [f"| {_PHASE_NAMES.get(name, name)} | {_s(v, 1)} |" for name, v in phases.items()]
     total = sum(v["median"] for v in phases.values() if v.get("median") is not None)
     return [
-        "Where a payment's time goes: the same loop with a clock around each call (a run of its "
-        "own, so the sum differs a little from the rate above), µs per payment:",
+        "Where a payment's time goes, in the same runs (a clock around each call), µs per payment:",
         "",
         "| part | µs per payment |",
         "| --- | --- |",
