@@ -599,6 +599,22 @@ WORKLOAD_TABLES = ("pg.customers", "pg.merchants", "pg.payments", "pg.payment_ou
 SLACK = {"pg.": 1 << 20, "wal.": 64 << 20}
 
 
+def _checkpoint_slack(name: str, samples: list[dict[str, Any]], s: Settings) -> float:
+    """A prediction learned waits for the checkpoint that removes it: a sample taken just before
+    a checkpoint holds up to one checkpoint's examples more logged predictions than one after
+    it, in keys and in bytes (at the largest bytes per key sampled). 0 for other curves."""
+    if name == "redis.keys.pred":
+        return float(s.checkpoint_every_examples)
+    if name == "redis.bytes.pred":
+        per_key = [
+            x["values"]["redis.bytes.pred"] / x["values"]["redis.keys.pred"]
+            for x in samples
+            if x["values"].get("redis.keys.pred") and x["values"].get("redis.bytes.pred")
+        ]
+        return s.checkpoint_every_examples * max(per_key, default=0.0)
+    return 0.0
+
+
 def judge(samples: list[dict[str, Any]], s: Settings, cfg: MonthConfig) -> dict[str, Any]:
     out = {}
     # judged on the samples taken while the writer ran (the last one, after it stopped, shows
@@ -617,10 +633,7 @@ def judge(samples: list[dict[str, Any]], s: Settings, cfg: MonthConfig) -> dict[
             continue
         settle = settle_days(curve_settling(name, s))
         slack = next((v for prefix, v in SLACK.items() if name.startswith(prefix)), 0)
-        if name == "redis.keys.pred":
-            # a prediction learned waits for the checkpoint that removes it: a sample taken just
-            # before a checkpoint holds up to one checkpoint's examples more than one after it
-            slack = s.checkpoint_every_examples
+        slack = max(slack, _checkpoint_slack(name, running, s))
         out[name] = verdict(
             points,
             settle,

@@ -128,3 +128,23 @@ def test_state_page_keeps_its_budget_section(tmp_path: Path) -> None:
     page.write_text(text.replace(text.split("## State budget\n", 1)[1], f"\n{budget}\n"))
     again = write_state_doc(result, tmp_path).read_text()
     assert budget in again and "Placeholder" not in again
+
+
+def test_logged_predictions_may_move_by_one_checkpoint_in_keys_and_bytes() -> None:
+    """A learned prediction waits for the next checkpoint, so both of its curves get one
+    checkpoint's examples of slack (bytes at the largest bytes per key sampled), and a rise of
+    that size reads flat where one twice as large does not."""
+    from bench.month import _checkpoint_slack
+    from freshloop.core.settings import Settings
+
+    s = Settings(checkpoint_every_examples=100)
+    samples = [
+        {"day": 2.0, "values": {"redis.keys.pred": 2000, "redis.bytes.pred": 3_800_000}},
+        {"day": 3.0, "values": {"redis.keys.pred": 2100, "redis.bytes.pred": 4_200_000}},
+    ]
+    assert _checkpoint_slack("redis.keys.pred", samples, s) == 100
+    assert _checkpoint_slack("redis.bytes.pred", samples, s) == 100 * 2000
+    assert _checkpoint_slack("redis.keys.e:{customer", samples, s) == 0
+    slack = _checkpoint_slack("redis.bytes.pred", samples, s)
+    assert verdict([(2.0, 3.8e6), (3.0, 3.8e6 + slack)], 1.0, slack=slack).flat
+    assert not verdict([(2.0, 3.8e6), (3.0, 3.8e6 + 2 * slack)], 1.0, slack=slack).flat
